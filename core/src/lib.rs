@@ -19,7 +19,7 @@ pub use archive::SourceCoordinates;
 pub use decode::{DecodeError, Event, EventSchema, ReasonCode};
 pub use dims::Dimensions;
 pub use error::{Actor, Error};
-pub use row::{Layer, MetricRow, Origin, Pane, RowKey};
+pub use row::{Layer, MetricRow, Origin, Pane, RowChange, RowKey};
 pub use spec::{CompiledAggregate, CompiledMetric, LatePolicy, PipelineSpec, SpecError, SpecErrors, StoreLocation, ValidSpec};
 pub use decode::{TimeFormat, ValueType};
 pub use time::{Duration, EventTime};

@@ -100,6 +100,36 @@ pub struct MetricRow {
     pub computed_at: EventTime,
 }
 
+/// A change a layer asks the serving store to make (after Arroyo's `UpdatingData`). The store applies it
+/// subject to precedence ([`Origin::supersedes`]), so a replayed or stale change is harmless.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum RowChange {
+    /// Insert the row, or replace the stored row of the same key if `row.origin` supersedes it.
+    Upsert(MetricRow),
+    /// Remove the speed-layer row of `key` (e.g. a session window that a merge superseded), if the stored
+    /// row is a speed row with `revision <= revision`. Never removes a batch row.
+    Retract {
+        /// The row to remove.
+        key: RowKey,
+        /// The revision the retraction answers; later speed revisions of the key survive it.
+        revision: u32,
+    },
+    /// A late-firing correction under `late_policy = "append"`: only the late events' contribution,
+    /// recorded beside the row (idempotent per key and revision); the row itself is left unchanged.
+    Delta(MetricRow),
+}
+
+impl RowChange {
+    /// The key the change is about.
+    pub fn key(&self) -> &RowKey {
+        match self {
+            RowChange::Upsert(r) | RowChange::Delta(r) => &r.key,
+            RowChange::Retract { key, .. } => key,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
