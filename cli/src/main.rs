@@ -1,1 +1,36 @@
-fn main(){}
+//! `tidemark`: a thin binary over the library crates. Every subcommand lives in `cmd/`.
+
+mod cmd;
+mod exit;
+
+use clap::{Parser, Subcommand};
+
+/// tidemark: real-time analytics that reconciles itself.
+///
+/// A pipeline spec (TOML) defines metrics once; the stream service computes provisional results from
+/// Kafka, the batch layer recomputes them exactly from the raw archive, and the reconciler corrects the
+/// serving store.
+#[derive(Debug, Parser)]
+#[command(name = "tidemark", version, propagate_version = true, arg_required_else_help = true)]
+#[command(after_help = "Exit codes: 0 ok, 2 invalid input (fix the spec or flags), 3 external failure \
+(broker, store, disk: retrying may help), 4 internal error (a bug: please report it).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Validate(cmd::validate::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => cmd::validate::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => exit::report(&err),
+    }
+}

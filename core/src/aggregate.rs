@@ -349,17 +349,17 @@ impl Accumulator {
             (Accumulator::Count(a), Accumulator::Count(b)) => *a += b,
             (Accumulator::Sum(a), Accumulator::Sum(b)) => a.0.merge(&b.0),
             (Accumulator::Min(a), Accumulator::Min(b)) => {
-                if let Some(y) = *b {
-                    if a.is_none_or(|x| num_cmp(y, x).is_lt()) {
-                        *a = Some(y);
-                    }
+                if let Some(y) = *b
+                    && a.is_none_or(|x| num_cmp(y, x).is_lt())
+                {
+                    *a = Some(y);
                 }
             }
             (Accumulator::Max(a), Accumulator::Max(b)) => {
-                if let Some(y) = *b {
-                    if a.is_none_or(|x| num_cmp(y, x).is_gt()) {
-                        *a = Some(y);
-                    }
+                if let Some(y) = *b
+                    && a.is_none_or(|x| num_cmp(y, x).is_gt())
+                {
+                    *a = Some(y);
                 }
             }
             (Accumulator::Mean(a), Accumulator::Mean(b)) => {
@@ -562,7 +562,14 @@ mod tests {
         let got: Vec<AggValue> = ALL.iter().map(|&f| fold(f, &xs).finish()).collect();
         assert_eq!(
             got,
-            vec![AggValue::Int(4), AggValue::Int(15), AggValue::Int(-1), AggValue::Int(10), AggValue::Float(3.75), AggValue::Int(3)]
+            vec![
+                AggValue::Int(4),
+                AggValue::Int(15),
+                AggValue::Int(-1),
+                AggValue::Int(10),
+                AggValue::Float(3.75),
+                AggValue::Int(3)
+            ]
         );
         let empty: Vec<AggValue> = ALL.iter().map(|&f| Accumulator::empty(f).finish()).collect();
         assert_eq!(
@@ -619,7 +626,8 @@ mod tests {
 
     fn arb_nums() -> impl Strategy<Value = (bool, Vec<Num>)> {
         prop_oneof![
-            prop::collection::vec(-1_000_000i64..1_000_000, 0..80).prop_map(|v| (true, v.into_iter().map(Num::Int).collect())),
+            prop::collection::vec(-1_000_000i64..1_000_000, 0..80)
+                .prop_map(|v| (true, v.into_iter().map(Num::Int).collect())),
             prop::collection::vec(-1e6f64..1e6, 0..80).prop_map(|v| (false, v.into_iter().map(Num::Float).collect())),
         ]
     }

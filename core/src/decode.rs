@@ -353,7 +353,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         };
         let mut seen: Vec<Cow<'de, str>> = Vec::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            if c.duplicate.is_none() && seen.iter().any(|k| *k == key) {
+            if c.duplicate.is_none() && seen.contains(&key) {
                 c.duplicate = Some(key.to_string());
             }
             let slot = if key == s.id_field {
@@ -546,15 +546,23 @@ impl EventSchema {
 
     fn decode_value(name: &str, ty: ValueType, v: Scalar<'_>) -> Result<Num, DecodeError> {
         let overflow = |x: &dyn fmt::Display| {
-            DecodeError::field(ReasonCode::IntegerOverflow, name, format!("{x} does not fit in a signed 64-bit integer"))
+            DecodeError::field(
+                ReasonCode::IntegerOverflow,
+                name,
+                format!("{x} does not fit in a signed 64-bit integer"),
+            )
         };
         match (ty, v) {
             (ValueType::Int, Scalar::I64(i)) => Ok(Num::Int(i)),
             (ValueType::Int, Scalar::U64(u)) => i64::try_from(u).map(Num::Int).map_err(|_| overflow(&u)),
             (ValueType::Int, Scalar::F64(f)) if f.fract() == 0.0 && f.is_finite() => {
                 // serde_json reads integers beyond u64 as floats
-                if f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0 {
-                    Err(DecodeError::field(ReasonCode::WrongType, name, format!("{f} is written as a float in an int field")))
+                if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+                    Err(DecodeError::field(
+                        ReasonCode::WrongType,
+                        name,
+                        format!("{f} is written as a float in an int field"),
+                    ))
                 } else {
                     Err(overflow(&f))
                 }
@@ -566,9 +574,11 @@ impl EventSchema {
             (ValueType::Float, Scalar::U64(u)) => Ok(Num::Float(u as f64)),
             (ValueType::Float, Scalar::F64(f)) if f.is_finite() => Ok(Num::Float(f)),
             (_, Scalar::F64(f)) => Err(DecodeError::field(ReasonCode::NonFinite, name, format!("{f} is not finite"))),
-            (_, Scalar::Str(s)) if non_finite_string(&s) => {
-                Err(DecodeError::field(ReasonCode::NonFinite, name, format!("{:?} is not a finite number", excerpt(&s))))
-            }
+            (_, Scalar::Str(s)) if non_finite_string(&s) => Err(DecodeError::field(
+                ReasonCode::NonFinite,
+                name,
+                format!("{:?} is not a finite number", excerpt(&s)),
+            )),
             (_, other) => Err(DecodeError::field(
                 ReasonCode::WrongType,
                 name,

@@ -17,10 +17,12 @@ pub mod window;
 pub use aggregate::{Accumulator, AggValue, AggregateFn, DistinctKey, InputRef, MetricAccumulator, Num, Tolerance};
 pub use archive::SourceCoordinates;
 pub use decode::{DecodeError, Event, EventSchema, ReasonCode};
+pub use decode::{TimeFormat, ValueType};
 pub use dims::Dimensions;
 pub use error::{Actor, Error};
 pub use row::{Layer, MetricRow, Origin, Pane, RowChange, RowKey};
-pub use spec::{CompiledAggregate, CompiledMetric, LatePolicy, PipelineSpec, SpecError, SpecErrors, StoreLocation, ValidSpec};
-pub use decode::{TimeFormat, ValueType};
+pub use spec::{
+    CompiledAggregate, CompiledMetric, LatePolicy, PipelineSpec, SpecError, SpecErrors, StoreLocation, ValidSpec,
+};
 pub use time::{Duration, EventTime};
 pub use window::{FixedWindows, SessionSet, SessionUpdate, SessionWindows, Window, WindowSpec};

@@ -308,10 +308,10 @@ fn serialize_dsn<S: Serializer>(dsn: &str, s: S) -> Result<S::Ok, S::Error> {
 pub fn redact_dsn(dsn: &str) -> String {
     if let Some(rest) = dsn.strip_prefix("postgres://").or_else(|| dsn.strip_prefix("postgresql://")) {
         let scheme = &dsn[..dsn.len() - rest.len()];
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}{user}:<redacted>@{host}");
-            }
+        if let Some((userinfo, host)) = rest.split_once('@')
+            && let Some((user, _)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}{user}:<redacted>@{host}");
         }
         return dsn.to_owned();
     }
@@ -451,8 +451,10 @@ fn is_field_name(s: &str) -> bool {
         && s.len() <= 128
 }
 
-const IDENT_RULE: &str = "must be a lowercase identifier: a-z, 0-9 and _, starting with a letter or _, at most 63 characters";
-const FIELD_RULE: &str = "must be a field name: letters, digits, _, - and ., starting with a letter or _, at most 128 characters";
+const IDENT_RULE: &str =
+    "must be a lowercase identifier: a-z, 0-9 and _, starting with a letter or _, at most 63 characters";
+const FIELD_RULE: &str =
+    "must be a field name: letters, digits, _, - and ., starting with a letter or _, at most 128 characters";
 
 struct Checker<'a> {
     file: &'a str,
@@ -461,7 +463,12 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(SpecError { file: self.file.to_owned(), position: None, path: path.into(), message: message.into() });
+        self.errors.push(SpecError {
+            file: self.file.to_owned(),
+            position: None,
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn ident(&mut self, path: String, value: &str) {
@@ -496,12 +503,19 @@ fn resolve_location(path: &str, base_dir: Option<&Path>, allow_postgres: bool) -
         return Err("must not be empty".into());
     }
     if is_postgres(p) {
-        return if allow_postgres { Ok(p.to_owned()) } else { Err(format!("{p:?}: only the serving store may be Postgres")) };
+        return if allow_postgres {
+            Ok(p.to_owned())
+        } else {
+            Err(format!("{p:?}: only the serving store may be Postgres"))
+        };
     }
     if let Some((scheme, _)) = p.split_once("://") {
         return match scheme {
             "file" | "s3" | "s3a" | "memory" => Ok(p.to_owned()),
-            other => Err(format!("unsupported scheme {other:?}; use file://, s3://, memory://{}", if allow_postgres { " or postgres://" } else { "" })),
+            other => Err(format!(
+                "unsupported scheme {other:?}; use file://, s3://, memory://{}",
+                if allow_postgres { " or postgres://" } else { "" }
+            )),
         };
     }
     let abs = match base_dir {
@@ -563,7 +577,9 @@ impl PipelineSpec {
                     if bad {
                         c.err(format!("source.options.{k:?}"), "the env / file reference must not be empty");
                     }
-                    if ["group.id", "bootstrap.servers", "enable.auto.commit", "enable.auto.offset.store"].contains(&k.as_str()) {
+                    if ["group.id", "bootstrap.servers", "enable.auto.commit", "enable.auto.offset.store"]
+                        .contains(&k.as_str())
+                    {
                         c.err(format!("source.options.{k:?}"), "is set by tidemark itself (use brokers / group)");
                     }
                 }
@@ -663,9 +679,13 @@ impl PipelineSpec {
                 let ap = format!("{mp}.aggregates[{ai}]");
                 c.ident(format!("{ap}.name"), &a.name);
                 if !agg_names.insert(a.name.clone()) {
-                    c.err(format!("{ap}.name"), format!("aggregate {:?} is defined twice in metric {:?}", a.name, m.name));
+                    c.err(
+                        format!("{ap}.name"),
+                        format!("aggregate {:?} is defined twice in metric {:?}", a.name, m.name),
+                    );
                 }
-                let value_field = |f: &str| self.event.values.keys().position(|v| v == f).map(|i| (i, self.event.values[f]));
+                let value_field =
+                    |f: &str| self.event.values.keys().position(|v| v == f).map(|i| (i, self.event.values[f]));
                 let input = match (a.function, a.field.as_deref()) {
                     (AggregateFn::Count, None) => Some((InputRef::None, None)),
                     (AggregateFn::Count, Some(_)) => {
@@ -682,7 +702,10 @@ impl PipelineSpec {
                         } else if let Some(i) = self.event.dimensions.iter().position(|d| d == name) {
                             Some((InputRef::Dim(i), None))
                         } else {
-                            c.err(format!("{ap}.field"), format!("{name:?} is neither in event.dimensions nor in event.values"));
+                            c.err(
+                                format!("{ap}.field"),
+                                format!("{name:?} is neither in event.dimensions nor in event.values"),
+                            );
                             None
                         }
                     }
@@ -691,7 +714,10 @@ impl PipelineSpec {
                         None => {
                             c.err(
                                 format!("{ap}.field"),
-                                format!("{} needs a numeric field from event.values, and {name:?} is not one", f.as_str()),
+                                format!(
+                                    "{} needs a numeric field from event.values, and {name:?} is not one",
+                                    f.as_str()
+                                ),
                             );
                             None
                         }
@@ -703,7 +729,13 @@ impl PipelineSpec {
                         _ => Tolerance::Exact,
                     };
                     let tolerance = *a.tolerance.get_or_insert(default_tol);
-                    aggs.push(CompiledAggregate { name: a.name.clone(), function: a.function, field: a.field.clone(), input, tolerance });
+                    aggs.push(CompiledAggregate {
+                        name: a.name.clone(),
+                        function: a.function,
+                        field: a.field.clone(),
+                        input,
+                        tolerance,
+                    });
                 }
             }
             if let Some(window) = window {
@@ -715,7 +747,9 @@ impl PipelineSpec {
         // stores
         let allow = [("raw_archive", false), ("serving", true), ("dead_letter", false), ("batch_view", false)];
         let st = &mut self.stores;
-        for ((key, pg), value) in allow.iter().zip([&mut st.raw_archive, &mut st.serving, &mut st.dead_letter, &mut st.batch_view]) {
+        for ((key, pg), value) in
+            allow.iter().zip([&mut st.raw_archive, &mut st.serving, &mut st.dead_letter, &mut st.batch_view])
+        {
             match resolve_location(value, base_dir, *pg) {
                 Ok(v) => *value = v,
                 Err(m) => c.err(format!("stores.{key}"), m),

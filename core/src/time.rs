@@ -151,9 +151,8 @@ impl fmt::Display for Duration {
 impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let std = humantime::parse_duration(s.trim()).map_err(|e| {
-            format!("{s:?} is not a duration ({e}); write e.g. \"250ms\", \"30s\", \"5m\", \"1h 30m\"")
-        })?;
+        let std = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"250ms\", \"30s\", \"5m\", \"1h 30m\""))?;
         if std.subsec_nanos() % 1_000 != 0 {
             return Err(format!("{s:?} is finer than a microsecond"));
         }
@@ -183,8 +182,15 @@ mod tests {
 
     #[test]
     fn durations_parse_and_print_canonically() {
-        let cases = [("250ms", 250_000, "250ms"), ("30s", 30_000_000, "30s"), ("5m", 300_000_000, "5m"),
-            ("1h 30m", 5_400_000_000, "1h 30m"), ("90s", 90_000_000, "1m 30s"), ("0s", 0, "0s"), ("1d", 86_400_000_000, "1day")];
+        let cases = [
+            ("250ms", 250_000, "250ms"),
+            ("30s", 30_000_000, "30s"),
+            ("5m", 300_000_000, "5m"),
+            ("1h 30m", 5_400_000_000, "1h 30m"),
+            ("90s", 90_000_000, "1m 30s"),
+            ("0s", 0, "0s"),
+            ("1d", 86_400_000_000, "1day"),
+        ];
         for (text, us, printed) in cases {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.as_micros(), us, "{text}");

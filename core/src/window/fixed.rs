@@ -182,15 +182,22 @@ mod tests {
     #[test]
     fn invalid_definitions_are_refused() {
         assert_eq!(FixedWindows::tumbling(Duration::ZERO, Duration::ZERO), Err(FixedWindowError::ZeroSize));
-        assert!(matches!(FixedWindows::hopping(d("5m"), d("2m"), Duration::ZERO), Err(FixedWindowError::NotMultiple { .. })));
-        assert!(matches!(FixedWindows::hopping(d("1m"), d("2m"), Duration::ZERO), Err(FixedWindowError::SlideExceedsSize { .. })));
+        assert!(matches!(
+            FixedWindows::hopping(d("5m"), d("2m"), Duration::ZERO),
+            Err(FixedWindowError::NotMultiple { .. })
+        ));
+        assert!(matches!(
+            FixedWindows::hopping(d("1m"), d("2m"), Duration::ZERO),
+            Err(FixedWindowError::SlideExceedsSize { .. })
+        ));
         assert!(matches!(FixedWindows::tumbling(d("1m"), d("1m")), Err(FixedWindowError::OffsetTooLarge { .. })));
     }
 
     #[test]
     fn overlapping_lists_every_window_touching_the_range() {
         let w = FixedWindows::hopping(d("2m"), d("1m"), Duration::ZERO).unwrap();
-        let got: Vec<_> = w.overlapping(t(60_000_000), t(180_000_000)).map(|w| w.start().as_micros() / 60_000_000).collect();
+        let got: Vec<_> =
+            w.overlapping(t(60_000_000), t(180_000_000)).map(|w| w.start().as_micros() / 60_000_000).collect();
         assert_eq!(got, vec![0, 1, 2]);
     }
 
