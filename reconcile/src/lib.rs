@@ -1,5 +1,13 @@
-//! tidemark-reconcile (not yet built): will diff the batch view against the serving store per
-//! (metric, window, dimensions), explain each difference, apply idempotent corrections with an audit log,
-//! and produce the contract report, backfill and lateness advice. See issue "Reconciler, backfill,
-//! contract report and lateness advice". It depends on tidemark-core and tidemark-store only, never on
-//! tidemark-stream or tidemark-batch.
+//! tidemark-reconcile: compares the batch view (truth) with the serving store per
+//! (metric, window, dimensions) and classifies every difference.
+//!
+//! Built so far: [`diff`] (the comparison). Still to come (see the reconciler issue): cause attribution,
+//! correction batches applied through the serving store, the contract report, backfill and lateness
+//! advice. This crate depends on tidemark-core (and later tidemark-store) only, never on tidemark-stream
+//! or tidemark-batch.
+
+pub mod diff;
+mod error;
+
+pub use diff::{AggregateDiff, Diff, KeyDiff, MetricSummary, Verdict, diff};
+pub use error::Error;
