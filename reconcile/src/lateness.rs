@@ -102,6 +102,8 @@ pub struct LatenessReport {
     pub partitions: Vec<PartitionLateness>,
     /// Over all partitions.
     pub overall_disorder: Quantiles,
+    /// Events per disorder bucket (upper bounds 0s, 100ms, 1s, 10s, 1m, 10m, then everything above).
+    pub histogram: Vec<(String, u64)>,
     /// Under the spec's current watermark delay and allowed lateness: events behind the watermark, and
     /// events beyond allowed lateness (routed to the late ledger).
     pub current: CurrentCost,
@@ -121,6 +123,16 @@ pub struct CurrentCost {
     /// Events with `disorder > watermark_delay + allowed_lateness`.
     pub beyond_allowed_lateness: u64,
 }
+
+/// Upper bounds (inclusive) of the disorder histogram's buckets.
+const HISTOGRAM_BOUNDS: [(&str, Duration); 6] = [
+    ("0s", Duration::ZERO),
+    ("≤ 100ms", Duration::from_millis(100)),
+    ("≤ 1s", Duration::from_secs(1)),
+    ("≤ 10s", Duration::from_secs(10)),
+    ("≤ 1m", Duration::from_secs(60)),
+    ("≤ 10m", Duration::from_secs(600)),
+];
 
 /// Disorder of each arrival, per partition, in arrival (offset) order.
 pub fn disorder_by_partition(arrivals: &[Arrival]) -> BTreeMap<i32, Vec<(Duration, Duration)>> {
@@ -187,8 +199,17 @@ pub fn analyse(arrivals: &[Arrival], delay: Duration, lateness: Duration, target
             }
         })
         .collect();
+    let mut histogram = Vec::new();
+    let mut below = 0usize;
+    for (label, bound) in HISTOGRAM_BOUNDS {
+        let upto = all.partition_point(|d| *d <= bound);
+        histogram.push((label.to_owned(), (upto - below) as u64));
+        below = upto;
+    }
+    histogram.push(("> 10m".to_owned(), (all.len() - below) as u64));
     LatenessReport {
         events: arrivals.len() as u64,
+        histogram,
         partitions,
         overall_disorder: Quantiles::of(all.clone()),
         current,
@@ -270,6 +291,8 @@ mod tests {
         assert_eq!(r.recommendations[1].allowed_lateness_for_all, s(0));
         assert_eq!(r.overall_disorder.max, s(59));
         assert_eq!(r.overall_disorder.p99, s(9));
+        let hist: Vec<u64> = r.histogram.iter().map(|h| h.1).collect();
+        assert_eq!(hist, vec![989, 0, 0, 10, 1, 0, 0]);
         assert_eq!(r.partitions[0].ingest_lag.max, s(60));
     }
 }

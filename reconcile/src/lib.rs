@@ -6,11 +6,15 @@
 //! correction batches applied through the serving store, the contract report and backfill. This crate depends on tidemark-core (and later tidemark-store) only, never on tidemark-stream
 //! or tidemark-batch.
 
+pub mod contract;
 pub mod diff;
 mod error;
 pub mod explain;
+pub mod html;
 pub mod lateness;
+pub mod svg;
 
+pub use contract::{ContractInput, ContractReport, Emission, MetricContract, contract_report};
 pub use diff::{AggregateDiff, Diff, KeyDiff, MetricSummary, Verdict, diff};
 pub use error::Error;
 pub use explain::{Cause, Evidence, Explained, explain};
