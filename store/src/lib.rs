@@ -1,1 +1,103 @@
-//! stub
+//! tidemark-store: the serving store both layers write to, with Delta Lake and Postgres drivers.
+//!
+//! Every write is assumed to happen twice, so nothing here is a blind insert: rows are merged under the
+//! precedence of [`tidemark_core::Origin::supersedes`] (batch beats speed; a higher speed revision wins;
+//! a newer or equal batch epoch wins), provisional writes commit their source progress in the same
+//! transaction, and correction batches are applied at most once per id. Deletions are tombstones that
+//! carry their origin, so a stale speed write cannot bring back a row the reconciler deleted.
+//!
+//! - [`ServingStore`]: the contract, with its guarantees in doc comments.
+//! - [`PostgresStore`]: tokio-postgres, COPY into a temp table, `INSERT .. ON CONFLICT .. WHERE`.
+//! - [`DeltaStore`]: deltalake MERGE at an object_store URL, progress as Delta app transactions.
+//! - [`DeadLetterStore`]: append-only, idempotent dead letters under an object_store URL.
+//! - [`testing`]: a throwaway Postgres per test binary, a fresh database per test.
+
+pub mod deadletter;
+pub mod delta;
+pub mod error;
+pub mod model;
+pub mod postgres;
+pub mod testing;
+
+use async_trait::async_trait;
+use tidemark_core::{EventTime, MetricRow, RowChange};
+
+pub use deadletter::{DeadLetter, DeadLetterStore, Payload};
+pub use delta::{DeltaStore, DeltaStoreConfig};
+pub use error::{Error, Result};
+pub use model::{
+    ApplyOutcome, AuditEntry, CommitMarker, Correction, CorrectionBatch, MetricFilter, SourceProgress,
+    StoredAuditEntry, TopicPartition, WriteOutcome, WriteStats,
+};
+pub use postgres::PostgresStore;
+
+/// The serving store: where provisional (speed) and authoritative (batch) metric rows meet.
+///
+/// Guarantees every implementation gives:
+/// - **Atomic provisional writes**: [`write_provisional`](Self::write_provisional) makes the rows, the
+///   source progress and the checkpoint blob visible together, or none of them.
+/// - **Fencing**: a write whose writer epoch is older than the pipeline's current epoch is refused with
+///   [`Error::Fenced`]; a write whose `(epoch, sequence)` the committed marker already covers is a replay
+///   and changes nothing ([`WriteOutcome::AlreadyCommitted`]).
+/// - **Precedence**, enforced by the store per key: a batch row is never replaced by a speed row; among
+///   speed rows only a higher revision replaces; among batch rows a newer or equal epoch replaces. A
+///   speed retraction of revision `r` removes a speed row of revision `<= r` (and keeps a tombstone so an
+///   older replay cannot resurrect it); a batch deletion leaves a batch tombstone no speed write beats.
+/// - **Idempotent corrections**: [`apply_corrections`](Self::apply_corrections) applies a batch id at
+///   most once, atomically (rows, tombstones and the applied marker together).
+/// - **Unknown outcomes are decidable**: after a retryable error, [`committed_marker`](Self::committed_marker)
+///   tells whether the write landed.
+#[async_trait]
+pub trait ServingStore: Send + Sync {
+    /// Creates or migrates the store's tables. Idempotent; safe to run concurrently.
+    async fn init(&self) -> Result<()>;
+
+    /// Registers a new writer for `pipeline` and returns its epoch (one more than any before). From then
+    /// on, writes of older epochs are fenced. Returns the marker the new writer continues from.
+    async fn claim_writer(&self, pipeline: &str) -> Result<CommitMarker>;
+
+    /// Applies `changes` (subject to precedence) and commits `progress` atomically with them.
+    async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome>;
+
+    /// The progress committed by the last successful write of `pipeline`, exactly as written.
+    async fn load_progress(&self, pipeline: &str) -> Result<Option<SourceProgress>>;
+
+    /// The marker of the last committed write (or claim) of `pipeline`.
+    async fn committed_marker(&self, pipeline: &str) -> Result<Option<CommitMarker>>;
+
+    /// Current rows (never tombstones, never deltas) of the metrics in `metrics` whose window starts in
+    /// `[from, to)`, sorted by metric, window start, window end and canonical dimension string (bytewise).
+    async fn read_range(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>>;
+
+    /// Late-policy delta rows (`RowChange::Delta`) whose window starts in `[from, to)`, in the order of
+    /// [`read_range`](Self::read_range), then by revision.
+    async fn read_deltas(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>>;
+
+    /// Applies a correction batch atomically, at most once per `batch.id`.
+    async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome>;
+
+    /// Whether the correction batch `id` has been applied (the committed marker of corrections).
+    async fn corrections_applied(&self, id: &str) -> Result<bool>;
+
+    /// The audit log of correction batch `id` (all batches when `None`).
+    async fn audit_log(&self, id: Option<&str>) -> Result<Vec<StoredAuditEntry>>;
+}
+
+/// The Postgres schema [`open`] uses.
+pub const DEFAULT_SCHEMA: &str = "tidemark";
+
+/// Opens the serving store a spec names ([`tidemark_core::ValidSpec::serving_store`]): a [`DeltaStore`] at
+/// the URL, or a [`PostgresStore`] (schema [`DEFAULT_SCHEMA`]). Call [`ServingStore::init`] to create or
+/// migrate its tables (`tidemark store init`).
+pub async fn open(location: &tidemark_core::StoreLocation) -> Result<Box<dyn ServingStore>> {
+    Ok(match location {
+        tidemark_core::StoreLocation::Delta(url) => Box::new(DeltaStoreConfig::new(url.clone()).build().await?),
+        tidemark_core::StoreLocation::Postgres(dsn) => Box::new(PostgresStore::connect(dsn, DEFAULT_SCHEMA).await?),
+    })
+}
+
+/// The current time as an [`EventTime`].
+pub(crate) fn now() -> EventTime {
+    let us = chrono::Utc::now().timestamp_micros();
+    EventTime::from_micros(us).unwrap_or(EventTime::UNIX_EPOCH)
+}

@@ -1,0 +1,129 @@
+//! The crate's one error type. Each error says who must act ([`Actor`]) and whether a retry can help.
+
+use tidemark_core::Actor;
+
+/// Errors of tidemark-store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An input the caller passed is not acceptable (bad identifier, NUL byte, wrong origin, ...).
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// Which input.
+        what: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A writer with an older writer epoch tried to write after a newer writer took over the pipeline.
+    #[error("writer of pipeline {pipeline:?} with epoch {epoch} is fenced: epoch {current} took over")]
+    Fenced {
+        /// The pipeline.
+        pipeline: String,
+        /// The refused writer's epoch.
+        epoch: u64,
+        /// The epoch now in charge.
+        current: u64,
+    },
+    /// Concurrent writers kept conflicting; the write was not applied. Retrying later may succeed.
+    #[error("gave up after {attempts} attempts because concurrent commits conflicted: {last}")]
+    Contention {
+        /// Attempts made.
+        attempts: u32,
+        /// The last conflict.
+        last: String,
+    },
+    /// Postgres failed (connection, SQL state).
+    #[error("postgres: {context}: {source}")]
+    Postgres {
+        /// What the store was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The Delta Lake table could not be read or written.
+    #[error("delta table {url}: {context}: {source}")]
+    Delta {
+        /// The table.
+        url: String,
+        /// What the store was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    /// The object store failed.
+    #[error("object store {url}: {source}")]
+    ObjectStore {
+        /// The location.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Data in the store does not have the shape this crate writes (corruption or a foreign writer).
+    #[error("stored data is malformed: {0}")]
+    Corrupt(String),
+    /// A process the test harness needed (initdb, pg_ctl) failed.
+    #[error("test harness: {0}")]
+    Harness(String),
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Who must act.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Error::InvalidInput { .. } => Actor::User,
+            // another instance took over the pipeline: this one must stop (not retry)
+            Error::Fenced { .. } => Actor::External,
+            Error::Contention { .. } | Error::Postgres { .. } | Error::Delta { .. } | Error::ObjectStore { .. } => {
+                Actor::External
+            }
+            Error::Corrupt(_) => Actor::Internal,
+            Error::Harness(_) => Actor::External,
+        }
+    }
+
+    /// Whether retrying the same call can succeed. After a retryable error the outcome of a write may be
+    /// unknown: read the committed marker ([`crate::ServingStore::committed_marker`]) before retrying.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Error::Contention { .. } | Error::ObjectStore { .. } => true,
+            Error::Postgres { source, .. } => postgres_retryable(source),
+            Error::Delta { source, .. } => !matches!(
+                **source,
+                deltalake::DeltaTableError::InvalidTableLocation(_)
+                    | deltalake::DeltaTableError::NotATable(_)
+                    | deltalake::DeltaTableError::SchemaMismatch { .. }
+            ),
+            Error::InvalidInput { .. } | Error::Fenced { .. } | Error::Corrupt(_) | Error::Harness(_) => false,
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidInput { what, reason: reason.into() }
+    }
+
+    pub(crate) fn pg(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        move |source| Error::Postgres { context, source }
+    }
+
+    pub(crate) fn delta(url: &str, context: &'static str) -> impl FnOnce(deltalake::DeltaTableError) -> Error {
+        let url = url.to_owned();
+        move |source| Error::Delta { url, context, source: Box::new(source) }
+    }
+}
+
+/// Connection loss, serialization failures and deadlocks are worth a retry; constraint violations and
+/// syntax errors are not.
+fn postgres_retryable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("53") || c == "57P01"
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Against real Delta tables on the local filesystem (`file://`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tidemark_core::{ReasonCode, RowChange, SourceCoordinates};
+use tidemark_store::{DeadLetter, DeadLetterStore, DeltaStore, DeltaStoreConfig, Payload, ServingStore, WriteOutcome};
+
+use crate::common;
+
+async fn open(dir: &std::path::Path) -> DeltaStore {
+    let url = format!("file://{}", dir.display());
+    let store = DeltaStoreConfig::new(url).build().await.unwrap();
+    store.init().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn provisional_writes_are_atomic_and_replays_are_noops() {
+    let dir = tempfile::tempdir().unwrap();
+    common::provisional_writes_are_atomic_and_replays_are_noops(&open(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn zombie_writers_are_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    common::zombie_writers_are_fenced(&open(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn precedence_and_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    common::precedence_and_deletions(&open(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn same_correction_batch_twice_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    common::same_correction_batch_twice_changes_nothing(&store).await;
+    // the second application wrote no commit at all
+    let before = std::fs::read_dir(dir.path().join("serving/_delta_log")).unwrap().count();
+    let batch = tidemark_store::CorrectionBatch {
+        id: "run-9:cb:7".into(),
+        run_id: "run-9".into(),
+        epoch: 9,
+        changes: vec![],
+        audit: vec![],
+    };
+    assert_eq!(store.apply_corrections(&batch).await.unwrap(), tidemark_store::ApplyOutcome::AlreadyApplied);
+    assert_eq!(std::fs::read_dir(dir.path().join("serving/_delta_log")).unwrap().count(), before);
+}
+
+#[tokio::test]
+async fn hostile_values_are_verbatim_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    common::hostile_values_are_verbatim_or_refused(&open(dir.path()).await).await;
+}
+
+/// A MERGE that changes nothing writes no commit; the progress marker must still be committed.
+#[tokio::test]
+async fn noop_merge_still_commits_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let epoch = store.claim_writer("noop").await.unwrap().writer_epoch;
+    let k = common::key("noop", 1, "/a");
+    let rows = [RowChange::Upsert(common::speed_row(&k, 3, 3))];
+    store.write_provisional(&rows, &common::progress("noop", epoch, 1, 1)).await.unwrap();
+    let markers = store.stats().marker_commits.load(Ordering::Relaxed);
+    // same rows (refused by precedence), new progress
+    let out = store.write_provisional(&rows, &common::progress("noop", epoch, 2, 2)).await.unwrap();
+    assert!(matches!(out, WriteOutcome::Committed(s) if s.applied == 0), "{out:?}");
+    assert_eq!(store.stats().marker_commits.load(Ordering::Relaxed), markers + 1);
+    assert_eq!(store.load_progress("noop").await.unwrap(), Some(common::progress("noop", epoch, 2, 2)));
+    // and a fresh handle (another process) sees the same
+    let other = open(dir.path()).await;
+    assert_eq!(other.load_progress("noop").await.unwrap(), Some(common::progress("noop", epoch, 2, 2)));
+    assert_eq!(other.committed_marker("noop").await.unwrap().map(|m| m.sequence), Some(2));
+}
+
+#[tokio::test]
+async fn compaction_and_vacuum_keep_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let epoch = store.claim_writer("compact").await.unwrap().writer_epoch;
+    for seq in 1..=6u32 {
+        let k = common::key("compact", 1, &format!("/p{seq}"));
+        store
+            .write_provisional(
+                &[RowChange::Upsert(common::speed_row(&k, 0, i64::from(seq)))],
+                &common::progress("compact", epoch, u64::from(seq), 1),
+            )
+            .await
+            .unwrap();
+    }
+    let rows = common::read_all(&store).await;
+    assert_eq!(rows.len(), 6);
+    let files_before = store.file_count().await.unwrap();
+    assert!(files_before >= 6, "{files_before}");
+    let (removed, added) = store.optimize(None).await.unwrap();
+    assert_eq!((removed as usize, added), (files_before, 1));
+    assert_eq!(store.file_count().await.unwrap(), 1);
+    let deleted = store.vacuum(std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(deleted, files_before);
+    assert_eq!(common::read_all(&store).await, rows);
+    assert_eq!(store.load_progress("compact").await.unwrap(), Some(common::progress("compact", epoch, 6, 1)));
+}
+
+#[tokio::test]
+async fn memory_url_works_for_unit_tests() {
+    let store = DeltaStoreConfig::new("memory:///tidemark-test").build().await.unwrap();
+    store.init().await.unwrap();
+    let epoch = store.claim_writer("mem").await.unwrap().writer_epoch;
+    let k = common::key("mem", 1, "/a");
+    store
+        .write_provisional(&[RowChange::Upsert(common::speed_row(&k, 0, 1))], &common::progress("mem", epoch, 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(common::read_all(&store).await, vec![common::speed_row(&k, 0, 1)]);
+    assert_eq!(store.load_progress("mem").await.unwrap(), Some(common::progress("mem", epoch, 1, 1)));
+}
+
+#[tokio::test]
+async fn precedence_holds_under_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        all.push(Arc::new(open(dir.path()).await));
+    }
+    let batch = all.split_off(2);
+    let report = common::precedence_race(all.clone(), batch.clone(), 50, 4, 1, 0x5eed_0002).await;
+    let conflicts: u64 = all.iter().chain(&batch).map(|s| s.stats().conflicts.load(Ordering::Relaxed)).sum();
+    println!("delta race: {report:?}, commit conflicts re-planned {conflicts}");
+    assert_eq!(report.violations, 0);
+    assert!(report.rounds >= 50);
+    assert!(conflicts > 0, "no commit ever conflicted: no contention was tested");
+}
+
+#[tokio::test]
+async fn dead_letters_are_append_only_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DeadLetterStore::open(&format!("file://{}", dir.path().display())).unwrap();
+    let at = common::t(100);
+    let coords = |offset| SourceCoordinates { source: "events'; --/ü".into(), partition: 3, offset };
+    let a = DeadLetter::new(coords(7), ReasonCode::NotJson, "expected value at 1:1", b"{nope", 1024, at);
+    let big = vec![b'x'; 2048];
+    let b = DeadLetter::new(coords(8), ReasonCode::Oversize, "2048 bytes", &big, 1024, at);
+    let c = DeadLetter::new(coords(9), ReasonCode::InvalidUtf8, "bad utf-8", &[0xff, 0xfe], 1024, at);
+    assert_eq!(store.append(&[a.clone(), b.clone(), c.clone()]).await.unwrap(), 3);
+    // the same coordinates again (a replay) keep the first record
+    let later = DeadLetter::new(coords(7), ReasonCode::NotJson, "again", b"{nope", 1024, common::t(200));
+    assert_eq!(store.append(&[later]).await.unwrap(), 0);
+    assert_eq!(store.list().await.unwrap(), vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(a.payload, Payload::Text("{nope".into()));
+    assert_eq!(c.payload, Payload::Hex("fffe".into()));
+    let Payload::Hash { sha256, len } = &b.payload else { panic!("{:?}", b.payload) };
+    assert_eq!(*len, 2048);
+    assert_eq!(sha256.len(), 64);
+}
+
+#[tokio::test]
+async fn sigkill_mid_commit_leaves_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let report = common::sigkill_atomicity("delta", &url, 20, 1500, 0x0c0ffee).await;
+    println!("delta SIGKILL: {report:?}");
+    assert_eq!(report.kills, 20);
+    assert!(report.final_offset > 0);
+    assert!(report.mid_commit > 0, "no kill landed inside a write");
+}
+
+#[tokio::test]
+async fn open_by_spec_location_and_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let store = tidemark_store::open(&tidemark_core::StoreLocation::Delta(url)).await.unwrap();
+    store.init().await.unwrap();
+    store.init().await.unwrap();
+    assert_eq!(store.claim_writer("spec").await.unwrap().writer_epoch, 1);
+    assert!(dir.path().join("serving/_delta_log").is_dir());
+    assert!(dir.path().join("corrections_audit/_delta_log").is_dir());
+}
