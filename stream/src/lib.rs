@@ -1,1 +1,26 @@
-//! stub
+//! tidemark-stream: the speed layer.
+//!
+//! - [`Engine`]: the pure, synchronous event-time engine: per-partition watermarks with idleness,
+//!   tumbling / hopping / session windows over tidemark-core accumulators, early / on-time / late panes,
+//!   de-duplication, per-partition accounting and checkpoints.
+//! - [`FileReplay`]: a JSON Lines file replayed in arrival order as [`Record`]s.
+//!
+//! The Kafka source, the raw archive writer and the sink loop build on these.
+
+pub mod checkpoint;
+pub mod clock;
+pub mod engine;
+pub mod error;
+mod keys;
+pub mod output;
+pub mod replay;
+mod state;
+pub mod watermark;
+mod window;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{Engine, PartitionAccounts};
+pub use error::Error;
+pub use output::{DeadLetter, LateEvent, LateReason, Output, Record};
+pub use replay::{FileReplay, ReceivedAt};
+pub use watermark::{Watermark, WatermarkTracker};
