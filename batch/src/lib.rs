@@ -1,1 +1,20 @@
-//! stub
+//! tidemark-batch: the batch layer. Recomputes every metric of a pipeline spec exactly from the raw events
+//! in object storage with polars, and writes the batch view (a Delta table) the reconciler trusts.
+//!
+//! - [`input`]: the raw archive (Delta), JSON Lines or Parquet files at `file://` URLs, decoded with
+//!   tidemark-core's decoder (same reason codes as the stream layer); undecodable rows become dead letters.
+//! - [`frame`]: decoded events as a polars frame; [`plan`]: de-duplication, window assignment (one module
+//!   per window kind) and aggregation, finished into core [`tidemark_core::MetricRow`]s.
+//! - [`view`]: the batch view Delta table; a run replaces its range in one commit.
+//! - [`run`]: [`BatchRun`], the entry point: `BatchRun::new(&spec, from, to).dry_run(false).run().await`.
+
+pub mod error;
+pub mod frame;
+pub mod input;
+pub mod plan;
+pub mod run;
+pub mod view;
+
+pub use error::BatchError;
+pub use input::{DeadLetter, InputFile, InputFormat, InputSource};
+pub use run::{BatchReport, BatchRun, MetricSummary};

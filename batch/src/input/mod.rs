@@ -1,0 +1,270 @@
+//! Reading raw events: the Delta archive ([`delta`]), or JSON Lines / Parquet files under a prefix
+//! ([`files`]), at object_store URLs. Every payload is decoded with tidemark-core's
+//! [`EventSchema::decode`], so verdicts and reason codes match the stream layer.
+//!
+//! The receive time passed to the decoder (which refuses events too far in its future) is the archive's
+//! `ingest_time`, a Parquet file's `ingest_time` column when it has one, and otherwise the file's
+//! last-modified time (files are written after their events were received, so this never refuses an event
+//! the stream layer accepted).
+//!
+//! Rows are kept when their decoded event time lies in the requested range; rows outside it (read because
+//! a whole file was read) are counted, never dropped silently. Undecodable rows become [`DeadLetter`]s.
+
+pub mod delta;
+pub mod files;
+
+use std::collections::BTreeMap;
+
+use polars::prelude::DataFrame;
+use serde::{Deserialize, Serialize};
+use tidemark_core::{EventSchema, EventTime, ReasonCode, SourceCoordinates};
+
+use crate::error::BatchError;
+use crate::frame::EventFrameBuilder;
+
+/// What the raw events look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// The raw archive Delta table the stream service writes (schema in `tidemark_core::archive`).
+    DeltaArchive,
+    /// `*.jsonl` / `*.ndjson` / `*.json` files under a prefix, one event per line.
+    JsonLines,
+    /// `*.parquet` files under a prefix with a `payload` column (the archive's columns where present).
+    Parquet,
+}
+
+/// Where and in which format the raw events are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSource {
+    /// Format.
+    pub format: InputFormat,
+    /// `file://` URL of the table or prefix (plain absolute paths are accepted).
+    pub url: String,
+}
+
+impl InputSource {
+    /// The raw archive Delta table at `url`.
+    pub fn delta(url: impl Into<String>) -> Self {
+        InputSource { format: InputFormat::DeltaArchive, url: url.into() }
+    }
+
+    /// JSON Lines files under `prefix`.
+    pub fn json_lines(prefix: impl Into<String>) -> Self {
+        InputSource { format: InputFormat::JsonLines, url: prefix.into() }
+    }
+
+    /// Parquet files under `prefix`.
+    pub fn parquet(prefix: impl Into<String>) -> Self {
+        InputSource { format: InputFormat::Parquet, url: prefix.into() }
+    }
+}
+
+/// One file the run read (or, in a dry run, would read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// URL or table-relative path.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Rows according to file statistics, when known.
+    pub rows: Option<u64>,
+}
+
+/// A row that could not be decoded: what the dead-letter store keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Where the row is.
+    pub at: SourceCoordinates,
+    /// Reason code (the same as the stream layer's).
+    pub reason: ReasonCode,
+    /// The field to blame, if any.
+    pub field: Option<String>,
+    /// What exactly is wrong.
+    pub detail: String,
+    /// The payload as read (invalid UTF-8 replaced).
+    pub payload: String,
+    /// The receive time used for decoding.
+    pub received_at: EventTime,
+}
+
+/// Counts of what reading saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadCounts {
+    /// Rows scanned in the files read.
+    pub rows_scanned: u64,
+    /// Rows that decoded and lie in the requested range.
+    pub decoded_in_range: u64,
+    /// Rows that decoded but lie outside the requested range (read because their file was).
+    pub outside_range: u64,
+    /// Rows that failed decoding.
+    pub invalid: u64,
+    /// Failures by reason code.
+    pub invalid_by_reason: BTreeMap<ReasonCode, u64>,
+}
+
+/// Everything read: the events frame (with provenance, not yet de-duplicated), the files, the counts and
+/// the dead letters.
+#[derive(Debug)]
+pub struct ReadOutcome {
+    /// Decoded events in range, with provenance columns.
+    pub events: DataFrame,
+    /// Files read.
+    pub files: Vec<InputFile>,
+    /// Delta table version read, for the archive.
+    pub table_version: Option<i64>,
+    /// Counts.
+    pub counts: ReadCounts,
+    /// Undecodable rows.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// What a dry run reports about the input without reading rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputPlan {
+    /// Files that would be read.
+    pub files: Vec<InputFile>,
+    /// Delta table version, for the archive.
+    pub table_version: Option<i64>,
+}
+
+impl InputPlan {
+    /// Total bytes.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    /// Estimated rows: the sum of known row counts, `None` if any file's count is unknown.
+    pub fn estimated_rows(&self) -> Option<u64> {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+}
+
+/// Decodes rows into a frame builder, counting and collecting as it goes. One per file or chunk.
+pub(crate) struct Decoder<'a> {
+    pub schema: &'a EventSchema,
+    pub lo: EventTime,
+    pub hi: EventTime,
+    pub builder: EventFrameBuilder,
+    pub counts: ReadCounts,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(schema: &'a EventSchema, lo: EventTime, hi: EventTime) -> Self {
+        Decoder {
+            schema,
+            lo,
+            hi,
+            builder: EventFrameBuilder::new(schema, true),
+            counts: ReadCounts::default(),
+            dead_letters: Vec::new(),
+        }
+    }
+
+    /// Decodes one row received at `received` (µs) from `at`.
+    pub fn row(&mut self, payload: &[u8], received: EventTime, at: impl FnOnce() -> SourceCoordinates) {
+        self.counts.rows_scanned += 1;
+        match self.schema.decode(payload, received) {
+            Ok(e) => {
+                if e.time >= self.lo && e.time < self.hi {
+                    self.counts.decoded_in_range += 1;
+                    self.builder.push_received(&e, received.as_micros(), &at());
+                } else {
+                    self.counts.outside_range += 1;
+                }
+            }
+            Err(err) => {
+                self.counts.invalid += 1;
+                *self.counts.invalid_by_reason.entry(err.reason).or_default() += 1;
+                self.dead_letters.push(DeadLetter {
+                    at: at(),
+                    reason: err.reason,
+                    field: err.field,
+                    detail: err.detail,
+                    payload: String::from_utf8_lossy(payload).into_owned(),
+                    received_at: received,
+                });
+            }
+        }
+    }
+}
+
+/// Merges per-file results in file order.
+pub(crate) fn merge(
+    parts: Vec<(DataFrame, ReadCounts, Vec<DeadLetter>)>,
+    schema: &EventSchema,
+    files: Vec<InputFile>,
+    table_version: Option<i64>,
+) -> Result<ReadOutcome, BatchError> {
+    let mut counts = ReadCounts::default();
+    let mut dead_letters = Vec::new();
+    let mut frames = Vec::with_capacity(parts.len());
+    for (df, c, d) in parts {
+        counts.rows_scanned += c.rows_scanned;
+        counts.decoded_in_range += c.decoded_in_range;
+        counts.outside_range += c.outside_range;
+        counts.invalid += c.invalid;
+        for (r, n) in c.invalid_by_reason {
+            *counts.invalid_by_reason.entry(r).or_default() += n;
+        }
+        dead_letters.extend(d);
+        frames.push(df);
+    }
+    let mut events = EventFrameBuilder::new(schema, true).finish()?;
+    for f in &frames {
+        events.vstack_mut(f)?;
+    }
+    events.rechunk_mut();
+    Ok(ReadOutcome { events, files, table_version, counts, dead_letters })
+}
+
+/// Reads the events of `source` whose event time lies in `[lo, hi)`; a Delta archive at `version` if
+/// given (else its latest version).
+pub async fn read_events(
+    source: &InputSource,
+    schema: &EventSchema,
+    lo: EventTime,
+    hi: EventTime,
+    version: Option<i64>,
+) -> Result<ReadOutcome, BatchError> {
+    match source.format {
+        InputFormat::DeltaArchive => delta::read(&source.url, schema, lo, hi, version).await,
+        InputFormat::JsonLines | InputFormat::Parquet => files::read(source, schema, lo, hi).await,
+    }
+}
+
+/// The files a read of `[lo, hi)` would touch, without reading rows.
+pub async fn plan_read(
+    source: &InputSource,
+    schema: &EventSchema,
+    lo: EventTime,
+    hi: EventTime,
+) -> Result<InputPlan, BatchError> {
+    match source.format {
+        InputFormat::DeltaArchive => {
+            let (files, version) = delta::list(&source.url, schema, lo, hi).await?;
+            Ok(InputPlan { files: files.into_iter().map(|f| f.file).collect(), table_version: Some(version) })
+        }
+        InputFormat::JsonLines | InputFormat::Parquet => {
+            let files = files::list(source).await?;
+            Ok(InputPlan { files: files.into_iter().map(|(f, _)| f).collect(), table_version: None })
+        }
+    }
+}
+
+/// Parses a `file://` URL or absolute path into a URL.
+pub(crate) fn parse_location(url: &str) -> Result<url::Url, BatchError> {
+    let unsupported = |reason: &str| BatchError::UnsupportedLocation { url: url.to_owned(), reason: reason.to_owned() };
+    if url.starts_with('/') {
+        return url::Url::from_directory_path(url).map_err(|()| unsupported("not an absolute path"));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| unsupported(&e.to_string()))?;
+    match parsed.scheme() {
+        "file" => Ok(parsed),
+        "s3" | "s3a" | "memory" => {
+            Err(unsupported("this build reads file:// locations only (s3 and memory are not enabled yet)"))
+        }
+        other => Err(unsupported(&format!("unknown scheme {other:?}"))),
+    }
+}

@@ -1,0 +1,196 @@
+//! Tumbling and hopping windows. An event's last window starts at `t - ((t - offset) mod slide)` (Euclidean
+//! remainder, so negative times and offsets align too) and its windows at that minus `k * slide` for `k` in
+//! `0..size/slide`, exactly as `tidemark_core::FixedWindows::assign`.
+//!
+//! - Tumbling: one group-by over the window start.
+//! - Hopping, every aggregate mergeable: aggregate events into slide-long panes with polars, then walk
+//!   each key's panes in start order and merge the `size / slide` panes of each window (sums of exact
+//!   integer halves, float sums, min of mins, max of maxes, sum of counts): no copies of the events.
+//! - Hopping with `count_distinct`: copy each event into its windows (explicit assignment), then group.
+
+use polars::prelude::*;
+use tidemark_core::{EventTime, FixedWindows};
+
+use super::{Aggregation, MergeOp, WINDOW_END, WINDOW_START, time};
+
+/// The plan of a tumbling or hopping metric, grouped by `(window_start, keys)`.
+pub(crate) fn plan(
+    events: LazyFrame,
+    w: &FixedWindows,
+    keys: &[String],
+    aggs: Aggregation,
+    range: Option<(EventTime, EventTime)>,
+) -> PolarsResult<LazyFrame> {
+    let slide = w.slide().as_micros();
+    let size = w.size().as_micros();
+    let offset = w.offset().as_micros();
+    // ((t - offset) % slide + slide) % slide is the Euclidean remainder whatever `%`'s sign convention
+    let phase = ((time() - lit(offset)) % lit(slide) + lit(slide)) % lit(slide);
+    let last_start = (time() - phase).alias(WINDOW_START);
+    let n = w.windows_per_event() as i64;
+    let by = || {
+        let mut by = vec![col(WINDOW_START)];
+        by.extend(keys.iter().map(|k| col(k.as_str())));
+        by
+    };
+    let in_range = |lf: LazyFrame| match range {
+        // keep windows overlapping [from, to): start < to and start + size > from
+        Some((from, to)) => {
+            lf.filter(col(WINDOW_START).lt(lit(to.as_micros())).and(col(WINDOW_START).gt(lit(from.as_micros() - size))))
+        }
+        None => lf,
+    };
+    let copies = |lf: LazyFrame| -> LazyFrame {
+        let copies: Vec<LazyFrame> =
+            (0..n).map(|k| lf.clone().with_column((col(WINDOW_START) - lit(k * slide)).alias(WINDOW_START))).collect();
+        if copies.len() == 1 {
+            copies.into_iter().next().expect("one copy")
+        } else {
+            concat(copies, UnionArgs { rechunk: false, parallel: true, ..Default::default() })
+                .expect("copies of one frame share a schema")
+        }
+    };
+    let grouped = match aggs.merge {
+        Some(merge) if n > 1 => {
+            // a pane starting at p feeds the windows starting at p - k * slide: keep a superset of the
+            // panes that feed windows in range; the merge keeps exactly the windows in range
+            let panes = events.with_column(last_start).group_by(by()).agg(aggs.over_events);
+            let panes = match range {
+                Some((from, to)) => panes.filter(
+                    col(WINDOW_START)
+                        .gt(lit(from.as_micros() - size))
+                        .and(col(WINDOW_START).lt(lit(to.as_micros() + size))),
+                ),
+                None => panes,
+            };
+            let mut order: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
+            order.push(col(WINDOW_START));
+            let sorted = panes.sort_by_exprs(order, SortMultipleOptions::default());
+            // the merge walks each key's panes in order, so it runs on the whole collected frame
+            let sorted = sorted.collect_with_engine(Engine::Streaming)?.unwrap_single();
+            let window_range = range.map(|(from, to)| (from.as_micros() - size, to.as_micros()));
+            let windows = merge_panes(&sorted, keys, &merge, slide, n, window_range)?;
+            return Ok(windows.lazy().with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)));
+        }
+        _ => in_range(copies(events.with_column(last_start))).group_by(by()).agg(aggs.over_events),
+    };
+    Ok(grouped.with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)))
+}
+
+enum Partial<'a> {
+    Int(&'a [i64], MergeOp),
+    Float(&'a [f64], MergeOp),
+}
+
+enum Out {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+}
+
+/// Merges slide-long panes (sorted by keys, then start) into the windows of `n` panes each. Windows
+/// without panes are skipped; with a range `(lo, hi)`, only windows with `lo < start < hi` are kept.
+fn merge_panes(
+    df: &DataFrame,
+    keys: &[String],
+    merge: &[(String, MergeOp)],
+    slide: i64,
+    n: i64,
+    range: Option<(i64, i64)>,
+) -> PolarsResult<DataFrame> {
+    let mut df = df.clone();
+    df.rechunk_mut();
+    // partial results never contain nulls (every pane has events; inputs are required fields), so the
+    // rechunked columns are plain slices
+    let starts = df.column(WINDOW_START)?.as_materialized_series().i64()?.cont_slice()?;
+    let key_cols = keys
+        .iter()
+        .map(|k| Ok(df.column(k)?.as_materialized_series().str()?.clone()))
+        .collect::<PolarsResult<Vec<_>>>()?;
+    let partials = merge
+        .iter()
+        .map(|(name, op)| {
+            let s = df.column(name)?.as_materialized_series();
+            Ok(match op {
+                MergeOp::SumFloat | MergeOp::MinFloat | MergeOp::MaxFloat => {
+                    Partial::Float(s.f64()?.cont_slice()?, *op)
+                }
+                _ => Partial::Int(s.i64()?.cont_slice()?, *op),
+            })
+        })
+        .collect::<PolarsResult<Vec<_>>>()?;
+    let mut out_starts: Vec<i64> = Vec::new();
+    let mut out_rows: Vec<usize> = Vec::new(); // a pane row of the window's key, for the key columns
+    let mut outs: Vec<Out> = partials
+        .iter()
+        .map(|p| match p {
+            Partial::Int(..) => Out::Int(Vec::new()),
+            Partial::Float(..) => Out::Float(Vec::new()),
+        })
+        .collect();
+    let height = df.height();
+    let same_key = |a: usize, b: usize| key_cols.iter().all(|c| c.get(a) == c.get(b));
+    let size = n * slide;
+    let mut seg = 0;
+    while seg < height {
+        let mut end = seg + 1;
+        while end < height && same_key(seg, end) {
+            end += 1;
+        }
+        // panes seg..end of one key, ascending starts
+        let pane = |i: usize| starts[i];
+        let mut first = seg; // first pane with start >= w
+        let mut w = pane(seg) - (n - 1) * slide;
+        while first < end {
+            let mut last = first; // panes first..last are in [w, w + size)
+            while last < end && pane(last) < w + size {
+                last += 1;
+            }
+            if last > first && range.is_none_or(|(lo, hi)| w > lo && w < hi) {
+                out_starts.push(w);
+                out_rows.push(first);
+                for (o, p) in outs.iter_mut().zip(&partials) {
+                    match (o, p) {
+                        (Out::Int(v), Partial::Int(c, op)) => {
+                            let xs = c[first..last].iter().copied();
+                            v.push(match op {
+                                MergeOp::MinInt => xs.min(),
+                                MergeOp::MaxInt => xs.max(),
+                                _ => Some(xs.sum()),
+                            });
+                        }
+                        (Out::Float(v), Partial::Float(c, op)) => {
+                            let mut xs = c[first..last].iter().copied();
+                            v.push(match op {
+                                MergeOp::MinFloat => xs.next().map(|x0| xs.fold(x0, f64::min)),
+                                MergeOp::MaxFloat => xs.next().map(|x0| xs.fold(x0, f64::max)),
+                                _ => Some(xs.sum()),
+                            });
+                        }
+                        _ => polars_bail!(ComputeError: "pane column types changed"),
+                    }
+                }
+            }
+            // next window start: one slide on, or straight to the next pane's first window
+            w += slide;
+            while first < end && pane(first) < w {
+                first += 1;
+            }
+            if first < end && pane(first) - (n - 1) * slide > w {
+                w = pane(first) - (n - 1) * slide;
+            }
+        }
+        seg = end;
+    }
+    let rows = IdxCa::from_vec("rows".into(), out_rows.iter().map(|&r| r as IdxSize).collect());
+    let mut cols: Vec<Column> = vec![Column::new(WINDOW_START.into(), out_starts)];
+    for (k, c) in keys.iter().zip(&key_cols) {
+        cols.push(c.take(&rows)?.with_name(k.as_str().into()).into_column());
+    }
+    for ((name, _), o) in merge.iter().zip(outs) {
+        cols.push(match o {
+            Out::Int(v) => Column::new(name.as_str().into(), v),
+            Out::Float(v) => Column::new(name.as_str().into(), v),
+        });
+    }
+    DataFrame::new(rows.len(), cols)
+}

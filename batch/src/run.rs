@@ -1,0 +1,641 @@
+//! [`BatchRun`]: the library entry point the CLI calls. Reads the raw events around `[from, to)`, decodes,
+//! de-duplicates, computes every metric of the spec with the polars plan (in `spawn_blocking`), replaces the
+//! range in the batch view in one Delta commit, and writes a run manifest beside the table
+//! (`_tidemark_runs/<run_id>.json`; also recorded in the commit's info).
+//!
+//! Input range: for tumbling and hopping metrics, exactly the extent of the windows overlapping
+//! `[from, to)`. Session windows can chain arbitrarily far, so a session metric starts with a lookaround on
+//! each side and doubles it (re-reading) until every session overlapping the range is provably complete:
+//! its first event is at least `gap` after the read start and its end is at most the read end; past
+//! `max_lookaround` the run reports a warning instead.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use deltalake::arrow::array::RecordBatch;
+use indicatif::{ProgressBar, ProgressStyle};
+use polars::prelude::{DataFrame, IntoLazy};
+use serde::{Deserialize, Serialize};
+use tidemark_core::{
+    CompiledMetric, Duration, EventSchema, EventTime, FixedWindows, MetricRow, Origin, ReasonCode, ValidSpec, Window,
+    WindowSpec,
+};
+
+use crate::error::BatchError;
+use crate::input::{self, DeadLetter, InputFile, InputSource};
+use crate::plan;
+use crate::view;
+
+/// Folder under the batch view's root that holds run manifests.
+pub const MANIFEST_DIR: &str = "_tidemark_runs";
+
+/// A batch run over `[from, to)`, configured as a builder and executed with [`BatchRun::run`].
+#[derive(Debug, Clone)]
+pub struct BatchRun<'a> {
+    spec: &'a ValidSpec,
+    from: EventTime,
+    to: EventTime,
+    dry_run: bool,
+    input: InputSource,
+    batch_view: String,
+    metrics: Option<Vec<String>>,
+    session_lookaround: Duration,
+    max_lookaround: Duration,
+    run_id: Option<String>,
+    progress: bool,
+    keep_rows: bool,
+    chunk: Option<Duration>,
+}
+
+/// One metric's part of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricSummary {
+    /// Metric name.
+    pub name: String,
+    /// `tumbling`, `hopping` or `session`.
+    pub window: String,
+    /// Rows computed (one per window and dimension values).
+    pub rows: u64,
+    /// Distinct windows among them.
+    pub windows: u64,
+    /// In a dry run: windows overlapping the range (fixed windows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned_windows: Option<u64>,
+}
+
+/// What a run did: the manifest (serialized) plus the rows and dead letters (not serialized).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Run id.
+    pub run_id: String,
+    /// Epoch of the rows written (µs since the epoch at the run's start; orders runs).
+    pub epoch: i64,
+    /// Whether nothing was read or written (plan only).
+    pub dry_run: bool,
+    /// Requested range start.
+    pub from: EventTime,
+    /// Requested range end (exclusive).
+    pub to: EventTime,
+    /// Event-time range read.
+    pub read_from: EventTime,
+    /// Event-time range read, end (exclusive).
+    pub read_to: EventTime,
+    /// The input.
+    pub input: InputSource,
+    /// The Delta version of the archive read.
+    pub input_version: Option<i64>,
+    /// Files read (or, in a dry run, to read).
+    pub files: Vec<InputFile>,
+    /// Total bytes of those files.
+    pub bytes: u64,
+    /// Estimated rows (dry run, from statistics).
+    pub estimated_rows: Option<u64>,
+    /// Rows scanned in the files read.
+    pub rows_read: u64,
+    /// Rows that failed decoding (dead letters).
+    pub invalid: u64,
+    /// Invalid rows by reason code.
+    pub invalid_by_reason: BTreeMap<ReasonCode, u64>,
+    /// Decoded rows outside the read range (their file overlapped it).
+    pub outside_range: u64,
+    /// Copies of an event id already seen.
+    pub duplicates: u64,
+    /// Distinct events aggregated. `rows_read = invalid + outside_range + duplicates + aggregated`.
+    pub aggregated: u64,
+    /// Per metric.
+    pub metrics: Vec<MetricSummary>,
+    /// Rows written to the batch view.
+    pub rows_written: u64,
+    /// Distinct (metric, window) pairs written.
+    pub windows_written: u64,
+    /// The batch view's version after the run's commit.
+    pub view_version: Option<i64>,
+    /// Wall-clock duration in milliseconds.
+    pub duration_ms: u64,
+    /// Things the operator should know (e.g. a session that may continue beyond the lookaround).
+    pub warnings: Vec<String>,
+    /// The computed rows, sorted by key (metric, window, dimensions), if asked for with
+    /// [`BatchRun::keep_rows`].
+    #[serde(skip)]
+    pub rows: Vec<MetricRow>,
+    /// The undecodable rows, for the dead-letter store.
+    #[serde(skip)]
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        if enabled && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            Progress(Some(bar))
+        } else {
+            Progress(None)
+        }
+    }
+
+    fn phase(&self, msg: String) {
+        match &self.0 {
+            Some(bar) => bar.set_message(msg),
+            None => tracing::info!("{msg}"),
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn now() -> EventTime {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    EventTime::from_micros(us).unwrap_or(EventTime::UNIX_EPOCH)
+}
+
+/// `[first window start, last window end)` of the fixed windows overlapping `[from, to)`.
+fn fixed_extent(w: &FixedWindows, from: EventTime, to: EventTime) -> (EventTime, EventTime) {
+    let slide = w.slide().as_micros();
+    let n = w.windows_per_event() as i64;
+    let first = w.last_start(from).as_micros() - (n - 1) * slide;
+    let last_start = w.last_start(EventTime::from_micros(to.as_micros() - 1).unwrap_or(to)).as_micros();
+    let t = |us: i64| EventTime::from_micros(us).unwrap_or(EventTime::MIN);
+    (t(first), t(last_start).saturating_add(w.size()))
+}
+
+fn fixed_window_count(w: &FixedWindows, from: EventTime, to: EventTime) -> u64 {
+    let (first, _) = fixed_extent(w, from, to);
+    let last = w.last_start(EventTime::from_micros(to.as_micros() - 1).unwrap_or(to));
+    u64::try_from((last.as_micros() - first.as_micros()) / w.slide().as_micros() + 1).unwrap_or(0)
+}
+
+fn twice(d: Duration) -> Duration {
+    Duration::from_micros(d.as_micros().saturating_mul(2)).unwrap_or(Duration::MAX)
+}
+
+impl<'a> BatchRun<'a> {
+    /// A run of every metric of `spec` over `[from, to)`, reading the spec's raw archive and writing its
+    /// batch view.
+    pub fn new(spec: &'a ValidSpec, from: EventTime, to: EventTime) -> Self {
+        let stores = &spec.spec().stores;
+        BatchRun {
+            spec,
+            from,
+            to,
+            dry_run: false,
+            input: InputSource::delta(stores.raw_archive.clone()),
+            batch_view: stores.batch_view.clone(),
+            metrics: None,
+            session_lookaround: Duration::from_secs(3600),
+            max_lookaround: Duration::from_secs(7 * 86_400),
+            run_id: None,
+            progress: true,
+            keep_rows: false,
+            chunk: None,
+        }
+    }
+
+    /// Plan only: list the input and report files, bytes, estimated rows and windows; read and write
+    /// nothing.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Read this input instead of the spec's raw archive.
+    pub fn input(mut self, input: InputSource) -> Self {
+        self.input = input;
+        self
+    }
+
+    /// Write this batch view instead of the spec's.
+    pub fn batch_view(mut self, url: impl Into<String>) -> Self {
+        self.batch_view = url.into();
+        self
+    }
+
+    /// Compute only these metrics (by name).
+    pub fn metrics(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.metrics = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The first lookaround on each side for session metrics (default 1h; doubled as needed).
+    pub fn session_lookaround(mut self, d: Duration) -> Self {
+        self.session_lookaround = d;
+        self
+    }
+
+    /// The largest lookaround tried before reporting possibly incomplete sessions (default 7 days).
+    pub fn max_lookaround(mut self, d: Duration) -> Self {
+        self.max_lookaround = d;
+        self
+    }
+
+    /// Use this run id (default: derived from the start time).
+    pub fn run_id(mut self, id: impl Into<String>) -> Self {
+        self.run_id = Some(id.into());
+        self
+    }
+
+    /// Also return the computed rows as core `MetricRow`s in [`BatchReport::rows`] (default off: that
+    /// costs about half a KiB a row; the batch view is written from the plan's frames directly).
+    pub fn keep_rows(mut self, keep: bool) -> Self {
+        self.keep_rows = keep;
+        self
+    }
+
+    /// Compute the range in consecutive chunks of this length (bounding the events held in memory); the
+    /// view is still replaced in one commit. Each window belongs to the chunk holding its start (the
+    /// first chunk also takes windows starting before `from`), and each chunk reads the whole extent of
+    /// its windows, so the result equals an unchunked run. Neighbouring chunks' read ranges overlap, so
+    /// `rows_read` counts those rows once per chunk.
+    pub fn chunk(mut self, length: Duration) -> Self {
+        self.chunk = (!length.is_zero()).then_some(length);
+        self
+    }
+
+    /// Show a spinner on a terminal (default on; plain log lines otherwise).
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    fn selected(&self) -> Result<Vec<CompiledMetric>, BatchError> {
+        match &self.metrics {
+            None => Ok(self.spec.metrics().to_vec()),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.spec
+                        .metric(n)
+                        .cloned()
+                        .ok_or_else(|| BatchError::InvalidRequest(format!("the spec has no metric {n:?}")))
+                })
+                .collect(),
+        }
+    }
+
+    /// `(chunk from, chunk to, owned window starts)`: consecutive chunks covering `[from, to)`; a window
+    /// belongs to the chunk whose range holds its start (the first chunk owns every earlier start, the last
+    /// every later one).
+    fn chunks(&self) -> Vec<(EventTime, EventTime, (EventTime, EventTime))> {
+        let mut bounds = vec![self.from];
+        if let Some(len) = self.chunk {
+            let mut t = self.from.saturating_add(len);
+            while t < self.to {
+                bounds.push(t);
+                t = t.saturating_add(len);
+            }
+        }
+        bounds.push(self.to);
+        let last = bounds.len() - 2;
+        (0..=last)
+            .map(|i| {
+                let own_lo = if i == 0 { EventTime::MIN } else { bounds[i] };
+                let own_hi = if i == last { EventTime::MAX } else { bounds[i + 1] };
+                (bounds[i], bounds[i + 1], (own_lo, own_hi))
+            })
+            .collect()
+    }
+
+    /// The event-time range to read for the windows of `[from, to)`.
+    fn read_range(
+        metrics: &[CompiledMetric],
+        from: EventTime,
+        to: EventTime,
+        lookaround: Duration,
+    ) -> (EventTime, EventTime) {
+        let (mut lo, mut hi) = (from, to);
+        for m in metrics {
+            let (a, b) = match m.window {
+                WindowSpec::Fixed(w) => fixed_extent(&w, from, to),
+                WindowSpec::Session(_) => (from.saturating_sub(lookaround), to.saturating_add(lookaround)),
+            };
+            lo = lo.min(a);
+            hi = hi.max(b);
+        }
+        (lo, hi)
+    }
+
+    /// Executes the run.
+    pub async fn run(self) -> Result<BatchReport, BatchError> {
+        let started = Instant::now();
+        if self.from >= self.to {
+            return Err(BatchError::InvalidRequest(format!("--from {} must be before --to {}", self.from, self.to)));
+        }
+        let metrics = self.selected()?;
+        let epoch = now().as_micros();
+        let run_id = self.run_id.clone().unwrap_or_else(|| format!("batch-{epoch}"));
+        let progress = Progress::new(self.progress);
+        let schema = self.spec.schema().clone();
+        let lookaround = self.session_lookaround;
+        let has_sessions = metrics.iter().any(|m| matches!(m.window, WindowSpec::Session(_)));
+
+        let mut report = BatchReport {
+            run_id: run_id.clone(),
+            epoch,
+            dry_run: self.dry_run,
+            from: self.from,
+            to: self.to,
+            read_from: self.from,
+            read_to: self.to,
+            input: self.input.clone(),
+            input_version: None,
+            files: Vec::new(),
+            bytes: 0,
+            estimated_rows: None,
+            rows_read: 0,
+            invalid: 0,
+            invalid_by_reason: BTreeMap::new(),
+            outside_range: 0,
+            duplicates: 0,
+            aggregated: 0,
+            metrics: Vec::new(),
+            rows_written: 0,
+            windows_written: 0,
+            view_version: None,
+            duration_ms: 0,
+            warnings: Vec::new(),
+            rows: Vec::new(),
+            dead_letters: Vec::new(),
+        };
+
+        if self.dry_run {
+            let (lo, hi) = Self::read_range(&metrics, self.from, self.to, lookaround);
+            progress.phase(format!("planning the read of {} over [{lo}, {hi})", self.input.url));
+            let plan = input::plan_read(&self.input, &schema, lo, hi).await?;
+            report.read_from = lo;
+            report.read_to = hi;
+            report.bytes = plan.bytes();
+            report.estimated_rows = plan.estimated_rows();
+            report.input_version = plan.table_version;
+            report.files = plan.files;
+            report.metrics = metrics
+                .iter()
+                .map(|m| MetricSummary {
+                    name: m.name.clone(),
+                    window: m.window.kind_name().to_owned(),
+                    rows: 0,
+                    windows: 0,
+                    planned_windows: match m.window {
+                        WindowSpec::Fixed(w) => Some(fixed_window_count(&w, self.from, self.to)),
+                        WindowSpec::Session(_) => None,
+                    },
+                })
+                .collect();
+            report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            progress.done();
+            return Ok(report);
+        }
+
+        let computed_at = now();
+        let chunks = self.chunks();
+        let mut pinned_version = None;
+        let mut files: BTreeMap<String, InputFile> = BTreeMap::new();
+        let mut dead_letters: BTreeMap<(String, i32, i64), DeadLetter> = BTreeMap::new();
+        let mut summaries: Vec<MetricSummary> = Vec::new();
+        let mut batches = Vec::new();
+        let mut rows = Vec::new();
+        report.read_from = EventTime::MAX;
+        report.read_to = EventTime::MIN;
+        for (ci, &(c_from, c_to, owned)) in chunks.iter().enumerate() {
+            let mut lookaround = self.session_lookaround;
+            let (frames, outcome, duplicates, lo, hi) = loop {
+                let (lo, hi) = Self::read_range(&metrics, c_from, c_to, lookaround);
+                progress.phase(format!(
+                    "chunk {}/{}: reading {} over [{lo}, {hi})",
+                    ci + 1,
+                    chunks.len(),
+                    self.input.url
+                ));
+                let outcome = input::read_events(&self.input, &schema, lo, hi, pinned_version).await?;
+                progress.phase(format!(
+                    "chunk {}/{}: computing {} metrics over {} events from {} files",
+                    ci + 1,
+                    chunks.len(),
+                    metrics.len(),
+                    outcome.counts.decoded_in_range,
+                    outcome.files.len()
+                ));
+                let (frames, duplicates, incomplete) = compute(
+                    outcome.events.clone(),
+                    schema.clone(),
+                    metrics.clone(),
+                    (self.from, self.to),
+                    owned,
+                    (lo, hi),
+                )
+                .await?;
+                if incomplete.is_empty() || !has_sessions {
+                    break (frames, outcome, duplicates, lo, hi);
+                }
+                if lookaround >= self.max_lookaround {
+                    report.warnings.push(format!(
+                        "{} sessions may continue beyond the maximum lookaround of {}, e.g. {}",
+                        incomplete.len(),
+                        self.max_lookaround,
+                        incomplete.iter().take(5).map(|(m, w)| format!("{m} {w}")).collect::<Vec<_>>().join("; ")
+                    ));
+                    break (frames, outcome, duplicates, lo, hi);
+                }
+                lookaround = twice(lookaround).min(self.max_lookaround);
+                tracing::info!(
+                    "{} sessions touch the edge of the read range; widening the lookaround to {lookaround}",
+                    incomplete.len()
+                );
+            };
+            pinned_version = pinned_version.or(outcome.table_version);
+            report.read_from = report.read_from.min(lo);
+            report.read_to = report.read_to.max(hi);
+            report.input_version = outcome.table_version;
+            for f in outcome.files {
+                files.insert(f.path.clone(), f);
+            }
+            report.rows_read += outcome.counts.rows_scanned - outcome.counts.invalid;
+            report.outside_range += outcome.counts.outside_range;
+            report.duplicates += duplicates;
+            report.aggregated += outcome.counts.decoded_in_range - duplicates;
+            for d in outcome.dead_letters {
+                dead_letters.entry((d.at.source.clone(), d.at.partition, d.at.offset)).or_insert(d);
+            }
+            drop(outcome.events);
+            let finished = finish(frames, schema.clone(), run_id.clone(), epoch, computed_at, self.keep_rows).await?;
+            for s in finished.summaries {
+                match summaries.iter_mut().find(|m| m.name == s.name) {
+                    Some(m) => {
+                        m.rows += s.rows;
+                        m.windows += s.windows;
+                    }
+                    None => summaries.push(s),
+                }
+            }
+            batches.extend(finished.batches);
+            rows.extend(finished.rows);
+        }
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        report.files = files.into_values().collect();
+        report.bytes = report.files.iter().map(|f| f.bytes).sum();
+        report.dead_letters = dead_letters.into_values().collect();
+        // a chunked run may read a bad row twice; it is one dead letter
+        report.invalid = report.dead_letters.len() as u64;
+        report.rows_read += report.invalid;
+        for d in &report.dead_letters {
+            *report.invalid_by_reason.entry(d.reason).or_default() += 1;
+        }
+        report.metrics = summaries;
+        report.rows_written = report.metrics.iter().map(|m| m.rows).sum();
+        report.windows_written = report.metrics.iter().map(|m| m.windows).sum();
+
+        progress.phase(format!("writing {} rows to {}", report.rows_written, self.batch_view));
+        let names: Vec<String> = metrics.iter().map(|m| m.name.clone()).collect();
+        let mut manifest = report.clone();
+        manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let summary = serde_json::json!({
+            "run_id": run_id,
+            "epoch": epoch,
+            "from": self.from,
+            "to": self.to,
+            "input": self.input.url,
+            "input_version": report.input_version,
+            "rows_read": report.rows_read,
+            "invalid": report.invalid,
+            "duplicates": report.duplicates,
+            "windows_written": report.windows_written,
+        });
+        let committed = view::replace_range(
+            &self.batch_view,
+            &names,
+            self.from,
+            self.to,
+            batches,
+            vec![("tidemark.batch_run".to_owned(), summary)],
+        )
+        .await?;
+        report.view_version = Some(committed.version);
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        manifest.view_version = report.view_version;
+        manifest.duration_ms = report.duration_ms;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BatchError::Internal(format!("manifest: {e}")))?;
+        view::put_beside(&self.batch_view, &format!("{MANIFEST_DIR}/{run_id}.json"), json).await?;
+        report.rows = rows;
+        progress.done();
+        tracing::info!(
+            run_id = %report.run_id,
+            rows_read = report.rows_read,
+            invalid = report.invalid,
+            duplicates = report.duplicates,
+            rows_written = report.rows_written,
+            "batch run finished in {} ms",
+            report.duration_ms
+        );
+        Ok(report)
+    }
+}
+
+type Computed = (Vec<(CompiledMetric, DataFrame)>, u64, Vec<(String, Window)>);
+
+/// De-duplicates and computes every metric's frame (windows overlapping `range` whose start is in `owned`)
+/// on a blocking thread. Also returns the session windows that may be incomplete given the read range.
+async fn compute(
+    events: DataFrame,
+    schema: EventSchema,
+    metrics: Vec<CompiledMetric>,
+    range: (EventTime, EventTime),
+    owned: (EventTime, EventTime),
+    read: (EventTime, EventTime),
+) -> Result<Computed, BatchError> {
+    tokio::task::spawn_blocking(move || {
+        let (events, duplicates) = plan::dedupe_by_id(events)?;
+        let mut frames = Vec::with_capacity(metrics.len());
+        let mut incomplete = Vec::new();
+        for m in metrics {
+            let frame = plan::metric_frame(&events, &schema, &m, Some(range))?;
+            let frame = if owned == (EventTime::MIN, EventTime::MAX) {
+                frame
+            } else {
+                let start = polars::prelude::col(plan::WINDOW_START);
+                frame
+                    .lazy()
+                    .filter(
+                        start
+                            .clone()
+                            .gt_eq(polars::prelude::lit(owned.0.as_micros()))
+                            .and(start.lt(polars::prelude::lit(owned.1.as_micros()))),
+                    )
+                    .collect()?
+            };
+            if let WindowSpec::Session(s) = m.window {
+                // decoded events are never before 1970, so a read starting there misses nothing earlier
+                let lo_open = read.0 > EventTime::UNIX_EPOCH;
+                let rows = plan::FrameRows::new(&frame, &schema, &m)?;
+                for r in 0..rows.len() {
+                    let w = rows.window(r)?;
+                    let early = lo_open && w.start() < read.0.saturating_add(s.gap());
+                    if early || w.end() > read.1 {
+                        incomplete.push((m.name.clone(), w));
+                    }
+                }
+            }
+            frames.push((m, frame));
+        }
+        Ok((frames, duplicates, incomplete))
+    })
+    .await
+    .map_err(|e| BatchError::Internal(format!("plan task failed: {e}")))?
+}
+
+struct Finished {
+    batches: Vec<RecordBatch>,
+    summaries: Vec<MetricSummary>,
+    rows: Vec<MetricRow>,
+}
+
+/// Turns the frames into the view's Arrow batches (and rows when asked) on a blocking thread.
+async fn finish(
+    frames: Vec<(CompiledMetric, DataFrame)>,
+    schema: EventSchema,
+    run_id: String,
+    epoch: i64,
+    computed_at: EventTime,
+    keep_rows: bool,
+) -> Result<Finished, BatchError> {
+    tokio::task::spawn_blocking(move || {
+        let origin = Origin::Batch { run_id: run_id.clone(), epoch };
+        let mut out = Finished { batches: Vec::new(), summaries: Vec::new(), rows: Vec::new() };
+        for (m, frame) in frames {
+            let rows = plan::FrameRows::new(&frame, &schema, &m)?;
+            let mut windows = HashSet::new();
+            for r in 0..rows.len() {
+                windows.insert(rows.window(r)?);
+            }
+            out.summaries.push(MetricSummary {
+                name: m.name.clone(),
+                window: m.window.kind_name().to_owned(),
+                rows: rows.len() as u64,
+                windows: windows.len() as u64,
+                planned_windows: None,
+            });
+            if !rows.is_empty() {
+                out.batches.push(view::record_batch_from_frame(&rows, &m.name, &run_id, epoch, computed_at)?);
+            }
+            if keep_rows {
+                out.rows.extend(plan::rows_from_frame(&frame, &schema, &m, &origin, computed_at)?);
+            }
+        }
+        out.rows.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    })
+    .await
+    .map_err(|e| BatchError::Internal(format!("finishing task failed: {e}")))?
+}
