@@ -59,6 +59,14 @@ td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}} th{{background:#
     h.push_str(verdict);
     h.push_str("<h2>Contract per metric</h2><table><tr><th>metric</th><th>windows</th><th>first on-time within tolerance</th><th>target</th><th>after late firings</th><th>max drift</th><th>finalization p99</th><th>finalized within target</th><th>correction latency p99</th><th>late events</th></tr>");
     for m in &page.contract.metrics {
+        if m.windows_checked == 0 {
+            let _ = write!(
+                h,
+                r#"<tr><td>{}</td><td>0</td><td colspan="8">no windows in this range</td></tr>"#,
+                escape(&m.metric)
+            );
+            continue;
+        }
         let class = if m.breached { "bad" } else { "ok" };
         let _ = write!(
             h,
@@ -139,8 +147,8 @@ td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}} th{{background:#
         let chart = line_chart(
             &format!("{metric}: {agg} per window (sum over dimensions)"),
             &[
-                Series { name: "first on-time (provisional)".into(), color: COLORS[1], points: to_points(&prov) },
                 Series { name: "batch (final)".into(), color: COLORS[0], points: to_points(&fin) },
+                Series { name: "first on-time (provisional)".into(), color: COLORS[1], points: to_points(&prov) },
             ],
             time_label,
         );

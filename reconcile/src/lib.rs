@@ -7,6 +7,7 @@
 //! or tidemark-batch.
 
 pub mod contract;
+pub mod corrections;
 pub mod diff;
 mod error;
 pub mod explain;
@@ -15,6 +16,7 @@ pub mod lateness;
 pub mod svg;
 
 pub use contract::{ContractInput, ContractReport, Emission, MetricContract, contract_report};
+pub use corrections::{BlastRadius, CorrectionPlan, plan_corrections};
 pub use diff::{AggregateDiff, Diff, KeyDiff, MetricSummary, Verdict, diff};
 pub use error::Error;
 pub use explain::{Cause, Evidence, Explained, explain};

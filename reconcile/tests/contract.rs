@@ -132,4 +132,5 @@ fn report_of_a_known_history() {
     assert_eq!(page.matches("<circle").count(), 9);
     // the lateness histogram has its 7 buckets, one event 40s behind
     assert!(page.contains("<title>≤ 1m: 1</title>"), "{page}");
+    assert!(page.contains("<tr><td>user_sessions</td><td>0</td><td colspan=\"8\">no windows in this range</td></tr>"));
 }
