@@ -21,7 +21,13 @@ fn io_actor(e: &std::io::Error) -> Actor {
 pub fn report(err: &anyhow::Error) -> ExitCode {
     let actor = err
         .chain()
-        .find_map(|e| e.downcast_ref::<tidemark_core::Error>().map(tidemark_core::Error::actor))
+        .find_map(|e| {
+            e.downcast_ref::<tidemark_core::Error>()
+                .map(tidemark_core::Error::actor)
+                .or_else(|| e.downcast_ref::<tidemark_batch::BatchError>().map(tidemark_batch::BatchError::actor))
+                .or_else(|| e.downcast_ref::<tidemark_store::Error>().map(tidemark_store::Error::actor))
+                .or_else(|| e.downcast_ref::<crate::cmd::UsageError>().map(|_| Actor::User))
+        })
         .or_else(|| err.chain().find_map(|e| e.downcast_ref::<std::io::Error>().map(io_actor)))
         .unwrap_or(Actor::Internal);
     eprintln!("error: {err:#}");

@@ -22,12 +22,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Validate(cmd::validate::Args),
+    Batch(cmd::batch::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(&args),
+        Command::Batch(args) => cmd::batch::run(&args),
     };
     match result {
         Ok(code) => code,

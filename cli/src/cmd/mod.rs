@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod batch;
 pub mod validate;
 
 use std::path::Path;
@@ -14,3 +15,25 @@ pub fn load_spec(path: &Path) -> anyhow::Result<Result<ValidSpec, tidemark_core:
     let dir = abs.parent().map(Path::to_path_buf);
     Ok(PipelineSpec::parse(&text, &path.display().to_string(), dir.as_deref()))
 }
+
+/// Loads a spec that must be valid: its errors become a user error (exit code 2).
+pub fn load_valid_spec(path: &Path) -> anyhow::Result<ValidSpec> {
+    load_spec(path)?.map_err(|errors| tidemark_core::Error::Spec(errors).into())
+}
+
+/// An error in the command line: the user must fix it (exit code 2).
+pub fn user_error(message: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message))
+}
+
+/// A command-line mistake.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
