@@ -607,21 +607,14 @@ impl ServingStore for PostgresStore {
     async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome> {
         check_progress(progress)?;
         let flats = model::flatten_changes(changes, crate::now())?;
-        let mut retries = 0;
-        loop {
-            match self.try_write(&flats, progress).await {
-                Ok(WriteOutcome::Committed(mut s)) => {
-                    s.retries = retries;
-                    return Ok(WriteOutcome::Committed(s));
-                }
-                Err(e @ Error::Postgres { .. }) if is_transient_conflict(&e) && retries + 1 < MAX_ATTEMPTS => {
-                    retries += 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff(retries)).await;
-                }
-                other => return other,
+        let (outcome, retries) = self.retry_transient(|| self.try_write(&flats, progress)).await?;
+        Ok(match outcome {
+            WriteOutcome::Committed(mut s) => {
+                s.retries = retries;
+                WriteOutcome::Committed(s)
             }
-        }
+            other => other,
+        })
     }
 
     async fn load_progress(&self, pipeline: &str) -> Result<Option<SourceProgress>> {
@@ -678,21 +671,14 @@ impl ServingStore for PostgresStore {
 
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome> {
         let flats = model::flatten_corrections(batch, crate::now())?;
-        let mut retries = 0;
-        loop {
-            match self.try_apply(&flats, batch).await {
-                Ok(ApplyOutcome::Applied(mut s)) => {
-                    s.retries = retries;
-                    return Ok(ApplyOutcome::Applied(s));
-                }
-                Err(e @ Error::Postgres { .. }) if is_transient_conflict(&e) && retries + 1 < MAX_ATTEMPTS => {
-                    retries += 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff(retries)).await;
-                }
-                other => return other,
+        let (outcome, retries) = self.retry_transient(|| self.try_apply(&flats, batch)).await?;
+        Ok(match outcome {
+            ApplyOutcome::Applied(mut s) => {
+                s.retries = retries;
+                ApplyOutcome::Applied(s)
             }
-        }
+            other => other,
+        })
     }
 
     async fn corrections_applied(&self, id: &str) -> Result<bool> {
@@ -751,6 +737,30 @@ fn is_transient_conflict(e: &Error) -> bool {
     match e {
         Error::Postgres { source, .. } => source.code().is_some_and(|c| c.code() == "40001" || c.code() == "40P01"),
         _ => false,
+    }
+}
+
+impl PostgresStore {
+    /// Runs `attempt` until it succeeds or fails with something other than a transient conflict
+    /// (serialization failure, deadlock), at most `MAX_ATTEMPTS` times with backoff. Returns the value and
+    /// how many retries it took.
+    async fn retry_transient<T, F, Fut>(&self, mut attempt: F) -> Result<(T, u32)>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut retries = 0;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok((v, retries)),
+                Err(e @ Error::Postgres { .. }) if is_transient_conflict(&e) && retries + 1 < MAX_ATTEMPTS => {
+                    retries += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff(retries)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
