@@ -23,6 +23,7 @@ struct Cli {
 enum Command {
     Validate(cmd::validate::Args),
     Batch(cmd::batch::Args),
+    Store(cmd::store::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(&args),
         Command::Batch(args) => cmd::batch::run(&args),
+        Command::Store(args) => cmd::store::run(&args),
     };
     match result {
         Ok(code) => code,

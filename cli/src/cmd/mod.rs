@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod batch;
+pub mod store;
 pub mod validate;
 
 use std::path::Path;
