@@ -1,16 +1,10 @@
 //! `tidemark batch` end to end on local files: JSON Lines in, a Delta batch view and dead letters out.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn tidemark(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidemark")).args(args).output().expect("the binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use std::path::Path;
+
+use common::tidemark;
 
 fn write_spec(dir: &Path) -> String {
     let spec = r#"

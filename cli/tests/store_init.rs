@@ -1,15 +1,8 @@
 //! `tidemark store init` against a real (throwaway) Postgres and a local Delta directory.
 
-use std::process::Command;
+mod common;
 
-fn tidemark(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidemark")).args(args).output().expect("the binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::tidemark;
 
 fn spec_with_serving(dir: &std::path::Path, serving: &str) -> String {
     let text = format!(
