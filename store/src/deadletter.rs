@@ -3,11 +3,15 @@
 //! Each dead letter is one JSON object at `<base>/dead_letters/<hex(source)>/<partition>/<offset>.json`,
 //! written with create-if-absent semantics: writing the same coordinates again keeps the first record
 //! (and its first-seen time). Payloads above `max_payload_bytes` are replaced by their SHA-256.
+//!
+//! The late ledger lives beside it: events that missed their windows (beyond allowed lateness, or under
+//! `late_policy = "dead_letter"`) are kept at `<base>/late/<hex(source)>/<partition>/<offset>.json`, one
+//! object per event holding every window it missed, with the same create-if-absent idempotency.
 
 use std::fmt;
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -70,11 +74,22 @@ impl DeadLetter {
     }
 }
 
-/// The dead-letter store.
+/// One late event in the late ledger: where it came from and what the speed layer recorded about it
+/// (a JSON value chosen by the writer: the windows it missed, its payload, the watermark).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateRecord {
+    /// Where it came from (the ledger's key: one record per event).
+    pub coordinates: SourceCoordinates,
+    /// What the writer recorded.
+    pub body: serde_json::Value,
+}
+
+/// The dead-letter store (and the late ledger beside it).
 pub struct DeadLetterStore {
     url: String,
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
+    late_prefix: ObjPath,
 }
 
 impl fmt::Debug for DeadLetterStore {
@@ -89,11 +104,20 @@ impl DeadLetterStore {
         let parsed = url::Url::parse(url).map_err(|e| Error::invalid("dead-letter url", format!("{url:?}: {e}")))?;
         let (store, prefix) =
             object_store::parse_url(&parsed).map_err(|source| Error::ObjectStore { url: url.to_owned(), source })?;
-        Ok(DeadLetterStore { url: url.to_owned(), store: Arc::from(store), prefix: prefix.join("dead_letters") })
+        Ok(DeadLetterStore {
+            url: url.to_owned(),
+            store: Arc::from(store),
+            prefix: prefix.clone().join("dead_letters"),
+            late_prefix: prefix.join("late"),
+        })
     }
 
     fn path(&self, c: &SourceCoordinates) -> ObjPath {
-        self.prefix
+        Self::path_under(&self.prefix, c)
+    }
+
+    fn path_under(prefix: &ObjPath, c: &SourceCoordinates) -> ObjPath {
+        prefix
             .clone()
             .join(hex::encode(c.source.as_bytes()).as_str())
             .join(c.partition.to_string().as_str())
@@ -102,24 +126,57 @@ impl DeadLetterStore {
 
     /// Appends `letters`. Returns how many were new (the rest were already stored and left unchanged).
     pub async fn append(&self, letters: &[DeadLetter]) -> Result<usize> {
-        let mut new = 0;
-        for l in letters {
-            let body = serde_json::to_vec(l).map_err(|e| Error::Corrupt(e.to_string()))?;
-            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-            match self.store.put_opts(&self.path(&l.coordinates), PutPayload::from(body), opts).await {
-                Ok(_) => new += 1,
-                Err(object_store::Error::AlreadyExists { .. }) => {}
-                Err(source) => return Err(Error::ObjectStore { url: self.url.clone(), source }),
-            }
-        }
-        Ok(new)
+        let puts = letters.iter().map(|l| Ok((self.path(&l.coordinates), serde_json::to_vec(l)?)));
+        self.put_all(puts).await
+    }
+
+    /// Appends late events to the late ledger. Returns how many were new (events already in the ledger
+    /// are left unchanged, so replays add nothing).
+    pub async fn append_late(&self, records: &[LateRecord]) -> Result<usize> {
+        let puts =
+            records.iter().map(|r| Ok((Self::path_under(&self.late_prefix, &r.coordinates), serde_json::to_vec(r)?)));
+        self.put_all(puts).await
+    }
+
+    /// Every late-ledger record, sorted by coordinates.
+    pub async fn list_late(&self) -> Result<Vec<LateRecord>> {
+        let mut out: Vec<LateRecord> = self.read_all(&self.late_prefix).await?;
+        out.sort_by(|a, b| a.coordinates.cmp(&b.coordinates));
+        Ok(out)
+    }
+
+    /// Writes each (path, body) if absent, 16 at a time; counts the new ones.
+    async fn put_all(
+        &self,
+        puts: impl Iterator<Item = std::result::Result<(ObjPath, Vec<u8>), serde_json::Error>>,
+    ) -> Result<usize> {
+        let puts: Vec<_> = puts.collect::<std::result::Result<_, _>>().map_err(|e| Error::Corrupt(e.to_string()))?;
+        let results: Vec<bool> = futures::stream::iter(puts)
+            .map(|(path, body)| async move {
+                let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+                match self.store.put_opts(&path, PutPayload::from(body), opts).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                    Err(source) => Err(Error::ObjectStore { url: self.url.clone(), source }),
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().filter(|new| *new).count())
     }
 
     /// Every stored dead letter, sorted by coordinates.
     pub async fn list(&self) -> Result<Vec<DeadLetter>> {
+        let mut out: Vec<DeadLetter> = self.read_all(&self.prefix).await?;
+        out.sort_by(|a, b| a.coordinates.cmp(&b.coordinates));
+        Ok(out)
+    }
+
+    async fn read_all<T: serde::de::DeserializeOwned>(&self, prefix: &ObjPath) -> Result<Vec<T>> {
         let metas: Vec<_> = self
             .store
-            .list(Some(&self.prefix))
+            .list(Some(prefix))
             .try_collect()
             .await
             .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
@@ -131,12 +188,8 @@ impl DeadLetterStore {
                 .await
                 .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
             let bytes = got.bytes().await.map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
-            out.push(
-                serde_json::from_slice::<DeadLetter>(&bytes)
-                    .map_err(|e| Error::Corrupt(format!("dead letter {}: {e}", m.location)))?,
-            );
+            out.push(serde_json::from_slice::<T>(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", m.location)))?);
         }
-        out.sort_by(|a, b| a.coordinates.cmp(&b.coordinates));
         Ok(out)
     }
 }

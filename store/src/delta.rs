@@ -25,7 +25,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit};
 use deltalake::datafusion::common::ScalarValue;
-use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
+use deltalake::datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{DataType, StructField, Transaction};
 use deltalake::protocol::DeltaOperation;
@@ -88,14 +88,8 @@ impl DeltaStoreConfig {
         };
         let rows_url = join("serving/")?;
         let audit_url = join("corrections_audit/")?;
-        if base.scheme() == "file" {
-            for u in [&rows_url, &audit_url] {
-                let path =
-                    u.to_file_path().map_err(|_| Error::invalid("delta url", format!("{u} is not a local path")))?;
-                tokio::fs::create_dir_all(&path)
-                    .await
-                    .map_err(|e| Error::invalid("delta url", format!("cannot create {}: {e}", path.display())))?;
-            }
+        for u in [&rows_url, &audit_url] {
+            ensure_local_dir(u).await?;
         }
         let rows = open_table(&rows_url, &self.storage_options).await?;
         let audit = open_table(&audit_url, &self.storage_options).await?;
@@ -115,7 +109,8 @@ impl DeltaStoreConfig {
     }
 }
 
-fn parse_base(url: &str) -> Result<Url> {
+/// Parses a table or base URL (`file://`, `s3://`, `memory://`) so that it ends with `/`.
+pub(crate) fn parse_base(url: &str) -> Result<Url> {
     let mut u = Url::parse(url).map_err(|e| Error::invalid("delta url", format!("{url:?}: {e}")))?;
     if !u.path().ends_with('/') {
         let p = format!("{}/", u.path());
@@ -124,7 +119,76 @@ fn parse_base(url: &str) -> Result<Url> {
     Ok(u)
 }
 
-async fn open_table(url: &Url, opts: &HashMap<String, String>) -> Result<DeltaTable> {
+/// Creates the folder of a `file://` table (deltalake does not); other schemes need nothing.
+pub(crate) async fn ensure_local_dir(u: &Url) -> Result<()> {
+    if u.scheme() != "file" {
+        return Ok(());
+    }
+    let path = u.to_file_path().map_err(|_| Error::invalid("delta url", format!("{u} is not a local path")))?;
+    tokio::fs::create_dir_all(&path)
+        .await
+        .map_err(|e| Error::invalid("delta url", format!("cannot create {}: {e}", path.display())))
+}
+
+/// Creates the table `table` stands for unless it exists, and returns it loaded. Safe to race: when
+/// another process creates it first, the table as that process created it is returned.
+pub(crate) async fn create_table_if_missing(
+    table: DeltaTable,
+    name: &str,
+    columns: Vec<StructField>,
+    partitions: Vec<&str>,
+) -> Result<DeltaTable> {
+    if table.version().is_some() {
+        return Ok(table);
+    }
+    let url = table.table_url().as_str().to_owned();
+    let created = table
+        .clone()
+        .create()
+        .with_table_name(name)
+        .with_columns(columns)
+        .with_partition_columns(partitions)
+        .with_save_mode(deltalake::protocol::SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        // another process created it first
+        Err(e) if is_conflict(&e) => {
+            let mut t = table;
+            t.update_state().await.map_err(Error::delta(&url, "loading"))?;
+            Ok(t)
+        }
+        Err(e) => Err(Error::delta(&url, "creating")(e)),
+    }
+}
+
+/// Reads the rows of `table` (a loaded snapshot; none if the table does not exist yet) matching `filter`.
+pub(crate) async fn scan_table(table: &DeltaTable, filter: Expr) -> Result<Vec<RecordBatch>> {
+    query_table(table, |df| df.filter(filter)).await
+}
+
+/// Runs `query` (filters, projections, aggregates) over `table` and collects the result (nothing if the
+/// table does not exist yet).
+pub(crate) async fn query_table(
+    table: &DeltaTable,
+    query: impl FnOnce(DataFrame) -> deltalake::datafusion::error::Result<DataFrame>,
+) -> Result<Vec<RecordBatch>> {
+    let url = table.table_url().as_str().to_owned();
+    if table.version().is_none() {
+        return Ok(Vec::new());
+    }
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).map_err(Error::delta(&url, "registering the store"))?;
+    let provider =
+        table.table_provider().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
+    let df = ctx
+        .read_table(provider)
+        .and_then(query)
+        .map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
+    df.collect().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))
+}
+
+pub(crate) async fn open_table(url: &Url, opts: &HashMap<String, String>) -> Result<DeltaTable> {
     DeltaTable::try_from_url_with_storage_options(url.clone(), opts.clone())
         .await
         .map_err(Error::delta(url.as_str(), "opening"))
@@ -199,7 +263,7 @@ fn split_version(v: i64) -> CommitMarker {
     CommitMarker { writer_epoch: v >> 32, sequence: v & 0xffff_ffff }
 }
 
-fn ts_type() -> ArrowType {
+pub(crate) fn ts_type() -> ArrowType {
     ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
@@ -333,7 +397,7 @@ fn join_predicate(flats: &[Flat]) -> Expr {
     pred.and(col("t.window_date").in_list(dates.into_iter().map(lit).collect(), false))
 }
 
-fn is_conflict(e: &DeltaTableError) -> bool {
+pub(crate) fn is_conflict(e: &DeltaTableError) -> bool {
     match e {
         DeltaTableError::VersionAlreadyExists(_) => true,
         DeltaTableError::Transaction { source } => {
@@ -378,36 +442,19 @@ impl DeltaStore {
     }
 
     async fn create_if_missing(&self, audit: bool) -> Result<()> {
-        let (url, columns, partitions, name) = if audit {
-            (&self.audit_url, audit_columns(), vec!["batch_id"], "corrections_audit")
+        let (columns, partitions, name) = if audit {
+            (audit_columns(), vec!["batch_id"], "corrections_audit")
         } else {
-            (&self.rows_url, delta_columns(), vec!["metric", "window_date"], "serving")
+            (delta_columns(), vec!["metric", "window_date"], "serving")
         };
         let lock = if audit { &self.audit } else { &self.rows };
         let table = lock.lock().await.clone();
         if table.version().is_some() {
             return Ok(());
         }
-        let created = table
-            .create()
-            .with_table_name(name)
-            .with_columns(columns)
-            .with_partition_columns(partitions)
-            .with_save_mode(deltalake::protocol::SaveMode::Ignore)
-            .await;
-        match created {
-            Ok(t) => {
-                self.keep(t, audit).await;
-                Ok(())
-            }
-            // another process created it first
-            Err(e) if is_conflict(&e) => {
-                let t = self.latest(audit).await?;
-                self.keep(t, audit).await;
-                Ok(())
-            }
-            Err(e) => Err(Error::delta(url.as_str(), "creating")(e)),
-        }
+        let table = create_table_if_missing(table, name, columns, partitions).await?;
+        self.keep(table, audit).await;
+        Ok(())
     }
 
     /// Runs one MERGE of `flats` with app transaction `app_id`, retrying conflicts. `plan` sees the
@@ -511,22 +558,6 @@ impl DeltaStore {
         Ok((table, applied))
     }
 
-    async fn scan(&self, table: &DeltaTable, filter: Expr) -> Result<Vec<RecordBatch>> {
-        let url = table.table_url().as_str().to_owned();
-        if table.version().is_none() {
-            return Ok(Vec::new());
-        }
-        let ctx = SessionContext::new();
-        table.update_datafusion_session(&ctx.state()).map_err(Error::delta(&url, "registering the store"))?;
-        let provider =
-            table.table_provider().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
-        let df = ctx
-            .read_table(provider)
-            .and_then(|df| df.filter(filter))
-            .map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
-        df.collect().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))
-    }
-
     async fn read(
         &self,
         deltas: bool,
@@ -550,7 +581,7 @@ impl DeltaStore {
         if let MetricFilter::Only(m) = metrics {
             filter = filter.and(col("metric").in_list(m.iter().map(|x| lit(x.as_str())).collect(), false));
         }
-        let batches = self.scan(&table, filter).await?;
+        let batches = scan_table(&table, filter).await?;
         let mut flats = Vec::new();
         for b in &batches {
             flats.extend(from_batch(b)?);
@@ -707,22 +738,22 @@ fn audit_batch(batch: &CorrectionBatch, applied_at: i64) -> Result<RecordBatch> 
 }
 
 /// Column `name` of `b`, cast to `ty`.
-fn column(b: &RecordBatch, name: &str, ty: &ArrowType) -> Result<ArrayRef> {
+pub(crate) fn column(b: &RecordBatch, name: &str, ty: &ArrowType) -> Result<ArrayRef> {
     let c = b.column_by_name(name).ok_or_else(|| Error::Corrupt(format!("column {name} is missing")))?;
     cast(c, ty).map_err(|e| Error::Corrupt(format!("column {name}: {e}")))
 }
 
-fn strings(b: &RecordBatch, name: &str) -> Result<StringArray> {
+pub(crate) fn strings(b: &RecordBatch, name: &str) -> Result<StringArray> {
     let c = column(b, name, &ArrowType::Utf8)?;
     c.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| Error::Corrupt(format!("column {name}")))
 }
 
-fn longs(b: &RecordBatch, name: &str) -> Result<Int64Array> {
+pub(crate) fn longs(b: &RecordBatch, name: &str) -> Result<Int64Array> {
     let c = column(b, name, &ArrowType::Int64)?;
     c.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| Error::Corrupt(format!("column {name}")))
 }
 
-fn times(b: &RecordBatch, name: &str) -> Result<TimestampMicrosecondArray> {
+pub(crate) fn times(b: &RecordBatch, name: &str) -> Result<TimestampMicrosecondArray> {
     let c = column(b, name, &ts_type())?;
     c.as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
@@ -982,7 +1013,7 @@ impl ServingStore for DeltaStore {
             Some(id) => col("batch_id").eq(lit(id)),
             None => lit(true),
         };
-        let batches = self.scan(&table, filter).await?;
+        let batches = scan_table(&table, filter).await?;
         let mut out: Vec<(String, i64, StoredAuditEntry)> = Vec::new();
         for b in &batches {
             let batch_id = strings(b, "batch_id")?;

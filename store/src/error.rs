@@ -88,6 +88,7 @@ impl Error {
 
     /// Whether retrying the same call can succeed. After a retryable error the outcome of a write may be
     /// unknown: read the committed marker ([`crate::ServingStore::committed_marker`]) before retrying.
+    /// [`crate::RawArchive::append`] can simply be called again: what landed is skipped by offset.
     pub fn retryable(&self) -> bool {
         match self {
             Error::Contention { .. } | Error::ObjectStore { .. } => true,

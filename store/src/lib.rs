@@ -10,8 +10,10 @@
 //! - [`PostgresStore`]: tokio-postgres, COPY into a temp table, `INSERT .. ON CONFLICT .. WHERE`.
 //! - [`DeltaStore`]: deltalake MERGE at an object_store URL, progress as Delta app transactions.
 //! - [`DeadLetterStore`]: append-only, idempotent dead letters under an object_store URL.
+//! - [`RawArchive`]: the raw event archive (Delta), appended exactly once per Kafka partition.
 //! - [`testing`]: a throwaway Postgres per test binary, a fresh database per test.
 
+pub mod archive;
 pub mod deadletter;
 pub mod delta;
 pub mod error;
@@ -22,7 +24,8 @@ pub mod testing;
 use async_trait::async_trait;
 use tidemark_core::{EventTime, MetricRow, RowChange};
 
-pub use deadletter::{DeadLetter, DeadLetterStore, Payload};
+pub use archive::{AppendOutcome, ArchiveRow, RawArchive, RawArchiveConfig};
+pub use deadletter::{DeadLetter, DeadLetterStore, LateRecord, Payload};
 pub use delta::{DeltaStore, DeltaStoreConfig};
 pub use error::{Error, Result};
 pub use model::{

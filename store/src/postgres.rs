@@ -113,6 +113,14 @@ const TS: &str = "(timestamptz 'epoch' + {} * interval '1 microsecond')";
 /// timestamptz as µs since the epoch, exactly (extract returns numeric).
 const US: &str = "(extract(epoch from {}) * 1000000)::bigint";
 
+/// Microseconds clamped to years 1..=9999, inside Postgres' timestamptz range, so that a range read
+/// may pass `EventTime::MIN` / `EventTime::MAX` (no stored window lies outside those years).
+fn pg_clamp(t: EventTime) -> i64 {
+    const YEAR_1: i64 = -62_135_596_800_000_000;
+    const YEAR_10000: i64 = 253_402_300_800_000_000;
+    t.as_micros().clamp(YEAR_1, YEAR_10000)
+}
+
 fn ts(expr: &str) -> String {
     TS.replace("{}", expr)
 }
@@ -540,7 +548,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         let guard = self.client().await?;
         let client = guard.as_ref().ok_or_else(|| Error::Corrupt("no connection".into()))?;
         let rows = client
-            .query(&self.sql(&sql), &[&from.as_micros(), &to.as_micros(), &filter])
+            .query(&self.sql(&sql), &[&pg_clamp(from), &pg_clamp(to), &filter])
             .await
             .map_err(Error::pg("reading rows"))?;
         let mut out = Vec::with_capacity(rows.len());

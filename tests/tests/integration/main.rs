@@ -1,3 +1,4 @@
 //! Cross-crate integration tests: one test binary, one module per concern.
 
+mod archive_to_batch;
 mod dependency_rule;

@@ -8,6 +8,8 @@ use tidemark_store::{DeadLetter, DeadLetterStore, DeltaStore, DeltaStoreConfig, 
 
 use crate::common;
 
+mod archive;
+
 async fn open(dir: &std::path::Path) -> DeltaStore {
     let url = format!("file://{}", dir.display());
     let store = DeltaStoreConfig::new(url).build().await.unwrap();
