@@ -2,6 +2,8 @@
 # Installs what tidemark's build and tests need, if missing. Idempotent; safe to run on every CI run.
 # - C toolchain for librdkafka (rdkafka builds it from source with make) and zlib headers
 # - PostgreSQL server binaries (tests start throwaway servers from them as the `postgres` user)
+# - the tansu Kafka-protocol broker with in-memory storage (Kafka source tests start it on 127.0.0.1);
+#   TIDEMARK_TANSU points the tests at another binary
 set -euo pipefail
 
 need_apt=()
@@ -25,5 +27,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     pg_lsclusters -h 2>/dev/null | while read -r ver name _; do pg_ctlcluster "$ver" "$name" stop || true; done
   fi
 fi
+# tansu: built from crates.io once per machine (~15-20 min on 2 cores), then cached under ~/.cargo.
+# `--locked` uses the Cargo.lock shipped in the crate; `dynostore` provides the memory:// storage engine.
+tansu_root="$HOME/.cargo/tansu-0.6.0"
+tansu="${TIDEMARK_TANSU:-$tansu_root/bin/tansu}"
+if [ ! -x "$tansu" ]; then
+  if [ -n "${TIDEMARK_TANSU:-}" ]; then
+    echo "setup: TIDEMARK_TANSU=$TIDEMARK_TANSU is not an executable" >&2
+    exit 1
+  fi
+  echo "setup: installing tansu 0.6.0 (features dynostore) into $tansu_root; this takes 15-20 minutes"
+  cargo install tansu --version 0.6.0 --locked --features dynostore --root "$tansu_root"
+fi
+
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres user is missing (install the postgresql package)" >&2; exit 1; }
-echo "setup: ok (postgres $(ls -d /usr/lib/postgresql/*/bin | head -1))"
+echo "setup: ok (postgres $(ls -d /usr/lib/postgresql/*/bin | head -1), tansu $tansu)"

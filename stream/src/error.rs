@@ -37,14 +37,58 @@ pub enum Error {
     /// A checkpoint decoded but its parts contradict each other.
     #[error("the engine checkpoint is inconsistent: {0}")]
     CheckpointCorrupt(String),
+    /// The serving store, the raw archive or the dead-letter store failed (who acts and whether to retry
+    /// are the store's verdict).
+    #[error(transparent)]
+    Store(#[from] tidemark_store::Error),
+    /// A bug: a task panicked or an invariant broke.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The Kafka source's settings are wrong: a missing or unreadable option value, a setting tidemark
+    /// forces, or a property librdkafka rejects. Never carries a secret value.
+    #[error("Kafka source setting {field}: {reason}")]
+    KafkaConfig {
+        /// The setting, e.g. `source.options."sasl.password"`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The Kafka client failed in a way that may pass (broker unreachable, rebalance in progress, ...).
+    #[error("Kafka {action} failed: {source}")]
+    Kafka {
+        /// What the source was doing.
+        action: &'static str,
+        /// What librdkafka said.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The broker refused the topic or the group (missing topic, no authorization); the user must fix the
+    /// spec or the broker's ACLs.
+    #[error("Kafka refused topic {topic:?} / group {group:?}: {reason}")]
+    KafkaRefused {
+        /// The topic.
+        topic: String,
+        /// The consumer group.
+        group: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// The Kafka client hit a fatal error and cannot be used any more; a new source must be built.
+    #[error("the Kafka client failed fatally ({reason}); restart the source")]
+    KafkaFatal {
+        /// What librdkafka said.
+        reason: String,
+    },
 }
 
 impl Error {
     /// Who must act.
     pub fn actor(&self) -> Actor {
         match self {
-            Error::Io { .. } => Actor::External,
-            Error::SpecChanged => Actor::User,
+            Error::Store(e) => e.actor(),
+            Error::Internal(_) => Actor::Internal,
+            Error::Io { .. } | Error::Kafka { .. } | Error::KafkaFatal { .. } => Actor::External,
+            Error::SpecChanged | Error::KafkaConfig { .. } | Error::KafkaRefused { .. } => Actor::User,
             Error::CheckpointEncode(_)
             | Error::CheckpointDecode(_)
             | Error::CheckpointFormat { .. }
@@ -54,6 +98,9 @@ impl Error {
 
     /// Whether retrying the same call can succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, Error::Io { .. })
+        if let Error::Store(e) = self {
+            return e.retryable();
+        }
+        matches!(self, Error::Io { .. } | Error::Kafka { .. })
     }
 }

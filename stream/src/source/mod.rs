@@ -12,6 +12,9 @@ use std::time::Duration;
 use crate::Error;
 use crate::output::Record;
 
+pub mod file;
+pub mod kafka;
+
 /// A Kafka topic partition (or a replayed file as partition 0).
 pub type Partition = (String, i32);
 
@@ -60,4 +63,10 @@ pub trait Source: Send {
 
     /// These offsets are now committed in the serving store (with the rows they produced).
     fn committed(&mut self, offsets: &Offsets) -> Result<(), Error>;
+
+    /// The end offset (next offset to be written) per partition as last known, for lag metrics; sources
+    /// that cannot tell return an empty map.
+    fn end_offsets(&mut self) -> Offsets {
+        Offsets::new()
+    }
 }

@@ -1,0 +1,511 @@
+//! The stream service: a [`Source`] feeds the [`Engine`]; every flush commits the engine's row changes,
+//! the source offsets and the engine checkpoint to the serving store in one atomic
+//! [`ServingStore::write_provisional`], after appending the flush's dead letters, late-ledger entries
+//! and raw events (all three idempotent by source coordinates).
+//!
+//! Why a crash loses and duplicates nothing: a restart claims a new writer epoch (fencing any older
+//! instance), restores the engine from the checkpoint committed with the last rows and resumes the
+//! source at the offsets committed with them. Records after those offsets are consumed again from the
+//! same state, so they produce the same rows; what they had already appended to the archive and the
+//! dead-letter store before the crash is recognised by its coordinates and not written twice.
+//!
+//! Backpressure: at most one flush is in flight while the engine keeps consuming. Bytes of records not
+//! yet covered by a committed flush are counted; above [`ServiceConfig::max_in_flight_bytes`] the source
+//! is paused until the flush in flight commits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tidemark_core::{EventSchema, EventTime, RowChange, ValidSpec};
+use tidemark_store::{
+    ArchiveRow, DeadLetter as StoredDeadLetter, DeadLetterStore, LateRecord, RawArchive, ServingStore, SourceProgress,
+    TopicPartition, WriteOutcome,
+};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::engine::{Engine, PartitionAccounts};
+use crate::error::Error;
+use crate::metrics::{Health, Metrics};
+use crate::output::{LateEvent, Output, Record};
+use crate::source::{Assignment, Offsets, Source};
+
+/// Tuning of the service loop.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Flush at least this often while anything is pending.
+    pub flush_interval: Duration,
+    /// Flush early once this many row changes are pending.
+    pub flush_rows: usize,
+    /// Pause the source while this many bytes of consumed records are not yet committed.
+    pub max_in_flight_bytes: usize,
+    /// Records taken from the source per poll.
+    pub poll_max: usize,
+    /// Longest wait for records in one poll (bounds how late a due flush or a shutdown is noticed).
+    pub poll_wait: Duration,
+    /// When the source ends (a file), close every window (as if the watermark reached the end of time),
+    /// commit, and stop. Without it the service stops at the end without closing windows.
+    pub finish_at_end: bool,
+    /// Attempts of one flush before the service gives up (with backoff between them).
+    pub flush_attempts: u32,
+    /// Largest payload kept verbatim in a dead letter (larger ones are replaced by their SHA-256).
+    pub max_dead_letter_payload: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            flush_interval: Duration::from_millis(250),
+            flush_rows: 20_000,
+            max_in_flight_bytes: 64 << 20,
+            poll_max: 2_000,
+            poll_wait: Duration::from_millis(20),
+            finish_at_end: false,
+            flush_attempts: 8,
+            max_dead_letter_payload: 64 << 10,
+        }
+    }
+}
+
+/// Where the service's output goes.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The serving store: rows, offsets and checkpoints.
+    pub store: Arc<dyn ServingStore>,
+    /// Dead letters and the late ledger.
+    pub dead_letters: Arc<DeadLetterStore>,
+    /// The raw event archive, if events are to be archived.
+    pub archive: Option<Arc<RawArchive>>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks")
+            .field("dead_letters", &self.dead_letters)
+            .field("archive", &self.archive)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Service::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown signal was raised; everything consumed was committed.
+    Shutdown,
+    /// The source ended; everything consumed was committed.
+    EndOfInput,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Why it stopped.
+    pub stopped: Stopped,
+    /// Flushes committed by this run.
+    pub flushes: u64,
+    /// The engine's accounts (cumulative since the pipeline's first start).
+    pub accounts: BTreeMap<i32, PartitionAccounts>,
+    /// Offsets committed last.
+    pub offsets: Offsets,
+    /// The writer epoch this run held.
+    pub writer_epoch: u64,
+}
+
+/// A running pipeline: engine state, source and sinks.
+pub struct Service<S> {
+    pipeline: String,
+    engine: Engine,
+    schema: EventSchema,
+    source: S,
+    sinks: Sinks,
+    clock: Arc<dyn Clock>,
+    config: ServiceConfig,
+    metrics: Arc<Metrics>,
+    epoch: u64,
+    sequence: u64,
+    /// Next offset per partition, as consumed.
+    positions: Offsets,
+    /// Next offset per partition, as committed.
+    committed: Offsets,
+}
+
+impl<S> std::fmt::Debug for Service<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("pipeline", &self.pipeline)
+            .field("epoch", &self.epoch)
+            .field("sequence", &self.sequence)
+            .field("committed", &self.committed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One flush, owned by the task that commits it.
+struct Flush {
+    changes: Vec<RowChange>,
+    progress: SourceProgress,
+    dead_letters: Vec<StoredDeadLetter>,
+    late: Vec<LateRecord>,
+    archive: Vec<ArchiveRow>,
+    bytes: usize,
+    started: Instant,
+    offsets: Offsets,
+}
+
+/// What a committed flush reports back.
+struct Flushed {
+    bytes: usize,
+    rows: u64,
+    archived: u64,
+    offsets: Offsets,
+    elapsed: Duration,
+}
+
+impl<S: Source> Service<S> {
+    /// Claims the pipeline's writer (fencing any older instance), restores the engine and the offsets
+    /// committed last, and points the source at them.
+    pub async fn start(
+        spec: &ValidSpec,
+        mut source: S,
+        sinks: Sinks,
+        clock: Arc<dyn Clock>,
+        config: ServiceConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
+        metrics.set_health(Health::Starting);
+        let pipeline = spec.spec().name.clone();
+        let marker = sinks.store.claim_writer(&pipeline).await?;
+        let progress = sinks.store.load_progress(&pipeline).await?;
+        let (engine, committed) = match progress {
+            Some(p) => {
+                let engine = match &p.checkpoint {
+                    Some(blob) => Engine::restore(spec, blob)?,
+                    None => Engine::new(spec),
+                };
+                let offsets = p.offsets.into_iter().map(|(tp, o)| ((tp.topic, tp.partition), o)).collect();
+                (engine, offsets)
+            }
+            None => (Engine::new(spec), Offsets::new()),
+        };
+        source.seek(&committed)?;
+        tracing::info!(
+            pipeline = %pipeline,
+            writer_epoch = marker.writer_epoch,
+            partitions = committed.len(),
+            live_rows = engine.live_rows(),
+            "claimed the writer; resuming from the committed offsets"
+        );
+        metrics.observe_accounts(engine.accounts());
+        Ok(Service {
+            pipeline,
+            schema: spec.schema().clone(),
+            engine,
+            source,
+            sinks,
+            clock,
+            config,
+            metrics,
+            epoch: marker.writer_epoch,
+            sequence: marker.sequence,
+            positions: committed.clone(),
+            committed,
+        })
+    }
+
+    /// The writer epoch this instance holds.
+    pub fn writer_epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Runs until `stop` is set (then flushes, commits and returns) or the source ends. Errors are
+    /// returned after the failing flush exhausted its attempts; nothing uncommitted is lost, a restart
+    /// resumes from the last commit.
+    pub async fn run(mut self, stop: Arc<AtomicBool>) -> Result<RunSummary, Error> {
+        self.metrics.set_health(Health::Running);
+        let mut out = Output::default();
+        let mut archive_rows: Vec<ArchiveRow> = Vec::new();
+        let mut buf: Vec<Record> = Vec::with_capacity(self.config.poll_max);
+        let mut pending_bytes = 0usize; // consumed since the last flush started
+        let mut in_flight_bytes = 0usize; // consumed and not yet committed
+        let mut pending_records = 0usize;
+        let mut in_flight: Option<JoinHandle<Result<Flushed, Error>>> = None;
+        let mut last_flush = Instant::now();
+        let mut paused = false;
+        let mut ended = false;
+        let mut flushes = 0u64;
+
+        let stopped = loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            // 1. Collect a finished flush.
+            if in_flight.as_ref().is_some_and(JoinHandle::is_finished) {
+                let done = in_flight.take().expect("checked").await.map_err(|e| Error::Internal(e.to_string()))?;
+                let done = match done {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.metrics.set_health(Health::Failed(e.to_string()));
+                        return Err(e);
+                    }
+                };
+                in_flight_bytes -= done.bytes;
+                flushes += 1;
+                self.after_commit(&done)?;
+                if paused && in_flight_bytes <= self.config.max_in_flight_bytes {
+                    self.source.resume()?;
+                    paused = false;
+                    self.metrics.paused.set(0);
+                }
+            }
+            let now = self.clock.now();
+            self.engine.advance(now, &mut out);
+
+            // 2. Stop when everything consumed is committed.
+            let nothing_pending = pending_records == 0 && out.is_empty() && archive_rows.is_empty();
+            if (stopping || ended) && in_flight.is_none() && nothing_pending {
+                break if stopping { Stopped::Shutdown } else { Stopped::EndOfInput };
+            }
+
+            // 3. Start a flush when one is due and none is in flight.
+            let due = last_flush.elapsed() >= self.config.flush_interval
+                || out.changes.len() >= self.config.flush_rows
+                || stopping
+                || ended;
+            if due && in_flight.is_none() && !nothing_pending {
+                let flush = self.prepare_flush(&mut out, &mut archive_rows, pending_bytes)?;
+                pending_bytes = 0;
+                pending_records = 0;
+                last_flush = Instant::now();
+                in_flight =
+                    Some(tokio::spawn(commit(flush, self.sinks.clone(), self.config.clone(), self.metrics.clone())));
+            }
+
+            // 4. Backpressure.
+            self.metrics.in_flight_bytes.set(i64::try_from(in_flight_bytes).unwrap_or(i64::MAX));
+            if !paused && in_flight_bytes > self.config.max_in_flight_bytes {
+                self.source.pause()?;
+                paused = true;
+                self.metrics.paused.set(1);
+                tracing::debug!(in_flight_bytes, "sink behind: source paused");
+            }
+
+            // 5. Consume.
+            if stopping || ended {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            buf.clear();
+            let polled = self.source.poll(&mut buf, self.config.poll_max, self.config.poll_wait).await?;
+            let now = self.clock.now();
+            for a in &polled.assignments {
+                self.on_assignment(a, now, &mut out)?;
+            }
+            for r in &buf {
+                self.engine.process(r, now, &mut out);
+                if let Some(row) = self.archive_row(r) {
+                    archive_rows.push(row);
+                }
+                self.positions.insert((r.coords.source.clone(), r.coords.partition), r.coords.offset + 1);
+                pending_bytes += r.payload.len();
+                in_flight_bytes += r.payload.len();
+            }
+            pending_records += buf.len();
+            if polled.end {
+                ended = true;
+                if self.config.finish_at_end {
+                    self.engine.drain(self.clock.now(), &mut out);
+                }
+            }
+        };
+        self.metrics.observe_accounts(self.engine.accounts());
+        self.metrics.set_health(Health::Stopping);
+        tracing::info!(pipeline = %self.pipeline, ?stopped, flushes, "stream service stopped; everything consumed is committed");
+        Ok(RunSummary {
+            stopped,
+            flushes,
+            accounts: self.engine.accounts().clone(),
+            offsets: self.committed.clone(),
+            writer_epoch: self.epoch,
+        })
+    }
+
+    fn on_assignment(&mut self, a: &Assignment, now: EventTime, out: &mut Output) -> Result<(), Error> {
+        match a {
+            Assignment::Assigned(parts) => {
+                tracing::info!(?parts, "partitions assigned");
+                for (_, p) in parts {
+                    self.engine.register_partition(*p, now);
+                }
+                // Resume where this instance's engine state is, not where the group or the last commit
+                // is: records consumed but not yet committed are already in the state.
+                self.source.seek(&self.positions)?;
+            }
+            Assignment::Revoked(parts) => {
+                tracing::info!(?parts, "partitions revoked");
+                for (_, p) in parts {
+                    self.engine.remove_partition(*p, now, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The archive row of a record that decodes (records that do not are dead letters, not archived).
+    fn archive_row(&self, r: &Record) -> Option<ArchiveRow> {
+        self.sinks.archive.as_ref()?;
+        let event = self.schema.decode(&r.payload, r.received_at).ok()?;
+        Some(ArchiveRow {
+            event_id: event.id.into(),
+            event_time: event.time,
+            ingest_time: r.received_at,
+            coords: r.coords.clone(),
+            payload: String::from_utf8(r.payload.clone()).ok()?,
+        })
+    }
+
+    /// Takes everything pending into a [`Flush`], with a checkpoint of the engine as it is now (so the
+    /// checkpoint, the offsets and the rows describe the same point of the input).
+    fn prepare_flush(
+        &mut self,
+        out: &mut Output,
+        archive_rows: &mut Vec<ArchiveRow>,
+        bytes: usize,
+    ) -> Result<Flush, Error> {
+        let checkpoint = self.engine.checkpoint()?;
+        self.metrics.checkpoint_bytes.set(i64::try_from(checkpoint.len()).unwrap_or(i64::MAX));
+        self.metrics.live_rows.set(i64::try_from(self.engine.live_rows()).unwrap_or(i64::MAX));
+        self.metrics.remembered_events.set(i64::try_from(self.engine.remembered_events()).unwrap_or(i64::MAX));
+        self.sequence += 1;
+        let progress = SourceProgress {
+            pipeline: self.pipeline.clone(),
+            writer_epoch: self.epoch,
+            sequence: self.sequence,
+            offsets: self.positions.iter().map(|((t, p), o)| (TopicPartition::new(t.clone(), *p), *o)).collect(),
+            checkpoint: Some(checkpoint),
+        };
+        let dead_letters = out
+            .dead_letters
+            .drain(..)
+            .map(|d| {
+                let detail = match &d.field {
+                    Some(f) => format!("{f}: {}", d.detail),
+                    None => d.detail.clone(),
+                };
+                StoredDeadLetter::new(
+                    d.coords,
+                    d.reason,
+                    detail,
+                    &d.payload,
+                    self.config.max_dead_letter_payload,
+                    d.received_at,
+                )
+            })
+            .collect();
+        Ok(Flush {
+            changes: std::mem::take(&mut out.changes),
+            progress,
+            dead_letters,
+            late: late_records(out.late.drain(..)),
+            archive: std::mem::take(archive_rows),
+            bytes,
+            started: Instant::now(),
+            offsets: self.positions.clone(),
+        })
+    }
+
+    fn after_commit(&mut self, done: &Flushed) -> Result<(), Error> {
+        self.committed.clone_from(&done.offsets);
+        self.source.committed(&self.committed)?;
+        let now = self.clock.now();
+        self.metrics.flush_seconds.observe(done.elapsed.as_secs_f64());
+        self.metrics.flushes.inc();
+        self.metrics.rows_written.inc_by(done.rows);
+        self.metrics.archived.inc_by(done.archived);
+        self.metrics.committed(now);
+        self.metrics.observe_accounts(self.engine.accounts());
+        self.metrics.observe_watermarks(self.engine.watermark(), &self.engine.partition_watermarks(now));
+        for ((_, p), end) in self.source.end_offsets() {
+            let pos = self.positions.iter().find(|((_, q), _)| *q == p).map_or(0, |(_, o)| *o);
+            self.metrics.observe_lag(p, end - pos);
+        }
+        Ok(())
+    }
+}
+
+/// Groups late-ledger entries by event (one ledger record per event, listing every window it missed).
+fn late_records(entries: impl Iterator<Item = LateEvent>) -> Vec<LateRecord> {
+    let mut by_event: BTreeMap<tidemark_core::SourceCoordinates, Vec<LateEvent>> = BTreeMap::new();
+    for e in entries {
+        by_event.entry(e.coords.clone()).or_default().push(e);
+    }
+    by_event
+        .into_iter()
+        .map(|(coordinates, events)| {
+            let first = &events[0];
+            let body = serde_json::json!({
+                "event_id": first.event_id,
+                "event_time": first.event_time.to_string(),
+                "payload": first.payload,
+                "missed": events.iter().map(|e| serde_json::json!({
+                    "metric": e.metric,
+                    "window_start": e.window.start().to_string(),
+                    "window_end": e.window.end().to_string(),
+                    "dimensions": e.dims.encode(),
+                    "reason": e.reason,
+                    "watermark": e.watermark.to_string(),
+                })).collect::<Vec<_>>(),
+            });
+            LateRecord { coordinates, body }
+        })
+        .collect()
+}
+
+/// Commits one flush: archive, dead letters and late ledger first (idempotent by coordinates), then the
+/// rows with the offsets and checkpoint in one atomic write. Retries with backoff; a fenced writer stops.
+async fn commit(flush: Flush, sinks: Sinks, config: ServiceConfig, metrics: Arc<Metrics>) -> Result<Flushed, Error> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match commit_once(&flush, &sinks).await {
+            Ok((rows, archived)) => {
+                if attempt > 1 {
+                    metrics.set_health(Health::Running);
+                }
+                return Ok(Flushed {
+                    bytes: flush.bytes,
+                    rows,
+                    archived,
+                    offsets: flush.offsets,
+                    elapsed: flush.started.elapsed(),
+                });
+            }
+            Err(e) if e.retryable() && attempt < config.flush_attempts => {
+                let backoff = Duration::from_millis(100u64 << attempt.min(6));
+                tracing::warn!(error = %e, attempt, ?backoff, "flush failed; retrying");
+                metrics.set_health(Health::Degraded(e.to_string()));
+                tokio::time::sleep(backoff).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn commit_once(flush: &Flush, sinks: &Sinks) -> Result<(u64, u64), Error> {
+    let mut archived = 0;
+    if let Some(archive) = &sinks.archive
+        && !flush.archive.is_empty()
+    {
+        archived = archive.append(&flush.archive).await?.written as u64;
+    }
+    if !flush.dead_letters.is_empty() {
+        sinks.dead_letters.append(&flush.dead_letters).await?;
+    }
+    if !flush.late.is_empty() {
+        sinks.dead_letters.append_late(&flush.late).await?;
+    }
+    let rows = match sinks.store.write_provisional(&flush.changes, &flush.progress).await? {
+        WriteOutcome::Committed(stats) => stats.applied,
+        WriteOutcome::AlreadyCommitted => 0,
+    };
+    Ok((rows, archived))
+}

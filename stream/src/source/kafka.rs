@@ -1,0 +1,514 @@
+//! The Kafka source: one member of a consumer group whose partitions start where the serving store says.
+//!
+//! - Every assigned partition starts at the offset last given to [`Source::seek`] or
+//!   [`Source::committed`] (the next offset to read), or at the beginning when it has none. The group's
+//!   committed offsets are never used to position the consumer: the serving store is the only truth, so
+//!   a wiped store replays the topic instead of silently skipping what the group had read.
+//! - Assignment changes are reported by [`Source::poll`]; a poll returns as soon as one happens, so the
+//!   caller can [`Source::seek`] newly assigned partitions (e.g. to offsets another instance committed)
+//!   before any of their records are delivered.
+//! - [`Source::committed`] also commits the offsets to the group, asynchronously and for lag tooling only.
+//!
+//! Consumption uses rdkafka's [`StreamConsumer`]: `poll` awaits, it never blocks the runtime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::util::Timeout;
+use tidemark_core::spec::{ClientOption, SourceSpec, is_sensitive_option};
+use tidemark_core::{EventTime, SourceCoordinates};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Assignment, Offsets, Partition, Polled, Source};
+use crate::Error;
+use crate::clock::{Clock, SystemClock};
+use crate::output::Record;
+
+/// librdkafka properties tidemark sets itself; options may not override them.
+const FORCED: [(&str, &str); 6] = [
+    ("bootstrap.servers", "it comes from source.brokers"),
+    ("metadata.broker.list", "it is an alias of bootstrap.servers, which comes from source.brokers"),
+    ("group.id", "it comes from source.group"),
+    ("enable.auto.commit", "offsets are committed with the serving store's rows, never automatically"),
+    ("enable.auto.offset.store", "offsets are committed with the serving store's rows, never automatically"),
+    ("auto.offset.reset", "a partition without a stored offset is read from the beginning, so nothing is skipped"),
+];
+
+/// How to consume one topic with a consumer group. [`KafkaConfig::build`] makes the [`KafkaSource`].
+///
+/// Option values are resolved (environment variables and files read) when the source is built; secret
+/// values are never printed (not by `Debug`, not in errors).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// The consumer group id.
+    pub group: String,
+    /// Extra librdkafka properties (TLS, SASL, timeouts, ...).
+    pub options: BTreeMap<String, ClientOption>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, &dyn fmt::Debug> = self
+            .options
+            .iter()
+            .map(|(k, v)| match v {
+                ClientOption::Literal(_) if is_sensitive_option(k) => (k.as_str(), &"<redacted>" as &dyn fmt::Debug),
+                v => (k.as_str(), v as &dyn fmt::Debug),
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("options", &options)
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    /// A config without extra options.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>, group: impl Into<String>) -> Self {
+        KafkaConfig { brokers: brokers.into(), topic: topic.into(), group: group.into(), options: BTreeMap::new() }
+    }
+
+    /// The config of a pipeline spec's `source` (which must be `type = "kafka"`).
+    pub fn from_spec(spec: &SourceSpec) -> Result<Self, Error> {
+        match spec {
+            SourceSpec::Kafka { brokers, topic, group, options } => Ok(KafkaConfig {
+                brokers: brokers.clone(),
+                topic: topic.clone(),
+                group: group.clone(),
+                options: options.clone(),
+            }),
+            SourceSpec::File { .. } => Err(Error::KafkaConfig {
+                field: "source.type".into(),
+                reason: "the spec's source is a file, not Kafka".into(),
+            }),
+        }
+    }
+
+    /// Adds (or replaces) one librdkafka property.
+    pub fn option(mut self, key: impl Into<String>, value: ClientOption) -> Self {
+        self.options.insert(key.into(), value);
+        self
+    }
+
+    /// The librdkafka properties: the resolved options, then the forced settings.
+    fn client_config(&self) -> Result<ClientConfig, Error> {
+        for (field, v) in
+            [("source.brokers", &self.brokers), ("source.topic", &self.topic), ("source.group", &self.group)]
+        {
+            if v.trim().is_empty() {
+                return Err(Error::KafkaConfig { field: field.into(), reason: "must not be empty".into() });
+            }
+        }
+        let mut cfg = ClientConfig::new();
+        for (key, value) in &self.options {
+            let field = option_field(key);
+            let normalized = key.trim().to_ascii_lowercase();
+            if let Some((_, why)) = FORCED.iter().find(|(k, _)| *k == normalized) {
+                return Err(Error::KafkaConfig {
+                    field,
+                    reason: format!("tidemark sets {normalized} itself ({why}); remove it from the options"),
+                });
+            }
+            cfg.set(key.trim(), resolve(value).map_err(|reason| Error::KafkaConfig { field, reason })?);
+        }
+        cfg.set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        Ok(cfg)
+    }
+
+    /// Creates the consumer and subscribes to the topic. Must run inside a tokio runtime. Partitions are
+    /// assigned during later polls; call [`Source::seek`] before the first poll.
+    pub fn build(&self) -> Result<KafkaSource, Error> {
+        let cfg = self.client_config()?;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let notify = Arc::new(Notify::new());
+        let context = SourceContext { shared: Arc::clone(&shared), notify: Arc::clone(&notify) };
+        let consumer: StreamConsumer<SourceContext> =
+            cfg.create_with_context(context).map_err(|e| creation_error(e, &self.options))?;
+        consumer.subscribe(&[&self.topic]).map_err(|source| Error::Kafka { action: "subscribe", source })?;
+        Ok(KafkaSource {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            consumer,
+            shared,
+            notify,
+            pending_error: None,
+        })
+    }
+}
+
+/// `source.options."key"`, the way the spec validator names an option.
+fn option_field(key: &str) -> String {
+    format!("source.options.{key:?}")
+}
+
+/// The value of one option; the error never contains the value.
+fn resolve(value: &ClientOption) -> Result<String, String> {
+    match value {
+        ClientOption::Literal(v) => Ok(v.clone()),
+        ClientOption::Env { env } => std::env::var(env).map_err(|e| match e {
+            std::env::VarError::NotPresent => format!("environment variable {env} is not set"),
+            std::env::VarError::NotUnicode(_) => format!("environment variable {env} is not valid UTF-8"),
+        }),
+        ClientOption::File { file } => match std::fs::read_to_string(file) {
+            Ok(mut v) => {
+                if v.ends_with('\n') {
+                    v.pop();
+                    if v.ends_with('\r') {
+                        v.pop();
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => Err(format!("cannot read {file}: {e}")),
+        },
+    }
+}
+
+/// Maps a client creation error, hiding the values of secret properties.
+fn creation_error(e: KafkaError, options: &BTreeMap<String, ClientOption>) -> Error {
+    match e {
+        KafkaError::ClientConfig(_, description, key, _value) => {
+            let field = match key.as_str() {
+                "bootstrap.servers" => "source.brokers".to_owned(),
+                "group.id" => "source.group".to_owned(),
+                _ => options.keys().find(|k| k.trim() == key).map_or_else(|| option_field(&key), |k| option_field(k)),
+            };
+            let reason = if is_sensitive_option(&key) {
+                "librdkafka rejects the value (not shown: it may be a secret)".to_owned()
+            } else {
+                description
+            };
+            Error::KafkaConfig { field, reason }
+        }
+        KafkaError::ClientCreation(reason) => Error::KafkaConfig { field: "source.options".into(), reason },
+        source => Error::Kafka { action: "client creation", source },
+    }
+}
+
+/// State shared between the source and its rebalance callback (which runs inside `poll`).
+#[derive(Debug, Default)]
+struct Shared {
+    /// Next offset to read per partition, from `seek` and `committed`.
+    seek: Offsets,
+    /// The current assignment.
+    assigned: BTreeSet<Partition>,
+    /// Whether fetching is paused (newly assigned partitions start paused too).
+    paused: bool,
+    /// Assignment changes not yet reported by `poll`.
+    events: Vec<Assignment>,
+    /// An error raised in the rebalance callback, reported by the next `poll`.
+    failure: Option<String>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // The state stays consistent even if a holder panicked: every update is a single assignment.
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The consumer context: positions assigned partitions from the seek map and records assignment changes.
+struct SourceContext {
+    shared: Arc<Mutex<Shared>>,
+    notify: Arc<Notify>,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error (librdkafka retries)");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let parts: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let mut shared = lock(&self.shared);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                for (topic, partition) in &parts {
+                    let offset =
+                        shared.seek.get(&(topic.clone(), *partition)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                        shared.failure = Some(format!("cannot position {topic}[{partition}]: {e}"));
+                    }
+                }
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                match assigned {
+                    Ok(()) => {
+                        if shared.paused
+                            && let Err(e) = consumer.pause(tpl)
+                        {
+                            shared.failure = Some(format!("cannot pause newly assigned partitions: {e}"));
+                        }
+                        if !cooperative {
+                            shared.assigned.clear();
+                        }
+                        shared.assigned.extend(parts.iter().cloned());
+                        tracing::info!(partitions = ?parts, "Kafka partitions assigned");
+                        shared.events.push(Assignment::Assigned(parts));
+                    }
+                    Err(e) => shared.failure = Some(format!("cannot take the assigned partitions: {e}")),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let unassigned = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = unassigned {
+                    shared.failure = Some(format!("cannot release the revoked partitions: {e}"));
+                }
+                let revoked: Vec<Partition> = if cooperative {
+                    parts.into_iter().filter(|p| shared.assigned.remove(p)).collect()
+                } else {
+                    std::mem::take(&mut shared.assigned).into_iter().collect()
+                };
+                tracing::info!(partitions = ?revoked, "Kafka partitions revoked");
+                shared.events.push(Assignment::Revoked(revoked));
+            }
+            other => {
+                // As librdkafka documents: on a rebalance error, drop the whole assignment.
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!(error = %code, "Kafka rebalance failed; dropping the assignment");
+                if let Err(e) = consumer.unassign() {
+                    shared.failure = Some(format!("cannot drop the assignment after a rebalance error: {e}"));
+                }
+                let revoked: Vec<Partition> = std::mem::take(&mut shared.assigned).into_iter().collect();
+                if !revoked.is_empty() {
+                    shared.events.push(Assignment::Revoked(revoked));
+                }
+            }
+        }
+        drop(shared);
+        self.notify.notify_one();
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "committing offsets to the Kafka group failed (informational only)");
+        }
+    }
+}
+
+/// A member of a Kafka consumer group reading one topic. Built by [`KafkaConfig::build`].
+///
+/// Dropping it leaves the group synchronously (it may block up to the session timeout when the broker is
+/// gone); [`KafkaSource::close`] does that off the runtime's threads.
+pub struct KafkaSource {
+    topic: String,
+    group: String,
+    consumer: StreamConsumer<SourceContext>,
+    shared: Arc<Mutex<Shared>>,
+    notify: Arc<Notify>,
+    /// An error met after records were appended, returned by the next poll.
+    pending_error: Option<Error>,
+}
+
+impl fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("state", &*lock(&self.shared))
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// The partitions currently assigned to this member.
+    pub fn assignment(&self) -> Vec<Partition> {
+        lock(&self.shared).assigned.iter().cloned().collect()
+    }
+
+    /// Leaves the group and frees the client on a blocking thread.
+    pub async fn close(self) {
+        let consumer = self.consumer;
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+            tracing::warn!(error = %e, "closing the Kafka consumer failed");
+        }
+    }
+
+    /// The current assignment as a list with the given offset per partition.
+    fn list(&self, parts: impl IntoIterator<Item = (Partition, Option<i64>)>) -> Result<TopicPartitionList, Error> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in parts {
+            let offset = offset.map_or(Offset::Invalid, Offset::Offset);
+            tpl.add_partition_offset(&topic, partition, offset)
+                .map_err(|source| Error::Kafka { action: "building a partition list", source })?;
+        }
+        Ok(tpl)
+    }
+
+    /// The error for a consumer error event, or `None` when librdkafka recovers by itself.
+    fn consume_error(&self, e: KafkaError) -> Option<Error> {
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            return Some(Error::KafkaFatal { reason: format!("{code}: {reason}") });
+        }
+        let refused = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::Authentication
+            )
+        );
+        if refused {
+            return Some(Error::KafkaRefused {
+                topic: self.topic.clone(),
+                group: self.group.clone(),
+                reason: e.to_string(),
+            });
+        }
+        tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error (librdkafka retries)");
+        None
+    }
+}
+
+/// The record of one message: Kafka timestamp (else now) as `received_at`; a null payload is empty.
+fn record(m: &BorrowedMessage<'_>) -> Record {
+    let received_at = m.timestamp().to_millis().and_then(EventTime::from_millis).unwrap_or_else(|| SystemClock.now());
+    Record {
+        coords: SourceCoordinates { source: m.topic().to_owned(), partition: m.partition(), offset: m.offset() },
+        received_at,
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+impl Source for KafkaSource {
+    /// Records the offsets for later assignments and moves partitions already assigned there at once
+    /// (records fetched from their old position are discarded by librdkafka, never delivered).
+    fn seek(&mut self, offsets: &Offsets) -> Result<(), Error> {
+        let mut shared = lock(&self.shared);
+        shared.seek.extend(offsets.iter().map(|(p, o)| (p.clone(), *o)));
+        let now: Vec<(Partition, Option<i64>)> =
+            offsets.iter().filter(|(p, _)| shared.assigned.contains(*p)).map(|(p, o)| (p.clone(), Some(*o))).collect();
+        drop(shared);
+        if now.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.list(now)?;
+        // Timeout zero: the seek is started, not awaited (the runtime must not block); librdkafka bumps the
+        // partitions' fetch version at once, so nothing fetched before the seek reaches `poll`.
+        let result = self
+            .consumer
+            .seek_partitions(tpl, Timeout::After(Duration::ZERO))
+            .map_err(|source| Error::Kafka { action: "seek", source })?;
+        for e in result.elements() {
+            match e.error() {
+                // An asynchronous seek reports "in progress" for every partition it started.
+                Ok(()) | Err(KafkaError::OffsetFetch(RDKafkaErrorCode::InProgress)) => {}
+                Err(source) => return Err(Error::Kafka { action: "seek", source }),
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, out: &mut Vec<Record>, max: usize, wait: Duration) -> Result<Polled, Error> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
+        }
+        let deadline = Instant::now() + wait;
+        let mut polled = Polled::default();
+        loop {
+            {
+                let mut shared = lock(&self.shared);
+                if let Some(reason) = shared.failure.take() {
+                    return Err(Error::KafkaFatal { reason });
+                }
+                if !shared.events.is_empty() {
+                    polled.assignments.append(&mut shared.events);
+                    break;
+                }
+            }
+            if polled.records >= max {
+                break;
+            }
+            // Wait for the first record; after it take only what is already fetched.
+            let until = if polled.records == 0 { deadline } else { Instant::now() };
+            let received = tokio::select! {
+                biased;
+                () = self.notify.notified() => continue,
+                r = tokio::time::timeout_at(until, self.consumer.recv()) => r,
+            };
+            match received {
+                Err(_elapsed) => break,
+                Ok(Ok(m)) => {
+                    out.push(record(&m));
+                    polled.records += 1;
+                }
+                Ok(Err(e)) => {
+                    if let Some(err) = self.consume_error(e) {
+                        if polled.records == 0 {
+                            return Err(err);
+                        }
+                        self.pending_error = Some(err);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(polled)
+    }
+
+    fn pause(&mut self) -> Result<(), Error> {
+        let mut shared = lock(&self.shared);
+        shared.paused = true;
+        let parts: Vec<_> = shared.assigned.iter().map(|p| (p.clone(), None)).collect();
+        drop(shared);
+        let tpl = self.list(parts)?;
+        if tpl.count() > 0 {
+            self.consumer.pause(&tpl).map_err(|source| Error::Kafka { action: "pause", source })?;
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), Error> {
+        let mut shared = lock(&self.shared);
+        shared.paused = false;
+        let parts: Vec<_> = shared.assigned.iter().map(|p| (p.clone(), None)).collect();
+        drop(shared);
+        let tpl = self.list(parts)?;
+        if tpl.count() > 0 {
+            self.consumer.resume(&tpl).map_err(|source| Error::Kafka { action: "resume", source })?;
+        }
+        Ok(())
+    }
+
+    /// Remembers the offsets for later assignments and commits the assigned ones to the group
+    /// asynchronously (failures are logged: the group's offsets are informational).
+    fn committed(&mut self, offsets: &Offsets) -> Result<(), Error> {
+        let mut shared = lock(&self.shared);
+        shared.seek.extend(offsets.iter().map(|(p, o)| (p.clone(), *o)));
+        let owned: Vec<_> =
+            offsets.iter().filter(|(p, _)| shared.assigned.contains(*p)).map(|(p, o)| (p.clone(), Some(*o))).collect();
+        drop(shared);
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.list(owned)?;
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "committing offsets to the Kafka group failed (informational only)");
+        }
+        Ok(())
+    }
+}
