@@ -26,6 +26,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 .map(tidemark_core::Error::actor)
                 .or_else(|| e.downcast_ref::<tidemark_batch::BatchError>().map(tidemark_batch::BatchError::actor))
                 .or_else(|| e.downcast_ref::<tidemark_store::Error>().map(tidemark_store::Error::actor))
+                .or_else(|| e.downcast_ref::<tidemark_stream::Error>().map(tidemark_stream::Error::actor))
                 .or_else(|| e.downcast_ref::<crate::cmd::UsageError>().map(|_| Actor::User))
         })
         .or_else(|| err.chain().find_map(|e| e.downcast_ref::<std::io::Error>().map(io_actor)))

@@ -24,6 +24,7 @@ enum Command {
     Validate(cmd::validate::Args),
     Batch(cmd::batch::Args),
     Store(cmd::store::Args),
+    Stream(cmd::stream::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
         Command::Validate(args) => cmd::validate::run(&args),
         Command::Batch(args) => cmd::batch::run(&args),
         Command::Store(args) => cmd::store::run(&args),
+        Command::Stream(args) => cmd::stream::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod store;
+pub mod stream;
 pub mod validate;
 
 use std::path::Path;

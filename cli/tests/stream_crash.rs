@@ -1,0 +1,251 @@
+//! Issue 5, exactly-once effect: `tidemark stream` killed with SIGKILL at random moments (at least 25
+//! times), restarted each time, then run to the end, leaves exactly what an uninterrupted run leaves:
+//! the same serving rows, dead letters, late ledger and raw archive; committed offsets never go back.
+//!
+//! The seed is printed; set TIDEMARK_CRASH_SEED to replay a failing schedule.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tidemark;
+use tidemark_core::{EventTime, StoreLocation};
+use tidemark_store::{DeadLetterStore, MetricFilter, RawArchive};
+
+const EVENTS: u64 = 150_000;
+const KILLS: usize = 25;
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Events at 25 per second of event time with disorder up to 8 s, 1% arriving 2 to 3 minutes late
+/// (beyond allowed lateness: late ledger), 1% within allowed lateness, duplicates and malformed lines.
+fn write_events(path: &Path) {
+    let mut rng = Rng(42);
+    let base = 1_700_000_000_000_000i64; // µs
+    let mut out = String::new();
+    for i in 0..EVENTS {
+        let mut t = base + i as i64 * 40_000 - rng.below(8_000_000) as i64;
+        match rng.below(100) {
+            0 => t -= 120_000_000 + rng.below(60_000_000) as i64,
+            1 => t -= 20_000_000 + rng.below(20_000_000) as i64,
+            _ => {}
+        }
+        let ts = EventTime::from_micros(t).unwrap();
+        let line = format!(
+            r#"{{"id":"e{i}","ts":"{ts}","page":"/p{}","country":"c{}","user":"u{}","ms":{}}}"#,
+            rng.below(10),
+            rng.below(4),
+            rng.below(300),
+            rng.below(900)
+        );
+        out.push_str(&line);
+        out.push('\n');
+        if i % 997 == 3 {
+            out.push_str(&line); // duplicate
+            out.push('\n');
+        }
+        if i % 1999 == 11 {
+            out.push_str("{\"id\": \"broken\n"); // malformed
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn write_spec(dir: &Path, events: &Path, name: &str) -> String {
+    let d = dir.join(name);
+    let url = |s: &str| format!("file://{}", d.join(s).display());
+    let spec = format!(
+        r#"
+version = 1
+name = "crashy"
+[source]
+type = "file"
+path = "{events}"
+[event]
+id = "id"
+time = {{ field = "ts", format = "rfc3339" }}
+dimensions = ["page", "country", "user"]
+values = {{ ms = "int" }}
+[time]
+watermark_delay = "10s"
+allowed_lateness = "1m"
+idle_timeout = "1h"
+late_policy = "update"
+[[metrics]]
+name = "views"
+dimensions = ["page"]
+window = {{ type = "tumbling", size = "1m" }}
+aggregates = [{{ name = "n", fn = "count" }}, {{ name = "ms", fn = "sum", field = "ms" }}, {{ name = "hi", fn = "max", field = "ms" }}]
+[[metrics]]
+name = "by_country"
+dimensions = ["country"]
+window = {{ type = "hopping", size = "5m", slide = "1m" }}
+aggregates = [{{ name = "n", fn = "count" }}, {{ name = "users", fn = "count_distinct", field = "user" }}]
+[[metrics]]
+name = "sessions"
+dimensions = ["user"]
+window = {{ type = "session", gap = "30s" }}
+aggregates = [{{ name = "n", fn = "count" }}]
+[stores]
+raw_archive = "{raw}"
+serving = "{serving}"
+dead_letter = "{dead}"
+batch_view = "{batch}"
+"#,
+        events = events.display(),
+        raw = url("raw"),
+        serving = url("serving"),
+        dead = url("dead"),
+        batch = url("batch"),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, spec).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn stream_args(spec: &str) -> Vec<String> {
+    ["stream", "--spec", spec, "--finish", "--listen", "off", "--flush-interval", "40ms", "--flush-rows", "2000"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Everything a run left behind, in comparable form.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    rows: BTreeMap<String, String>,
+    dead_letters: BTreeSet<String>,
+    late: BTreeSet<String>,
+    archived: usize,
+    archived_distinct: usize,
+    offset: i64,
+}
+
+fn outcome(dir: &Path, name: &str) -> Outcome {
+    let d = dir.join(name);
+    let url = |s: &str| format!("file://{}", d.join(s).display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = tidemark_store::open(&StoreLocation::Delta(url("serving"))).await.unwrap();
+        let rows = store.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap();
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                let key = format!("{} {} {}", r.key.metric, r.key.window, r.key.dims.encode());
+                (key, format!("{:?} events={}", r.values, r.events))
+            })
+            .collect();
+        let dl = DeadLetterStore::open(&url("dead")).unwrap();
+        let dead_letters = dl.list().await.unwrap().into_iter().map(|d| d.coordinates.to_string()).collect();
+        let late = dl.list_late().await.unwrap().into_iter().map(|l| l.coordinates.to_string()).collect();
+        let archive = RawArchive::open(url("raw")).await.unwrap().read_all().await.unwrap();
+        let distinct: BTreeSet<_> = archive.iter().map(|r| r.coords.clone()).collect();
+        let offset = progress_offset(&*store).await;
+        Outcome { rows, dead_letters, late, archived: archive.len(), archived_distinct: distinct.len(), offset }
+    })
+}
+
+async fn progress_offset(store: &dyn tidemark_store::ServingStore) -> i64 {
+    store.load_progress("crashy").await.unwrap().map_or(0, |p| p.offsets.values().copied().max().unwrap_or(0))
+}
+
+fn committed_offset(dir: &Path, name: &str) -> i64 {
+    let url = format!("file://{}", dir.join(name).join("serving").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = tidemark_store::open(&StoreLocation::Delta(url)).await.unwrap();
+        progress_offset(&*store).await
+    })
+}
+
+#[test]
+fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    write_events(&events);
+    let lines = std::fs::read_to_string(&events).unwrap().lines().count() as i64;
+
+    // The reference: one uninterrupted run.
+    let reference_spec = write_spec(dir.path(), &events, "reference");
+    let args = stream_args(&reference_spec);
+    let started = Instant::now();
+    let (code, _, err) = tidemark(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "reference run failed: {err}");
+    let reference_secs = started.elapsed().as_secs_f64();
+    let reference = outcome(dir.path(), "reference");
+    assert_eq!(reference.offset, lines, "the reference run consumed the whole file");
+    assert!(reference.rows.len() > 1000, "rows: {}", reference.rows.len());
+    assert!(!reference.dead_letters.is_empty() && !reference.late.is_empty());
+
+    // The crash loop: kill at random moments spread over the reference run's duration.
+    let seed = std::env::var("TIDEMARK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20_261_124u64);
+    eprintln!("crash loop seed {seed} (TIDEMARK_CRASH_SEED), reference run {reference_secs:.1}s");
+    let mut rng = Rng(seed);
+    let crash_spec = write_spec(dir.path(), &events, "crashed");
+    let args = stream_args(&crash_spec);
+    let log = dir.path().join("crashed.log");
+    let max_ms = ((reference_secs * 1000.0) as u64 / 4).clamp(200, 3000);
+    let (mut kills, mut finished_early, mut previous) = (0, 0, 0i64);
+    let mut offsets = Vec::new();
+    while kills < KILLS {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100 + rng.below(max_ms)));
+        if child.try_wait().unwrap().is_some() {
+            finished_early += 1;
+            assert!(finished_early < 3, "the run keeps finishing before the kill; make the input larger");
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let offset = committed_offset(dir.path(), "crashed");
+        assert!(offset >= previous, "committed offsets went back: {previous} -> {offset}");
+        offsets.push(offset);
+        previous = offset;
+    }
+    eprintln!("killed {kills} times; committed offsets after each kill: {offsets:?}");
+    assert!(kills >= KILLS, "only {kills} kills happened before the input ran out; make the input larger");
+    assert!(offsets.iter().any(|&o| o > 0 && o < lines), "some kills landed mid-run: {offsets:?}");
+
+    let (code, _, err) = tidemark(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "final run failed: {err}");
+    let crashed = outcome(dir.path(), "crashed");
+
+    let lost: Vec<_> = reference.rows.keys().filter(|k| !crashed.rows.contains_key(*k)).collect();
+    let extra: Vec<_> = crashed.rows.keys().filter(|k| !reference.rows.contains_key(*k)).collect();
+    let mismatched: Vec<_> =
+        reference.rows.iter().filter(|(k, v)| crashed.rows.get(*k).is_some_and(|c| c != *v)).collect();
+    assert!(
+        lost.is_empty() && extra.is_empty() && mismatched.is_empty(),
+        "lost {} (e.g. {:?}), extra {} (e.g. {:?}), mismatched {} (e.g. {:?})",
+        lost.len(),
+        lost.first(),
+        extra.len(),
+        extra.first(),
+        mismatched.len(),
+        mismatched.first()
+    );
+    assert_eq!(crashed.archived, crashed.archived_distinct, "the archive holds an event twice");
+    assert_eq!(crashed, reference);
+}
