@@ -226,8 +226,8 @@ pub enum Accumulator {
     Max(Option<Num>),
     /// `mean`.
     Mean(MeanAcc),
-    /// `count_distinct`.
-    CountDistinct(DistinctSet),
+    /// `count_distinct` (boxed: the sets are large and the other states small).
+    CountDistinct(Box<DistinctSet>),
 }
 
 /// The exact set of distinct values seen by `count_distinct`. Serialized as two sorted lists, so equal
@@ -322,7 +322,7 @@ impl Accumulator {
             AggregateFn::Min => Accumulator::Min(None),
             AggregateFn::Max => Accumulator::Max(None),
             AggregateFn::Mean => Accumulator::Mean(MeanAcc::default()),
-            AggregateFn::CountDistinct => Accumulator::CountDistinct(DistinctSet::default()),
+            AggregateFn::CountDistinct => Accumulator::CountDistinct(Box::default()),
         }
     }
 
