@@ -12,6 +12,7 @@
 //! - `mean` is always a float: exact integer sum divided by the count.
 //!
 //! The stream engine uses these accumulators; the batch layer's polars plan is tested against them.
+//! Accumulators are serde values (the engine checkpoints them as they are); serializing is deterministic.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -57,7 +58,7 @@ impl AggregateFn {
 }
 
 /// A numeric field value of an event.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Num {
     /// From an `int` field.
     Int(i64),
@@ -76,7 +77,7 @@ impl Num {
 }
 
 /// A numeric value whose distinct occurrences `count_distinct` counts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DistinctKey {
     /// An integer value.
     Int(i64),
@@ -128,7 +129,7 @@ impl fmt::Display for AggValue {
 }
 
 /// Neumaier-compensated float sum; merging adds both parts.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompensatedSum {
     sum: f64,
     compensation: f64,
@@ -159,7 +160,7 @@ impl CompensatedSum {
 }
 
 /// The sum state of integer and float inputs kept apart, so integer sums stay exact.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct SumState {
     ints: i128,
     floats: CompensatedSum,
@@ -213,7 +214,7 @@ fn num_value(n: Option<Num>) -> AggValue {
 }
 
 /// The running state of one aggregate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Accumulator {
     /// `count`.
     Count(u64),
@@ -225,12 +226,14 @@ pub enum Accumulator {
     Max(Option<Num>),
     /// `mean`.
     Mean(MeanAcc),
-    /// `count_distinct`.
-    CountDistinct(DistinctSet),
+    /// `count_distinct` (boxed: the sets are large and the other states small).
+    CountDistinct(Box<DistinctSet>),
 }
 
-/// The exact set of distinct values seen by `count_distinct`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The exact set of distinct values seen by `count_distinct`. Serialized as two sorted lists, so equal
+/// sets serialize to equal bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "SortedDistinct", from = "SortedDistinct")]
 pub struct DistinctSet {
     strs: HashSet<Box<str>>,
     nums: HashSet<DistinctKey>,
@@ -265,12 +268,35 @@ impl DistinctSet {
     }
 }
 
+/// The serialized form of a [`DistinctSet`].
+#[derive(Serialize, Deserialize)]
+struct SortedDistinct {
+    strs: Vec<Box<str>>,
+    nums: Vec<DistinctKey>,
+}
+
+impl From<DistinctSet> for SortedDistinct {
+    fn from(set: DistinctSet) -> Self {
+        let mut strs: Vec<Box<str>> = set.strs.into_iter().collect();
+        let mut nums: Vec<DistinctKey> = set.nums.into_iter().collect();
+        strs.sort_unstable();
+        nums.sort_unstable();
+        SortedDistinct { strs, nums }
+    }
+}
+
+impl From<SortedDistinct> for DistinctSet {
+    fn from(s: SortedDistinct) -> Self {
+        DistinctSet { strs: s.strs.into_iter().collect(), nums: s.nums.into_iter().collect() }
+    }
+}
+
 /// State of `sum`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SumAcc(SumState);
 
 /// State of `mean`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct MeanAcc {
     sum: SumState,
     n: u64,
@@ -296,7 +322,7 @@ impl Accumulator {
             AggregateFn::Min => Accumulator::Min(None),
             AggregateFn::Max => Accumulator::Max(None),
             AggregateFn::Mean => Accumulator::Mean(MeanAcc::default()),
-            AggregateFn::CountDistinct => Accumulator::CountDistinct(DistinctSet::default()),
+            AggregateFn::CountDistinct => Accumulator::CountDistinct(Box::default()),
         }
     }
 
@@ -406,7 +432,7 @@ pub enum InputRef {
 }
 
 /// The accumulators of one metric row: one per aggregate of the metric, in spec order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricAccumulator {
     accs: Vec<Accumulator>,
     /// Events added (including through merges).
@@ -456,6 +482,13 @@ impl MetricAccumulator {
     /// The accumulators.
     pub fn accumulators(&self) -> &[Accumulator] {
         &self.accs
+    }
+
+    /// Whether these are accumulators for exactly `functions`, in that order (a check for accumulators
+    /// that were deserialized).
+    pub fn computes(&self, functions: impl IntoIterator<Item = AggregateFn>) -> bool {
+        let mut functions = functions.into_iter();
+        self.accs.iter().all(|a| functions.next() == Some(a.function())) && functions.next().is_none()
     }
 }
 
@@ -630,6 +663,47 @@ mod tests {
                 .prop_map(|v| (true, v.into_iter().map(Num::Int).collect())),
             prop::collection::vec(-1e6f64..1e6, 0..80).prop_map(|v| (false, v.into_iter().map(Num::Float).collect())),
         ]
+    }
+
+    #[test]
+    fn accumulators_round_trip_through_serde_deterministically() {
+        let mut a = MetricAccumulator::empty(ALL);
+        let mut b = MetricAccumulator::empty(ALL);
+        let event = |v: Num, s: &str| crate::decode::Event {
+            id: "e".into(),
+            time: crate::EventTime::UNIX_EPOCH,
+            dims: vec![s.into()],
+            values: vec![v],
+        };
+        let inputs = [
+            InputRef::None,
+            InputRef::Value(0),
+            InputRef::Value(0),
+            InputRef::Value(0),
+            InputRef::Value(0),
+            InputRef::Dim(0),
+        ];
+        let events: Vec<_> = (0..50).map(|i| event(Num::Float(f64::from(i) * 0.1 + 1e16), &format!("k{i}"))).collect();
+        for e in &events {
+            a.add_event(e, &inputs);
+        }
+        for e in events.iter().rev() {
+            b.add_event(e, &inputs);
+        }
+        let text = serde_json::to_string(&a).unwrap();
+        let back: MetricAccumulator = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, a, "bit-for-bit, compensation included");
+        assert_eq!(back.finish(), a.finish());
+        assert!(back.computes(ALL));
+        assert!(!back.computes(ALL[..5].iter().copied()));
+        assert!(!back.computes([AggregateFn::Sum; 6]));
+        // the distinct sets of a and b were filled in opposite orders; they serialize alike
+        let distinct = |m: &MetricAccumulator| serde_json::to_string(&m.accumulators()[5]).unwrap();
+        assert_eq!(distinct(&a), distinct(&b));
+        // an integer sum beyond i64 keeps its exact i128 state
+        let big = fold(AggregateFn::Sum, &[Num::Int(i64::MAX), Num::Int(i64::MAX), Num::Int(-i64::MAX)]);
+        let back: Accumulator = serde_json::from_str(&serde_json::to_string(&big).unwrap()).unwrap();
+        assert_eq!(back.finish(), AggValue::Int(i64::MAX));
     }
 
     proptest! {

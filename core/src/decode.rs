@@ -180,6 +180,10 @@ pub const MAX_NESTING: usize = 32;
 
 /// Whether `text` nests arrays/objects deeper than `limit` (brackets inside strings do not count).
 fn nesting_exceeds(text: &[u8], limit: usize) -> bool {
+    // fast path: with no more than `limit` opening brackets in all, nothing can nest deeper
+    if text.iter().filter(|&&b| b == b'[' || b == b'{').count() <= limit {
+        return false;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in text {
         if in_string {
@@ -319,7 +323,7 @@ struct Collected<'a> {
     time: Option<Scalar<'a>>,
     dims: Vec<Option<Scalar<'a>>>,
     values: Vec<Option<Scalar<'a>>>,
-    /// Set when a key repeats; reported after parsing succeeds.
+    /// The first key that repeats; reported after parsing succeeds.
     duplicate: Option<String>,
 }
 
@@ -351,11 +355,9 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             values: (0..s.values.len()).map(|_| None).collect(),
             duplicate: None,
         };
-        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        // keys outside the schema seen so far (a schema key repeats when its slot is already filled)
+        let mut others: Vec<Cow<'de, str>> = Vec::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            if c.duplicate.is_none() && seen.contains(&key) {
-                c.duplicate = Some(key.to_string());
-            }
             let slot = if key == s.id_field {
                 Some(Slot::Id)
             } else if key == s.time_field {
@@ -365,21 +367,25 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             } else {
                 s.values.iter().position(|(v, _)| *v == key).map(Slot::Value)
             };
-            match slot {
+            let target = match slot {
                 None => {
                     map.next_value::<IgnoredAny>()?;
-                }
-                Some(slot) => {
-                    let v: Scalar<'de> = map.next_value()?;
-                    match slot {
-                        Slot::Id => c.id = Some(v),
-                        Slot::Time => c.time = Some(v),
-                        Slot::Dim(i) => c.dims[i] = Some(v),
-                        Slot::Value(i) => c.values[i] = Some(v),
+                    if c.duplicate.is_none() && others.contains(&key) {
+                        c.duplicate = Some(key.to_string());
                     }
+                    others.push(key);
+                    continue;
                 }
+                Some(Slot::Id) => &mut c.id,
+                Some(Slot::Time) => &mut c.time,
+                Some(Slot::Dim(i)) => &mut c.dims[i],
+                Some(Slot::Value(i)) => &mut c.values[i],
+            };
+            let v: Scalar<'de> = map.next_value()?;
+            if target.is_some() && c.duplicate.is_none() {
+                c.duplicate = Some(key.to_string());
             }
-            seen.push(key);
+            *target = Some(v);
         }
         Ok(Some(c))
     }

@@ -84,16 +84,22 @@ impl FromStr for EventTime {
     }
 }
 
+/// RFC 3339 text in human-readable formats (JSON, TOML); microseconds since the epoch in binary ones.
 impl Serialize for EventTime {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        if s.is_human_readable() { s.serialize_str(&self.to_string()) } else { s.serialize_i64(self.0) }
     }
 }
 
 impl<'de> Deserialize<'de> for EventTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let us = i64::deserialize(d)?;
+            EventTime::from_micros(us).ok_or_else(|| serde::de::Error::custom(format!("{us} µs is out of range")))
+        }
     }
 }
 
@@ -163,16 +169,22 @@ impl FromStr for Duration {
     }
 }
 
+/// Text (`"30s"`) in human-readable formats; microseconds in binary ones.
 impl Serialize for Duration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        if s.is_human_readable() { s.serialize_str(&self.to_string()) } else { s.serialize_i64(self.0) }
     }
 }
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let us = i64::deserialize(d)?;
+            Duration::from_micros(us).ok_or_else(|| serde::de::Error::custom(format!("{us} µs is not a duration")))
+        }
     }
 }
 

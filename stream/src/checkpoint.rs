@@ -1,29 +1,33 @@
-//! Engine checkpoints: the whole engine state as one self-describing blob (JSON).
+//! Engine checkpoints: the whole engine state as one binary blob ([postcard], a compact serde format).
 //!
-//! The blob holds the watermark tracker, accounting, source positions, the live events as received and,
-//! per row, the log of operations that built its accumulators (core's accumulators are not
-//! serializable); restoring decodes the events again and replays those logs.
+//! The blob holds the watermark tracker, accounting, source positions, the de-duplication set (event ids
+//! by the watermark at which they expire) and every row with its accumulators as they are (session rows
+//! also list the ids of their events). It starts with the format version, so a blob of another format is
+//! refused before anything else is read (format 1 blobs were JSON and start with `{`).
 //! It also holds a fingerprint of the spec's metrics, event schema and time policy: a blob is only
 //! restored into an engine for the same definitions ([`Error::SpecChanged`] otherwise).
+//! Equal engine states give equal blobs.
 
 use std::collections::BTreeMap;
 
-use foldhash::HashMap;
-
 use serde::{Deserialize, Serialize};
-use tidemark_core::{Dimensions, Event, EventTime, ValidSpec, Window};
+use tidemark_core::{Dimensions, EventTime, ValidSpec, Window};
 
 use crate::engine::{Engine, MetricState, PartitionAccounts};
 use crate::error::Error;
-use crate::state::{EventTable, Op, RowState};
+use crate::state::{EventId, RowState, SeenIds};
 use crate::watermark::WatermarkTracker;
 use crate::window::Step;
+use crate::window::session::SessionRow;
 
-/// The checkpoint format this build writes and reads.
-pub const FORMAT: u32 = 1;
+/// The checkpoint format this build writes and reads (1: JSON with event payloads and row logs;
+/// 2: postcard with accumulators and event ids).
+pub const FORMAT: u32 = 2;
 
+/// The blob. Written from borrowed parts (`Blob<StoredRow<&..>, &[EventId]>`), read as owned ones;
+/// both serialize alike.
 #[derive(Serialize, Deserialize)]
-struct Blob {
+struct Blob<R, I> {
     format: u32,
     spec_fingerprint: u64,
     watermarks: WatermarkTracker,
@@ -31,33 +35,23 @@ struct Blob {
     positions: BTreeMap<i32, i64>,
     last_now: Option<EventTime>,
     next_early: Option<EventTime>,
-    next_seq: u64,
-    events: Vec<StoredEvent>,
-    /// One list of rows per metric, in spec order.
-    metrics: Vec<Vec<StoredRow>>,
-}
-
-/// A live event as received; restoring decodes it again with the same schema.
-#[derive(Serialize, Deserialize)]
-struct StoredEvent {
-    seq: u64,
-    received_at: EventTime,
-    /// The payload (it decoded, so it is UTF-8).
-    payload: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pin_until: Option<EventTime>,
+    /// Remembered ids by the watermark at which they expire (ids only session rows hold are listed with
+    /// their rows).
+    expiring: Vec<(EventTime, I)>,
+    /// One list of rows per metric, in spec order, sorted by window and dimensions.
+    metrics: Vec<Vec<R>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredRow {
+struct StoredRow<D, R, I> {
     window: Window,
-    dims: Dimensions,
-    /// [`Op::encode`]d.
-    log: Vec<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_revision: Option<u32>,
-    dirty: bool,
+    dims: D,
+    row: R,
+    /// The ids of the events a session row holds (empty for fixed windows).
+    members: I,
 }
+
+type OwnedBlob = Blob<StoredRow<Dimensions, RowState, Vec<EventId>>, Vec<EventId>>;
 
 /// A stable 64-bit FNV-1a hash of the parts of a spec that shape engine state.
 pub(crate) fn fingerprint(spec: &ValidSpec) -> u64 {
@@ -65,39 +59,43 @@ pub(crate) fn fingerprint(spec: &ValidSpec) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-fn stored_row(window: Window, dims: &Dimensions, row: &RowState) -> StoredRow {
-    StoredRow {
-        window,
-        dims: dims.clone(),
-        log: row.log.iter().map(|op| op.encode()).collect(),
-        last_revision: row.last_revision,
-        dirty: row.dirty,
+/// The errors this module can return carry serde_json errors; postcard's are converted by message.
+fn decode_error(e: impl std::fmt::Display) -> Error {
+    Error::CheckpointDecode(serde::de::Error::custom(e))
+}
+
+/// The format version a blob starts with.
+fn format_of(blob: &[u8]) -> Result<u32, Error> {
+    if blob.first() == Some(&b'{') {
+        // format 1 was JSON
+        #[derive(Deserialize)]
+        struct Header {
+            format: u32,
+        }
+        let header: Header = serde_json::from_slice(blob).map_err(Error::CheckpointDecode)?;
+        return Ok(header.format);
     }
+    postcard::take_from_bytes::<u32>(blob).map(|(format, _)| format).map_err(decode_error)
 }
 
 impl Engine {
     /// The engine's whole state as a blob for [`Engine::restore`].
     pub fn checkpoint(&self) -> Result<Vec<u8>, Error> {
-        let mut events: Vec<StoredEvent> = self
-            .events
-            .iter()
-            .map(|(seq, l)| StoredEvent {
-                seq,
-                received_at: l.received_at,
-                payload: String::from_utf8_lossy(&l.payload).into_owned(),
-                pin_until: l.pin_until,
-            })
-            .collect();
-        events.sort_unstable_by_key(|e| e.seq);
+        let expiring = self.seen.expiring().collect();
         let metrics = self
             .states
             .iter()
             .map(|s| {
-                let mut rows: Vec<StoredRow> = match s {
-                    MetricState::Fixed(f) => f.rows().map(|(w, d, r)| stored_row(w, d, r)).collect(),
-                    MetricState::Session(s) => s.rows().map(|(w, d, r)| stored_row(w, d, r)).collect(),
+                let mut rows: Vec<StoredRow<&Dimensions, &RowState, &[EventId]>> = match s {
+                    MetricState::Fixed(f) => {
+                        f.rows().map(|(window, dims, row)| StoredRow { window, dims, row, members: &[][..] }).collect()
+                    }
+                    MetricState::Session(s) => s
+                        .rows()
+                        .map(|(window, dims, s)| StoredRow { window, dims, row: &s.row, members: &s.members[..] })
+                        .collect(),
                 };
-                rows.sort_by(|a, b| (a.window, &a.dims).cmp(&(b.window, &b.dims)));
+                rows.sort_unstable_by(|a, b| (a.window, a.dims).cmp(&(b.window, b.dims)));
                 rows
             })
             .collect();
@@ -109,24 +107,19 @@ impl Engine {
             positions: self.positions.clone(),
             last_now: self.last_now,
             next_early: self.next_early,
-            next_seq: self.events.next_seq,
-            events,
+            expiring,
             metrics,
         };
-        serde_json::to_vec(&blob).map_err(Error::CheckpointEncode)
+        postcard::to_stdvec(&blob).map_err(|e| Error::CheckpointEncode(serde::ser::Error::custom(e)))
     }
 
     /// An engine for `spec` in the state a [`Engine::checkpoint`] blob recorded.
     pub fn restore(spec: &ValidSpec, blob: &[u8]) -> Result<Engine, Error> {
-        #[derive(Deserialize)]
-        struct Header {
-            format: u32,
+        let format = format_of(blob)?;
+        if format != FORMAT {
+            return Err(Error::CheckpointFormat { found: format, expected: FORMAT });
         }
-        let header: Header = serde_json::from_slice(blob).map_err(Error::CheckpointDecode)?;
-        if header.format != FORMAT {
-            return Err(Error::CheckpointFormat { found: header.format, expected: FORMAT });
-        }
-        let blob: Blob = serde_json::from_slice(blob).map_err(Error::CheckpointDecode)?;
+        let blob: OwnedBlob = postcard::from_bytes(blob).map_err(decode_error)?;
         let mut engine = Engine::new(spec);
         if blob.spec_fingerprint != engine.fingerprint {
             return Err(Error::SpecChanged);
@@ -138,48 +131,48 @@ impl Engine {
                 engine.metrics.len()
             )));
         }
-        let mut table = EventTable::default();
-        let mut decoded: HashMap<u64, Event> = HashMap::default();
-        for e in blob.events {
-            let event = engine
-                .schema
-                .decode(e.payload.as_bytes(), e.received_at)
-                .map_err(|err| Error::CheckpointCorrupt(format!("stored event {} no longer decodes: {err}", e.seq)))?;
-            table.insert_at(e.seq, &event, e.received_at, e.payload.into_bytes().into_boxed_slice(), 0, e.pin_until);
-            decoded.insert(e.seq, event);
-        }
-        table.next_seq = blob.next_seq;
         let watermark = blob.watermarks.current();
-        let mut refs: HashMap<u64, u32> = HashMap::default();
-        for ((metric, state), rows) in engine.metrics.iter().zip(&mut engine.states).zip(blob.metrics) {
-            for r in rows {
-                let log = r
-                    .log
-                    .iter()
-                    .map(|&x| Op::decode(x).ok_or_else(|| Error::CheckpointCorrupt(format!("bad log entry {x}"))))
-                    .collect::<Result<Vec<Op>, Error>>()?;
-                let acc = RowState::replay(metric, &log, &decoded)?;
-                let row = RowState { acc, log, last_revision: r.last_revision, dirty: r.dirty };
-                for seq in row.seqs() {
-                    *refs.entry(seq).or_default() += 1;
+        let mut seen = SeenIds::default();
+        for (until, ids) in &blob.expiring {
+            if watermark.is_some_and(|wm| *until <= wm) {
+                return Err(Error::CheckpointCorrupt(format!("ids kept until {until}, behind the watermark")));
+            }
+            for id in ids {
+                if seen.contains(id) {
+                    return Err(Error::CheckpointCorrupt(format!("event id {id:?} is listed twice")));
                 }
-                let step = Step { metric, policy: &engine.policy, watermark, now: EventTime::MIN };
+                seen.remember(id, Some(*until), 0);
+            }
+        }
+        for ((metric, state), rows) in engine.metrics.iter().zip(&mut engine.states).zip(blob.metrics) {
+            let step = Step { metric, policy: &engine.policy, watermark, now: EventTime::MIN };
+            for StoredRow { window, dims, row, members } in rows {
+                if !row.acc.computes(metric.aggregates.iter().map(|a| a.function)) {
+                    return Err(Error::CheckpointCorrupt(format!(
+                        "a row of metric {} has accumulators of other aggregates",
+                        metric.name
+                    )));
+                }
                 match state {
-                    MetricState::Fixed(f) => f.restore_row(&step, r.window, &r.dims, row),
+                    MetricState::Fixed(f) => {
+                        if !members.is_empty() {
+                            return Err(Error::CheckpointCorrupt("a fixed-window row lists event ids".into()));
+                        }
+                        f.restore_row(&step, window, &dims, row);
+                    }
                     MetricState::Session(s) => {
-                        let times: Vec<EventTime> = row.seqs().filter_map(|q| table.get(q).map(|e| e.time)).collect();
-                        s.restore_row(&step, r.window, &r.dims, row, times).map_err(Error::CheckpointCorrupt)?;
+                        for id in &members {
+                            seen.hold(id);
+                        }
+                        s.restore_row(&step, window, &dims, SessionRow { row, members })
+                            .map_err(Error::CheckpointCorrupt)?;
                     }
                 }
             }
         }
-        let seqs: Vec<u64> = table.iter().map(|(s, _)| s).collect();
-        for seq in seqs {
-            table.settle(seq, refs.get(&seq).copied().unwrap_or(0), None, watermark);
-        }
         let policy = &engine.policy;
         engine.watermarks = blob.watermarks.with_policy(policy.watermark_delay, policy.idle_timeout);
-        engine.events = table;
+        engine.seen = seen;
         engine.accounts = blob.accounts;
         engine.positions = blob.positions;
         engine.last_now = blob.last_now;

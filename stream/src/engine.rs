@@ -8,7 +8,7 @@ use tidemark_core::spec::TimePolicy;
 use tidemark_core::{CompiledMetric, EventSchema, EventTime, ValidSpec, WindowSpec};
 
 use crate::output::{DeadLetter, Output, Record};
-use crate::state::EventTable;
+use crate::state::{EventId, SeenIds};
 use crate::watermark::{Watermark, WatermarkTracker};
 use crate::window::fixed::FixedState;
 use crate::window::session::SessionState;
@@ -105,7 +105,7 @@ pub struct Engine {
     pub(crate) policy: TimePolicy,
     pub(crate) metrics: Vec<CompiledMetric>,
     pub(crate) states: Vec<MetricState>,
-    pub(crate) events: EventTable,
+    pub(crate) seen: SeenIds,
     pub(crate) watermarks: WatermarkTracker,
     pub(crate) accounts: BTreeMap<i32, PartitionAccounts>,
     pub(crate) positions: BTreeMap<i32, i64>,
@@ -125,7 +125,7 @@ impl Engine {
             watermarks: WatermarkTracker::new(policy.watermark_delay, policy.idle_timeout),
             policy,
             metrics,
-            events: EventTable::default(),
+            seen: SeenIds::default(),
             accounts: BTreeMap::new(),
             positions: BTreeMap::new(),
             last_now: None,
@@ -176,10 +176,11 @@ impl Engine {
             }
             Ok(event) => {
                 let t = event.time;
-                if let Some(seq) = self.events.insert_new(&event, record) {
+                if !self.seen.contains(&event.id) {
+                    let id = EventId::new(&*event.id);
                     let watermark = self.watermarks.current();
                     let mut routing = Routing::default();
-                    let arrival = Arrival { record, event: &event, seq };
+                    let arrival = Arrival { record, event: &event, id: &id };
                     for (metric, state) in self.metrics.iter().zip(&mut self.states) {
                         let step = Step { metric, policy: &self.policy, watermark, now };
                         routing.merge(match state {
@@ -187,7 +188,7 @@ impl Engine {
                             MetricState::Session(s) => s.route(&step, &arrival, out),
                         });
                     }
-                    self.events.settle(seq, routing.holds, routing.pin, watermark);
+                    self.seen.remember(&id, routing.until, routing.held);
                     if routing.contributed {
                         accounts.aggregated += 1;
                     } else {
@@ -251,15 +252,15 @@ impl Engine {
             match state {
                 MetricState::Fixed(s) => {
                     s.fire(&step, previous, out);
-                    s.purge(&step, &mut self.events);
+                    s.purge(&step);
                 }
                 MetricState::Session(s) => {
                     s.fire(&step, out);
-                    s.purge(&step, &mut self.events);
+                    s.purge(&step, &mut self.seen);
                 }
             }
         }
-        self.events.expire_pins(wm);
+        self.seen.expire(wm);
     }
 
     /// The operator watermark (`None` before the first one).
@@ -295,6 +296,6 @@ impl Engine {
 
     /// Number of event ids in the de-duplication set.
     pub fn remembered_events(&self) -> usize {
-        self.events.len()
+        self.seen.len()
     }
 }

@@ -6,7 +6,7 @@ use tidemark_core::{CompiledMetric, Dimensions, Event};
 
 #[derive(Debug, Clone)]
 struct Slot {
-    encoded: Box<str>,
+    encoded: Box<[u8]>,
     dims: Dimensions,
     /// Live rows using the key.
     rows: u32,
@@ -15,10 +15,10 @@ struct Slot {
 /// The live dimension keys of one metric. A key is freed (and its id reused) when its last row is purged.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KeyTable {
-    ids: HashMap<Box<str>, u32>,
+    ids: HashMap<Box<[u8]>, u32>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    buf: String,
+    buf: Vec<u8>,
 }
 
 impl KeyTable {
@@ -35,21 +35,21 @@ impl KeyTable {
         self.lookup_or_insert(|| dims.clone())
     }
 
-    /// Writes the values length-prefixed into `buf`, so the encoding is unambiguous for any values.
+    /// Writes the values into `buf`, each after its length (8 bytes), so the encoding is unambiguous for
+    /// any values.
     fn encode<'a>(&mut self, values: impl Iterator<Item = &'a str>) {
-        use std::fmt::Write;
         self.buf.clear();
         for v in values {
-            let _ = write!(self.buf, "{}:", v.len());
-            self.buf.push_str(v);
+            self.buf.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            self.buf.extend_from_slice(v.as_bytes());
         }
     }
 
     fn lookup_or_insert(&mut self, dims: impl FnOnce() -> Dimensions) -> u32 {
-        if let Some(&id) = self.ids.get(self.buf.as_str()) {
+        if let Some(&id) = self.ids.get(self.buf.as_slice()) {
             return id;
         }
-        let encoded: Box<str> = self.buf.as_str().into();
+        let encoded: Box<[u8]> = self.buf.as_slice().into();
         let slot = Slot { encoded: encoded.clone(), dims: dims(), rows: 0 };
         let id = match self.free.pop() {
             Some(id) => {

@@ -1,79 +1,26 @@
-//! Row state and the table of live events.
+//! Row state and the de-duplication set.
 //!
-//! A row's accumulators come from tidemark-core ([`MetricAccumulator`]), which is not serializable. Each
-//! row therefore also keeps the log of operations that built its accumulators (add event *n*, merge
-//! another row's accumulators), and the engine keeps the events those logs refer to. A checkpoint stores
-//! events and logs; restoring replays the same operations in the same order, so the accumulators are
-//! bit-for-bit those of the uninterrupted run. The event table doubles as the de-duplication set.
-//!
-//! (If tidemark-core's accumulators become serializable, rows can be checkpointed directly and the
-//! table can shrink to ids.)
+//! A row keeps tidemark-core's accumulators ([`MetricAccumulator`], serde values), which a checkpoint
+//! stores as they are. The de-duplication set ([`SeenIds`]) remembers event ids, not events: an id is
+//! kept until the watermark reaches the time the last fixed window holding the event is purged (or its
+//! late-ledger pin expires), and while a session row holds it (a session's end can still move, so
+//! session rows list their events' ids and release them when purged).
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use foldhash::HashMap;
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 use tidemark_core::{CompiledMetric, Event, EventTime, MetricAccumulator, MetricRow, Origin, Pane, RowKey};
 
-use crate::error::Error;
-use crate::output::Record;
-
-/// One step of a row's construction log, packed in 8 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Op(u64);
-
-/// What an [`Op`] does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OpKind {
-    /// Add the event with this sequence number to the accumulator on top of the stack.
-    Add(u64),
-    /// Push an empty accumulator (the start of a merged-in row).
-    Begin,
-    /// Pop the top accumulator and merge it into the one below.
-    End,
-}
-
-impl Op {
-    const BEGIN: Op = Op(u64::MAX);
-    const END: Op = Op(u64::MAX - 1);
-
-    /// Adds event `seq` (sequence numbers count events, so they never reach the reserved values).
-    fn add(seq: u64) -> Op {
-        Op(seq)
-    }
-
-    pub(crate) fn kind(self) -> OpKind {
-        match self {
-            Op::BEGIN => OpKind::Begin,
-            Op::END => OpKind::End,
-            Op(seq) => OpKind::Add(seq),
-        }
-    }
-
-    /// Compact form for checkpoints: `n >= 0` adds event `n`, `-1` begins, `-2` ends.
-    pub(crate) fn encode(self) -> i64 {
-        match self.kind() {
-            OpKind::Add(seq) => i64::try_from(seq).unwrap_or(i64::MAX),
-            OpKind::Begin => -1,
-            OpKind::End => -2,
-        }
-    }
-
-    pub(crate) fn decode(x: i64) -> Option<Op> {
-        match x {
-            -1 => Some(Op::BEGIN),
-            -2 => Some(Op::END),
-            n => u64::try_from(n).ok().map(Op::add),
-        }
-    }
-}
+/// An event id. Ids of up to 23 bytes are stored inline; longer ones are shared, so clones are cheap.
+pub(crate) type EventId = SmolStr;
 
 /// The state of one row: (metric, window, dimensions).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RowState {
     pub(crate) acc: MetricAccumulator,
-    pub(crate) log: Vec<Op>,
     /// The revision of the last row emitted for this key.
     pub(crate) last_revision: Option<u32>,
     /// Changed since the last emission.
@@ -82,21 +29,17 @@ pub(crate) struct RowState {
 
 impl RowState {
     pub(crate) fn new(metric: &CompiledMetric) -> Self {
-        RowState { acc: metric.new_accumulator(), log: Vec::new(), last_revision: None, dirty: false }
+        RowState { acc: metric.new_accumulator(), last_revision: None, dirty: false }
     }
 
-    pub(crate) fn add(&mut self, metric: &CompiledMetric, event: &Event, seq: u64) {
+    pub(crate) fn add(&mut self, metric: &CompiledMetric, event: &Event) {
         metric.add(&mut self.acc, event);
-        self.log.push(Op::add(seq));
         self.dirty = true;
     }
 
     /// Merges another row's accumulators into this one (a session bridge).
-    pub(crate) fn absorb(&mut self, other: RowState) {
+    pub(crate) fn absorb(&mut self, other: &RowState) {
         self.acc.merge(&other.acc);
-        self.log.push(Op::BEGIN);
-        self.log.extend(other.log);
-        self.log.push(Op::END);
         self.dirty = true;
     }
 
@@ -117,44 +60,6 @@ impl RowState {
         self.last_revision = Some(revision);
         self.dirty = false;
         row_of(metric, key, &self.acc, revision, pane, watermark, now)
-    }
-
-    /// Sequence numbers of the events this row holds.
-    pub(crate) fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.log.iter().filter_map(|op| match op.kind() {
-            OpKind::Add(s) => Some(s),
-            _ => None,
-        })
-    }
-
-    /// Rebuilds the accumulators from a log by replaying it.
-    pub(crate) fn replay(
-        metric: &CompiledMetric,
-        log: &[Op],
-        events: &HashMap<u64, Event>,
-    ) -> Result<MetricAccumulator, Error> {
-        let mut stack = vec![metric.new_accumulator()];
-        for op in log {
-            match op.kind() {
-                OpKind::Add(seq) => {
-                    let e = events
-                        .get(&seq)
-                        .ok_or_else(|| Error::CheckpointCorrupt(format!("row log names missing event {seq}")))?;
-                    let top = stack.last_mut().ok_or_else(|| Error::CheckpointCorrupt("unbalanced row log".into()))?;
-                    metric.add(top, e);
-                }
-                OpKind::Begin => stack.push(metric.new_accumulator()),
-                OpKind::End => {
-                    let inner = stack.pop().ok_or_else(|| Error::CheckpointCorrupt("unbalanced row log".into()))?;
-                    let top = stack.last_mut().ok_or_else(|| Error::CheckpointCorrupt("unbalanced row log".into()))?;
-                    top.merge(&inner);
-                }
-            }
-        }
-        match (stack.pop(), stack.is_empty()) {
-            (Some(acc), true) => Ok(acc),
-            _ => Err(Error::CheckpointCorrupt("unbalanced row log".into())),
-        }
     }
 }
 
@@ -178,129 +83,86 @@ pub(crate) fn row_of(
     }
 }
 
-/// A live event: held by `refs` rows, or pinned in the de-duplication set until a watermark. Kept as
-/// received (payload and receive time), which is compact; decoding it again gives the same event.
-#[derive(Debug, Clone)]
-pub(crate) struct LiveEvent {
-    pub(crate) id: Arc<str>,
-    pub(crate) time: EventTime,
-    pub(crate) received_at: EventTime,
-    pub(crate) payload: Box<[u8]>,
-    pub(crate) refs: u32,
-    pub(crate) pin_until: Option<EventTime>,
+/// Why an id is still remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Remembered {
+    /// Until the watermark reaches this (fixed-window rows, late-ledger pins). `Some(t)` implies
+    /// `t > watermark` and that the id is in the `expiring` bucket `t`.
+    until: Option<EventTime>,
+    /// Session rows holding the event.
+    held: u32,
 }
 
-/// The events that live row state may hold, by sequence number and by id.
+/// The ids of the events that live state may hold: the de-duplication set.
 ///
-/// An event stays while a row holds it or its pin (set when it went to the late ledger under
-/// `late_policy = "dead_letter"`, until the missed window is purged) has not expired. Its id is
-/// remembered exactly that long, so the set is bounded by the live state.
+/// An id is remembered while the watermark is before its `until` or a session row holds it; so the set
+/// is bounded by the live state.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct EventTable {
-    by_id: HashMap<Arc<str>, u64>,
-    live: HashMap<u64, LiveEvent>,
-    pins: BTreeSet<(EventTime, u64)>,
-    pub(crate) next_seq: u64,
+pub(crate) struct SeenIds {
+    ids: HashMap<EventId, Remembered>,
+    /// Ids by the watermark at which their `until` runs out, in arrival order within a bucket.
+    expiring: BTreeMap<EventTime, Vec<EventId>>,
 }
 
-impl EventTable {
-    /// Adds an event (held by nothing yet) from its decoded form and the record it came from, and returns
-    /// its sequence number; `None` if its id is already remembered (a duplicate).
-    pub(crate) fn insert_new(&mut self, event: &Event, record: &Record) -> Option<u64> {
-        let id: Arc<str> = Arc::from(&*event.id);
-        let seq = self.next_seq;
-        match self.by_id.entry(id.clone()) {
-            Entry::Occupied(_) => return None,
-            Entry::Vacant(v) => v.insert(seq),
-        };
-        self.next_seq += 1;
-        let payload = record.payload.as_slice().into();
-        let live =
-            LiveEvent { id, time: event.time, received_at: record.received_at, payload, refs: 0, pin_until: None };
-        self.live.insert(seq, live);
-        Some(seq)
+impl SeenIds {
+    /// Whether the id is remembered (a repeat of it is a duplicate).
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
     }
 
-    pub(crate) fn insert_at(
-        &mut self,
-        seq: u64,
-        event: &Event,
-        received_at: EventTime,
-        payload: Box<[u8]>,
-        refs: u32,
-        pin_until: Option<EventTime>,
-    ) {
-        let id: Arc<str> = Arc::from(&*event.id);
-        self.by_id.insert(id.clone(), seq);
-        if let Some(p) = pin_until {
-            self.pins.insert((p, seq));
+    /// Remembers a new id until the watermark reaches `until` (if any) and while `held` session rows
+    /// hold it; an id with neither is not remembered. `until` must be after the watermark.
+    pub(crate) fn remember(&mut self, id: &EventId, until: Option<EventTime>, held: u32) {
+        if until.is_none() && held == 0 {
+            return;
         }
-        self.live.insert(seq, LiveEvent { id, time: event.time, received_at, payload, refs, pin_until });
+        debug_assert!(!self.ids.contains_key(id), "ids are remembered once");
+        self.ids.insert(id.clone(), Remembered { until, held });
+        if let Some(t) = until {
+            self.expiring.entry(t).or_default().push(id.clone());
+        }
     }
 
-    pub(crate) fn get(&self, seq: u64) -> Option<&LiveEvent> {
-        self.live.get(&seq)
+    /// One more session row holds the id (restoring a checkpoint).
+    pub(crate) fn hold(&mut self, id: &EventId) {
+        self.ids.entry(id.clone()).or_insert(Remembered { until: None, held: 0 }).held += 1;
     }
 
-    /// Records that `n` more rows hold the event and that it is pinned until `pin` (if any); then drops
-    /// it if nothing keeps it.
-    pub(crate) fn settle(&mut self, seq: u64, n: u32, pin: Option<EventTime>, watermark: Option<EventTime>) {
-        let Some(l) = self.live.get_mut(&seq) else { return };
-        l.refs += n;
-        if let Some(p) = pin
-            && l.pin_until.is_none_or(|old| p > old)
-        {
-            if let Some(old) = l.pin_until {
-                self.pins.remove(&(old, seq));
+    /// A session row holding the id was purged.
+    pub(crate) fn release(&mut self, id: &str) {
+        if let Some(r) = self.ids.get_mut(id) {
+            r.held = r.held.saturating_sub(1);
+            if r.held == 0 && r.until.is_none() {
+                self.ids.remove(id);
             }
-            l.pin_until = Some(p);
-            self.pins.insert((p, seq));
         }
-        self.drop_if_unused(seq, watermark);
     }
 
-    /// One row holding the event was purged.
-    pub(crate) fn release(&mut self, seq: u64, watermark: Option<EventTime>) {
-        self.update(seq, watermark, |l| l.refs = l.refs.saturating_sub(1));
-    }
-
-    /// Expires pins at or behind the watermark.
-    pub(crate) fn expire_pins(&mut self, watermark: EventTime) {
-        while let Some(&(until, seq)) = self.pins.first() {
-            if until > watermark {
+    /// The watermark reached `watermark`: forgets the ids whose `until` ran out and no session row holds.
+    pub(crate) fn expire(&mut self, watermark: EventTime) {
+        while let Some(bucket) = self.expiring.first_entry() {
+            if *bucket.key() > watermark {
                 break;
             }
-            self.pins.pop_first();
-            self.update(seq, Some(watermark), |l| l.pin_until = None);
-        }
-    }
-
-    fn drop_if_unused(&mut self, seq: u64, watermark: Option<EventTime>) {
-        self.update(seq, watermark, |_| {});
-    }
-
-    /// Changes a live event in place, then drops it if nothing keeps it (one lookup).
-    fn update(&mut self, seq: u64, watermark: Option<EventTime>, change: impl FnOnce(&mut LiveEvent)) {
-        let Entry::Occupied(mut entry) = self.live.entry(seq) else { return };
-        let l = entry.get_mut();
-        change(l);
-        let pinned = l.pin_until.is_some_and(|p| watermark.is_none_or(|w| p > w));
-        if l.refs == 0 && !pinned {
-            let l = entry.remove();
-            self.by_id.remove(&l.id);
-            if let Some(p) = l.pin_until {
-                self.pins.remove(&(p, seq));
+            for id in bucket.remove() {
+                if let Entry::Occupied(mut e) = self.ids.entry(id) {
+                    e.get_mut().until = None;
+                    if e.get().held == 0 {
+                        e.remove();
+                    }
+                }
             }
         }
     }
 
-    /// Number of remembered events.
+    /// Number of remembered ids.
     pub(crate) fn len(&self) -> usize {
-        self.live.len()
+        self.ids.len()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &LiveEvent)> {
-        self.live.iter().map(|(s, l)| (*s, l))
+    /// The ids with an `until`, by it, in arrival order (for checkpoints).
+    pub(crate) fn expiring(&self) -> impl Iterator<Item = (EventTime, &[EventId])> {
+        self.expiring.iter().map(|(t, ids)| (*t, ids.as_slice()))
     }
 }
 
@@ -308,14 +170,35 @@ impl EventTable {
 mod tests {
     use super::*;
 
+    fn t(s: i64) -> EventTime {
+        EventTime::from_secs(s).unwrap()
+    }
+
     #[test]
-    fn ops_pack_into_eight_bytes_and_round_trip() {
-        assert_eq!(std::mem::size_of::<Op>(), 8);
-        for op in [Op::add(0), Op::add(123_456_789), Op::BEGIN, Op::END] {
-            assert_eq!(Op::decode(op.encode()), Some(op));
-        }
-        assert_eq!(Op::BEGIN.kind(), OpKind::Begin);
-        assert_eq!(Op::add(7).kind(), OpKind::Add(7));
-        assert_eq!(Op::decode(-3), None);
+    fn ids_are_remembered_until_their_time_and_while_session_rows_hold_them() {
+        let mut seen = SeenIds::default();
+        let (a, b, c, d) = (EventId::new("a"), EventId::new("b"), EventId::new("c"), EventId::new("d"));
+        seen.remember(&a, Some(t(10)), 0);
+        seen.remember(&b, Some(t(20)), 1);
+        seen.remember(&c, None, 2);
+        seen.remember(&d, None, 0);
+        assert!(!seen.contains("d"), "an id nothing keeps is not remembered");
+        assert_eq!(seen.len(), 3);
+        seen.expire(t(9));
+        assert!(seen.contains("a"));
+        seen.expire(t(10));
+        assert!(!seen.contains("a"), "forgotten when the watermark reaches its time");
+        seen.release("b");
+        assert!(seen.contains("b"), "its time has not come");
+        seen.release("c");
+        assert!(seen.contains("c"), "another session row holds it");
+        seen.release("c");
+        assert!(!seen.contains("c"));
+        seen.hold(&b);
+        seen.expire(t(25));
+        assert!(seen.contains("b"), "a session row still holds it");
+        seen.release("b");
+        assert_eq!(seen.len(), 0);
+        assert_eq!(seen.expiring().count(), 0);
     }
 }

@@ -83,6 +83,17 @@ impl SessionSet {
         SessionUpdate { window, absorbed }
     }
 
+    /// Adds a whole session as it is (for example restoring saved state). Returns `false`, changing
+    /// nothing, if it overlaps a session already in the set.
+    pub fn insert_session(&mut self, window: Window) -> bool {
+        let before = self.sessions.range(..window.end()).next_back();
+        if before.is_some_and(|(_, &end)| end > window.start()) {
+            return false;
+        }
+        self.sessions.insert(window.start(), window.end());
+        true
+    }
+
     /// Removes a session (for example once it is finalized and purged). Returns whether it existed.
     pub fn remove(&mut self, window: &Window) -> bool {
         if self.sessions.get(&window.start()) == Some(&window.end()) {
@@ -141,6 +152,26 @@ mod tests {
 
     fn spec(gap_s: u32) -> SessionWindows {
         SessionWindows::new(Duration::from_secs(gap_s)).unwrap()
+    }
+
+    #[test]
+    fn whole_sessions_are_inserted_only_where_nothing_overlaps() {
+        let mut s = SessionSet::new();
+        assert!(s.insert_session(w(10, 20)));
+        assert!(s.insert_session(w(30, 45)));
+        for overlapping in [w(15, 25), w(5, 11), w(19, 31), w(12, 13), w(0, 100), w(44, 50)] {
+            assert!(!s.insert_session(overlapping), "{overlapping}");
+        }
+        assert!(s.insert_session(w(20, 30)), "touching ends do not overlap");
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![w(10, 20), w(20, 30), w(30, 45)]);
+        // a restored set grows like the original
+        let mut original = SessionSet::new();
+        for x in [0, 4, 8] {
+            original.insert(spec(5), t(x));
+        }
+        let mut restored = SessionSet::new();
+        assert!(restored.insert_session(w(0, 13)));
+        assert_eq!(restored.insert(spec(5), t(15)), original.insert(spec(5), t(15)));
     }
 
     #[test]

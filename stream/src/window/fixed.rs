@@ -7,10 +7,10 @@ use std::collections::hash_map::Entry;
 use foldhash::HashMap;
 use tidemark_core::{Dimensions, EventTime, FixedWindows, LatePolicy, Pane, RowChange, Window};
 
-use super::{Arrival, Routing, Step, Timing, key, late_firing, ledger, release_row, timing};
+use super::{Arrival, Routing, Step, Timing, key, late_firing, ledger, timing};
 use crate::keys::KeyTable;
 use crate::output::{LateReason, Output};
-use crate::state::{EventTable, RowState};
+use crate::state::RowState;
 
 #[derive(Debug, Clone)]
 pub(crate) struct FixedState {
@@ -40,8 +40,7 @@ impl FixedState {
                 Timing::Late if step.policy.late_policy == LatePolicy::DeadLetter => {
                     ledger(step, a, w, self.keys.dims(kid), LateReason::LatePolicy, out);
                     r.ledgered += 1;
-                    let until = w.end().saturating_add(lateness);
-                    r.pin = Some(r.pin.map_or(until, |p| p.max(until)));
+                    r.keep_until(w.end().saturating_add(lateness));
                     continue;
                 }
                 Timing::Late | Timing::OnTime => {}
@@ -53,8 +52,8 @@ impl FixedState {
                     v.insert(RowState::new(step.metric))
                 }
             };
-            row.add(step.metric, a.event, a.seq);
-            r.holds += 1;
+            row.add(step.metric, a.event);
+            r.keep_until(w.end().saturating_add(lateness));
             r.contributed = true;
             if t == Timing::Late {
                 late_firing(step, a, key(step, w, self.keys.dims(kid).clone()), row, out);
@@ -88,15 +87,15 @@ impl FixedState {
         }
     }
 
-    /// Drops windows with `end + allowed_lateness <= watermark`.
-    pub(crate) fn purge(&mut self, step: &Step<'_>, events: &mut EventTable) {
+    /// Drops windows with `end + allowed_lateness <= watermark` (the ids of their events expire in the
+    /// de-duplication set at the same watermark).
+    pub(crate) fn purge(&mut self, step: &Step<'_>) {
         let Some(wm) = step.watermark else { return };
         while let Some(entry) = self.groups.first_entry() {
             if entry.key().end().saturating_add(step.policy.allowed_lateness) > wm {
                 break;
             }
-            for (kid, row) in entry.remove() {
-                release_row(&row, events, step.watermark);
+            for kid in entry.remove().into_keys() {
                 self.keys.release(kid);
             }
         }

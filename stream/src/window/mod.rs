@@ -11,7 +11,7 @@ use tidemark_core::spec::TimePolicy;
 use tidemark_core::{CompiledMetric, Dimensions, Event, EventTime, LatePolicy, Pane, RowChange, RowKey, Window};
 
 use crate::output::{LateEvent, LateReason, Output, Record};
-use crate::state::{EventTable, RowState, row_of};
+use crate::state::{EventId, RowState, row_of};
 
 /// What a window-state call needs to know about the engine.
 pub(crate) struct Step<'a> {
@@ -27,7 +27,7 @@ pub(crate) struct Step<'a> {
 pub(crate) struct Arrival<'a> {
     pub(crate) record: &'a Record,
     pub(crate) event: &'a Event,
-    pub(crate) seq: u64,
+    pub(crate) id: &'a EventId,
 }
 
 /// What routing one event through one metric did.
@@ -35,10 +35,11 @@ pub(crate) struct Arrival<'a> {
 pub(crate) struct Routing {
     /// The event was added to at least one row.
     pub(crate) contributed: bool,
-    /// Rows that now hold the event.
-    pub(crate) holds: u32,
-    /// Keep the id in the de-duplication set until this watermark (dead-letter policy).
-    pub(crate) pin: Option<EventTime>,
+    /// Session rows that now hold the event (they release it when purged).
+    pub(crate) held: u32,
+    /// Keep the id in the de-duplication set until the watermark reaches this: the purge time of the
+    /// last fixed window holding the event, or of a window it missed under the dead-letter policy.
+    pub(crate) until: Option<EventTime>,
     /// Late-ledger entries written.
     pub(crate) ledgered: u64,
 }
@@ -46,12 +47,16 @@ pub(crate) struct Routing {
 impl Routing {
     pub(crate) fn merge(&mut self, o: Routing) {
         self.contributed |= o.contributed;
-        self.holds += o.holds;
-        self.pin = match (self.pin, o.pin) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        self.held += o.held;
+        if let Some(t) = o.until {
+            self.keep_until(t);
+        }
         self.ledgered += o.ledgered;
+    }
+
+    /// Keeps the id at least until the watermark reaches `t`.
+    pub(crate) fn keep_until(&mut self, t: EventTime) {
+        self.until = Some(self.until.map_or(t, |u| u.max(t)));
     }
 }
 
@@ -118,13 +123,6 @@ pub(crate) fn late_firing(step: &Step<'_>, a: &Arrival<'_>, key: RowKey, row: &m
         LatePolicy::Append | LatePolicy::Update | LatePolicy::DeadLetter => {
             out.changes.push(RowChange::Upsert(row.emit(step.metric, key, Pane::Late, step.watermark, step.now)));
         }
-    }
-}
-
-/// Releases the events a purged row held.
-pub(crate) fn release_row(row: &RowState, events: &mut EventTable, watermark: Option<EventTime>) {
-    for seq in row.seqs() {
-        events.release(seq, watermark);
     }
 }
 

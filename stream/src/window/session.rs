@@ -8,16 +8,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::HashMap;
 use tidemark_core::{Dimensions, EventTime, LatePolicy, Pane, RowChange, SessionSet, SessionWindows, Window};
 
-use super::{Arrival, Routing, Step, Timing, key, late_firing, ledger, release_row, timing};
+use super::{Arrival, Routing, Step, Timing, key, late_firing, ledger, timing};
 use crate::keys::KeyTable;
 use crate::output::{LateReason, Output};
-use crate::state::{EventTable, RowState};
+use crate::state::{EventId, RowState, SeenIds};
+
+/// The row of one session and the ids of the events it holds (released from the de-duplication set
+/// when the session is purged).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionRow {
+    pub(crate) row: RowState,
+    pub(crate) members: Vec<EventId>,
+}
 
 /// The sessions of one dimension key and their rows.
 #[derive(Debug, Clone, Default)]
 struct KeySessions {
     set: SessionSet,
-    rows: BTreeMap<Window, RowState>,
+    rows: BTreeMap<Window, SessionRow>,
 }
 
 /// (end, key id, window)
@@ -64,13 +72,13 @@ impl SessionState {
             ledger(step, a, merged, self.keys.dims(kid), reason, out);
             r.ledgered = 1;
             if reason == LateReason::LatePolicy {
-                r.pin = Some(merged.end().saturating_add(step.policy.allowed_lateness));
+                r.keep_until(merged.end().saturating_add(step.policy.allowed_lateness));
             }
             self.keys.settle(kid);
             return r;
         }
         r.contributed = true;
-        r.holds = 1;
+        r.held = 1;
         let ks = match self.sessions.entry(kid) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
@@ -82,33 +90,42 @@ impl SessionState {
         debug_assert_eq!(update.window, merged);
         let dims = self.keys.dims(kid);
         if update.unchanged() {
-            let row = ks.rows.entry(update.window).or_insert_with(|| RowState::new(step.metric));
-            row.add(step.metric, a.event, a.seq);
+            let s = ks
+                .rows
+                .entry(update.window)
+                .or_insert_with(|| SessionRow { row: RowState::new(step.metric), members: Vec::new() });
+            s.row.add(step.metric, a.event);
+            s.members.push(a.id.clone());
             if t == Timing::Late {
-                late_firing(step, a, key(step, update.window, dims.clone()), row, out);
+                late_firing(step, a, key(step, update.window, dims.clone()), &mut s.row, out);
             }
             return r;
         }
-        let mut merged_row: Option<RowState> = None;
+        let mut merged_row: Option<SessionRow> = None;
         for old_w in &update.absorbed {
             let slot = (old_w.end(), kid, *old_w);
             self.unfired.remove(&slot);
             self.live.remove(&slot);
             let Some(old) = ks.rows.remove(old_w) else { continue };
-            if let Some(revision) = old.last_revision {
+            if let Some(revision) = old.row.last_revision {
                 out.changes.push(RowChange::Retract { key: key(step, *old_w, dims.clone()), revision });
             }
             match merged_row.as_mut() {
                 None => {
                     let mut first = old;
-                    first.last_revision = None;
+                    first.row.last_revision = None;
                     merged_row = Some(first);
                 }
-                Some(m) => m.absorb(old),
+                Some(m) => {
+                    m.row.absorb(&old.row);
+                    m.members.extend(old.members);
+                }
             }
         }
-        let mut row = merged_row.unwrap_or_else(|| RowState::new(step.metric));
-        row.add(step.metric, a.event, a.seq);
+        let SessionRow { mut row, mut members } =
+            merged_row.unwrap_or_else(|| SessionRow { row: RowState::new(step.metric), members: Vec::new() });
+        row.add(step.metric, a.event);
+        members.push(a.id.clone());
         let w = update.window;
         self.live.insert((w.end(), kid, w));
         if t == Timing::Late {
@@ -119,7 +136,7 @@ impl SessionState {
         } else {
             self.unfired.insert((w.end(), kid, w));
         }
-        ks.rows.insert(w, row);
+        ks.rows.insert(w, SessionRow { row, members });
         r
     }
 
@@ -129,9 +146,9 @@ impl SessionState {
             slots.into_iter().map(|(end, kid, w)| (end, self.keys.dims(kid), w, kid)).collect();
         sorted.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
         for (_, dims, w, kid) in sorted {
-            if let Some(row) = self.sessions.get_mut(&kid).and_then(|k| k.rows.get_mut(&w)) {
+            if let Some(s) = self.sessions.get_mut(&kid).and_then(|k| k.rows.get_mut(&w)) {
                 let k = key(step, w, dims.clone());
-                out.changes.push(RowChange::Upsert(row.emit(step.metric, k, pane, step.watermark, step.now)));
+                out.changes.push(RowChange::Upsert(s.row.emit(step.metric, k, pane, step.watermark, step.now)));
             }
         }
     }
@@ -152,14 +169,14 @@ impl SessionState {
         let dirty: Vec<Slot> = self
             .unfired
             .iter()
-            .filter(|(_, kid, w)| sessions.get(kid).and_then(|k| k.rows.get(w)).is_some_and(|r| r.dirty))
+            .filter(|(_, kid, w)| sessions.get(kid).and_then(|k| k.rows.get(w)).is_some_and(|s| s.row.dirty))
             .copied()
             .collect();
         self.emit(step, dirty, Pane::Early, out);
     }
 
-    /// Drops sessions with `end + allowed_lateness <= watermark`.
-    pub(crate) fn purge(&mut self, step: &Step<'_>, events: &mut EventTable) {
+    /// Drops sessions with `end + allowed_lateness <= watermark`, releasing their events' ids.
+    pub(crate) fn purge(&mut self, step: &Step<'_>, seen: &mut SeenIds) {
         let Some(wm) = step.watermark else { return };
         while let Some(&(end, kid, w)) = self.live.first() {
             if end.saturating_add(step.policy.allowed_lateness) > wm {
@@ -169,8 +186,10 @@ impl SessionState {
             self.unfired.remove(&(end, kid, w));
             if let Some(ks) = self.sessions.get_mut(&kid) {
                 ks.set.remove(&w);
-                if let Some(row) = ks.rows.remove(&w) {
-                    release_row(&row, events, step.watermark);
+                if let Some(s) = ks.rows.remove(&w) {
+                    for id in &s.members {
+                        seen.release(id);
+                    }
                 }
                 if ks.rows.is_empty() {
                     self.sessions.remove(&kid);
@@ -181,7 +200,7 @@ impl SessionState {
     }
 
     /// Every live row.
-    pub(crate) fn rows(&self) -> impl Iterator<Item = (Window, &Dimensions, &RowState)> {
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (Window, &Dimensions, &SessionRow)> {
         let keys = &self.keys;
         self.sessions.iter().flat_map(move |(kid, k)| k.rows.iter().map(move |(w, r)| (*w, keys.dims(*kid), r)))
     }
@@ -191,15 +210,17 @@ impl SessionState {
         self.sessions.values().map(|k| k.rows.len()).sum()
     }
 
-    /// Re-creates a row from a checkpoint: the session is rebuilt from the times of the events it holds.
+    /// Re-creates a session and its row from a checkpoint.
     pub(crate) fn restore_row(
         &mut self,
         step: &Step<'_>,
         window: Window,
         dims: &Dimensions,
-        row: RowState,
-        times: impl IntoIterator<Item = EventTime>,
+        row: SessionRow,
     ) -> Result<(), String> {
+        if window.end() < window.start().saturating_add(self.spec.gap()) || row.members.is_empty() {
+            return Err(format!("session {window} of {dims} is shorter than the gap or holds no event"));
+        }
         let kid = self.keys.intern_dims(step.metric, dims);
         let ks = match self.sessions.entry(kid) {
             Entry::Occupied(o) => o.into_mut(),
@@ -208,12 +229,8 @@ impl SessionState {
                 v.insert(KeySessions::default())
             }
         };
-        let mut last = None;
-        for t in times {
-            last = Some(ks.set.insert(self.spec, t).window);
-        }
-        if last != Some(window) {
-            return Err(format!("session {window} of {dims} is not the union of its events' sessions"));
+        if !ks.set.insert_session(window) {
+            return Err(format!("session {window} of {dims} overlaps another session of the key"));
         }
         if step.watermark.is_none_or(|wm| window.end() > wm) {
             self.unfired.insert((window.end(), kid, window));

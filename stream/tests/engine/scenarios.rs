@@ -408,8 +408,13 @@ fn a_checkpoint_only_restores_into_the_same_definitions() {
     assert_eq!(err.actor(), tidemark_core::Actor::User);
     let err = Engine::restore(&spec_a, b"{\"format\":1,").unwrap_err();
     assert!(matches!(err, Error::CheckpointDecode(_)), "{err}");
-    let err = Engine::restore(&spec_a, br#"{"format":99}"#).unwrap_err();
-    assert!(matches!(err, Error::CheckpointFormat { found: 99, expected: 1 }), "{err}");
+    let err = Engine::restore(&spec_a, br#"{"format":1}"#).unwrap_err();
+    assert!(matches!(err, Error::CheckpointFormat { found: 1, expected: 2 }), "a JSON blob of format 1: {err}");
+    let err = Engine::restore(&spec_a, &[99, 1, 2, 3]).unwrap_err();
+    assert!(matches!(err, Error::CheckpointFormat { found: 99, expected: 2 }), "{err}");
+    let err = Engine::restore(&spec_a, &blob[..blob.len() - 1]).unwrap_err();
+    assert!(matches!(err, Error::CheckpointDecode(_)), "a truncated blob: {err}");
+    assert_eq!(blob[0], 2, "the blob starts with its format");
     let restored = Engine::restore(&spec_a, &blob).unwrap();
     assert_eq!(restored.accounts(), h.engine.accounts());
     assert_eq!(restored.remembered_events(), 1);
