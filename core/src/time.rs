@@ -78,8 +78,15 @@ impl fmt::Display for EventTime {
 
 impl FromStr for EventTime {
     type Err = String;
+    /// RFC 3339; also reads back everything `Display` writes (signed years beyond 9999 such as
+    /// `+148108-07-06T14:00:27Z` near [`EventTime::MAX`], and `<n>us`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         EventTime::parse_rfc3339(s)
+            .or_else(|| {
+                let dt = s.parse::<chrono::DateTime<chrono::Utc>>().ok()?;
+                EventTime::from_micros(dt.timestamp_micros())
+            })
+            .or_else(|| s.strip_suffix("us")?.parse().ok().and_then(EventTime::from_micros))
             .ok_or_else(|| format!("{s:?} is not an RFC 3339 timestamp such as 2026-11-24T08:00:00Z"))
     }
 }
@@ -235,5 +242,17 @@ mod tests {
         let a = EventTime::from_secs(10).unwrap();
         assert_eq!(a.since(EventTime::from_secs(4).unwrap()), Some(Duration::from_secs(6)));
         assert_eq!(EventTime::from_secs(4).unwrap().since(a), None);
+    }
+
+    #[test]
+    fn display_reads_back_at_the_extremes() {
+        for t in
+            [EventTime::MIN, EventTime::MAX, EventTime::UNIX_EPOCH, EventTime(1_700_000_000_123_456), EventTime(-1)]
+        {
+            let text = t.to_string();
+            assert_eq!(text.parse::<EventTime>(), Ok(t), "{text}");
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<EventTime>(&json).unwrap(), t, "{json}");
+        }
     }
 }

@@ -69,10 +69,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(args, spec))
 }
 
+/// tidemark at info, dependencies at warn; the Delta kernel logs an ERROR for every probe of a table that
+/// does not exist yet (which the store then creates), so it is silenced.
+const DEFAULT_LOG_FILTER: &str = "warn,tidemark=info,tidemark_stream=info,tidemark_store=info,buoyant_kernel=off";
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,tidemark=info,tidemark_stream=info,tidemark_store=info")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {

@@ -40,16 +40,21 @@ impl FileSource {
 
 impl Source for FileSource {
     fn seek(&mut self, offsets: &Offsets) -> Result<(), Error> {
-        self.start = offsets.get(&(self.name(), 0)).copied().unwrap_or(0).max(0);
-        self.replay = None;
+        let start = offsets.get(&(self.name(), 0)).copied().unwrap_or(0).max(0);
+        if self.replay.as_ref().is_none_or(|r| r.next_offset() != start) {
+            self.start = start;
+            self.replay = None;
+        }
         Ok(())
     }
 
     async fn poll(&mut self, out: &mut Vec<Record>, max: usize, wait: Duration) -> Result<Polled, Error> {
         let mut polled = Polled::default();
         if !self.announced {
+            // The assignment comes alone, so the caller can seek before any record is read.
             self.announced = true;
             polled.assignments.push(Assignment::Assigned(vec![(self.name(), 0)]));
+            return Ok(polled);
         }
         if self.paused {
             tokio::time::sleep(wait).await;
