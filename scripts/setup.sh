@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tidemark's build and tests need, if missing. Idempotent; safe to run on every CI run.
-# - C toolchain for librdkafka (rdkafka builds it from source with make) and zlib headers
+# - C toolchain for librdkafka (rdkafka builds it from source with make), zlib headers and OpenSSL headers
+#   (librdkafka's TLS and SASL SCRAM link the system OpenSSL); the openssl command makes test certificates
 # - PostgreSQL server binaries (tests start throwaway servers from them as the `postgres` user)
 # - the tansu Kafka-protocol broker with in-memory storage (Kafka source tests start it on 127.0.0.1);
 #   TIDEMARK_TANSU points the tests at another binary
@@ -11,6 +12,8 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+command -v openssl >/dev/null || need_apt+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

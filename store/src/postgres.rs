@@ -108,17 +108,25 @@ CREATE TABLE {s}.corrections_audit (
 "#,
 )];
 
-/// µs since the epoch (a bigint expression) as timestamptz, exactly.
-const TS: &str = "(timestamptz 'epoch' + {} * interval '1 microsecond')";
-/// timestamptz as µs since the epoch, exactly (extract returns numeric).
-const US: &str = "(extract(epoch from {}) * 1000000)::bigint";
+/// Postgres' timestamptz covers 4713 BC to 294276 AD; tidemark keeps every stored time within years
+/// 1..=9999 and lets the two bounds stand for [`EventTime::MIN`] / [`EventTime::MAX`] (e.g. the watermark
+/// of an early pane before any watermark exists), so those round-trip exactly.
+const PG_MIN_US: i64 = -62_135_596_800_000_000; // 0001-01-01T00:00:00Z
+const PG_MAX_US: i64 = 253_402_300_800_000_000; // 10000-01-01T00:00:00Z
 
-/// Microseconds clamped to years 1..=9999, inside Postgres' timestamptz range, so that a range read
-/// may pass `EventTime::MIN` / `EventTime::MAX` (no stored window lies outside those years).
+/// µs since the epoch (a bigint expression) as timestamptz: exact within the bounds, clamped outside.
+const TS: &str = "(timestamptz 'epoch' + LEAST(GREATEST(({}), -62135596800000000), 253402300800000000) \
+                  * interval '1 microsecond')";
+/// timestamptz as µs since the epoch, exactly (extract returns numeric); the bounds read back as
+/// `EventTime::MIN` / `EventTime::MAX`.
+const US: &str = "(CASE WHEN ({}) <= timestamptz '0001-01-01 00:00:00+00' THEN -4611686018427387904 \
+                  WHEN ({}) >= timestamptz '10000-01-01 00:00:00+00' THEN 4611686018427387904 \
+                  ELSE (extract(epoch from {}) * 1000000)::bigint END)";
+
+/// Microseconds clamped to the stored range, so that a range read may pass `EventTime::MIN` /
+/// `EventTime::MAX`.
 fn pg_clamp(t: EventTime) -> i64 {
-    const YEAR_1: i64 = -62_135_596_800_000_000;
-    const YEAR_10000: i64 = 253_402_300_800_000_000;
-    t.as_micros().clamp(YEAR_1, YEAR_10000)
+    t.as_micros().clamp(PG_MIN_US, PG_MAX_US)
 }
 
 fn ts(expr: &str) -> String {

@@ -672,3 +672,19 @@ pub async fn sigkill_atomicity(kind: &str, target: &str, kills: usize, spread_ms
     }
     report
 }
+
+/// An early pane written before any watermark exists carries `EventTime::MIN`; a drained engine's rows
+/// carry `EventTime::MAX`. Both read back exactly (found by the stream service benchmark on Postgres).
+pub async fn extreme_watermarks_round_trip<S: ServingStore>(store: &S) {
+    store.init().await.unwrap();
+    let epoch = store.claim_writer("extremes").await.unwrap().writer_epoch;
+    let mut early = speed_row(&key("m", 1, "/a"), 0, 3);
+    early.origin = Origin::Speed { revision: 0, pane: Pane::Early, watermark: EventTime::MIN };
+    let mut last = speed_row(&key("m", 2, "/b"), 1, 4);
+    last.origin = Origin::Speed { revision: 1, pane: Pane::OnTime, watermark: EventTime::MAX };
+    let changes = [RowChange::Upsert(early.clone()), RowChange::Upsert(last.clone())];
+    store.write_provisional(&changes, &progress("extremes", epoch, 1, 10)).await.unwrap();
+    let rows = store.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap();
+    let origins: Vec<_> = rows.iter().map(|r| r.origin.clone()).collect();
+    assert_eq!(origins, vec![early.origin, last.origin]);
+}

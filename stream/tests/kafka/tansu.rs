@@ -199,6 +199,11 @@ async fn two_members_share_the_partitions_and_each_record_goes_to_one() {
 
     fill(&broker, &topic, 3, 500, 500, &mut produced).await;
     consume_until(&mut [&mut a, &mut b], 3000, PATIENCE).await;
+    // Each member reports end offsets for its own partitions only (revoked ones are dropped).
+    for m in [&mut a, &mut b] {
+        let own: Offsets = m.assigned().into_iter().map(|p| (p, 1000)).collect();
+        wait_for_end_offsets(m, &own).await;
+    }
     for _ in 0..5 {
         assert_eq!(a.poll(Duration::from_millis(100)).await + b.poll(Duration::from_millis(100)).await, 0);
     }
@@ -214,4 +219,51 @@ async fn two_members_share_the_partitions_and_each_record_goes_to_one() {
     assert_eq!(late_a.len(), 500 * pa.len());
     a.source.close().await;
     b.source.close().await;
+}
+
+/// Polls (paused or not) until `end_offsets()` equals `expected`, or panics after a few seconds.
+async fn wait_for_end_offsets(m: &mut Member, expected: &Offsets) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let ends = m.source.end_offsets();
+        if &ends == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "end offsets {ends:?}, expected {expected:?} (statistics every second)"
+        );
+        m.poll(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_offsets_report_each_partitions_high_watermark() {
+    let broker = Broker::start().await;
+    let topic = unique("lag");
+    broker.create_topic(&topic, 3).await;
+    let mut produced = Produced::new();
+    fill(&broker, &topic, 3, 0, 200, &mut produced).await;
+
+    let store = Store::default();
+    let mut m = Member::new(&config(broker.bootstrap(), &topic, &unique("g")), &store);
+    assert_eq!(m.source.end_offsets(), Offsets::new(), "nothing known before the assignment");
+    // Consume some, then stop fetching: the lag (end - committed) stays positive while polls go on.
+    consume_until(&mut [&mut m], 100, PATIENCE).await;
+    m.source.pause().unwrap();
+    let ends = |n: i64| (0..3).map(|p| ((topic.clone(), p), n)).collect::<Offsets>();
+    wait_for_end_offsets(&mut m, &ends(200)).await;
+    let consumed = store.lock().unwrap().clone();
+    let lag: i64 = ends(200).iter().map(|(p, end)| end - consumed.get(p).copied().unwrap_or(0)).sum();
+    assert_eq!(lag, 600 - i64::try_from(m.records.len()).unwrap(), "lag {lag} after {:?}", consumed);
+    assert!(lag > 0);
+
+    // New records move the end offsets once fetched again; after consuming everything the lag is zero.
+    fill(&broker, &topic, 3, 200, 50, &mut produced).await;
+    m.source.resume().unwrap();
+    consume_until(&mut [&mut m], 750, PATIENCE).await;
+    wait_for_end_offsets(&mut m, &ends(250)).await;
+    assert_eq!(*store.lock().unwrap(), ends(250), "everything consumed");
+    assert_exactly_once(&topic, &m.records.iter().collect::<Vec<_>>(), &produced);
+    m.source.close().await;
 }

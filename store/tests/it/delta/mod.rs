@@ -182,3 +182,9 @@ async fn open_by_spec_location_and_init() {
     assert!(dir.path().join("serving/_delta_log").is_dir());
     assert!(dir.path().join("corrections_audit/_delta_log").is_dir());
 }
+
+#[tokio::test]
+async fn extreme_watermarks_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    common::extreme_watermarks_round_trip(&open(dir.path()).await).await;
+}

@@ -157,3 +157,8 @@ async fn open_by_spec_location_and_init() {
     assert_eq!(direct.migrations().await.unwrap(), vec![1]);
     assert_eq!(direct.committed_marker("spec").await.unwrap(), Some(marker));
 }
+
+#[tokio::test]
+async fn extreme_watermarks_round_trip() {
+    common::extreme_watermarks_round_trip(&store().await).await;
+}
