@@ -5,15 +5,16 @@
 //! The seed is printed; set TIDEMARK_CRASH_SEED to replay a failing schedule.
 
 mod common;
+mod stream_common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tidemark;
-use tidemark_core::{EventTime, StoreLocation};
-use tidemark_store::{DeadLetterStore, MetricFilter, RawArchive};
+use stream_common::{committed, outcome};
+use tidemark_core::EventTime;
 
 const EVENTS: u64 = 200_000;
 const KILLS: usize = 25;
@@ -126,52 +127,13 @@ fn stream_args(spec: &str) -> Vec<String> {
         .to_vec()
 }
 
-/// Everything a run left behind, in comparable form.
-#[derive(Debug, PartialEq)]
-struct Outcome {
-    rows: BTreeMap<String, String>,
-    dead_letters: BTreeSet<String>,
-    late: BTreeSet<String>,
-    archived: usize,
-    archived_distinct: usize,
-    offset: i64,
-}
-
-fn outcome(dir: &Path, name: &str) -> Outcome {
-    let d = dir.join(name);
-    let url = |s: &str| format!("file://{}", d.join(s).display());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = tidemark_store::open(&StoreLocation::Delta(url("serving"))).await.unwrap();
-        let rows = store.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap();
-        let rows = rows
-            .into_iter()
-            .map(|r| {
-                let key = format!("{} {} {}", r.key.metric, r.key.window, r.key.dims.encode());
-                (key, format!("{:?} events={}", r.values, r.events))
-            })
-            .collect();
-        let dl = DeadLetterStore::open(&url("dead")).unwrap();
-        let dead_letters = dl.list().await.unwrap().into_iter().map(|d| d.coordinates.to_string()).collect();
-        let late = dl.list_late().await.unwrap().into_iter().map(|l| l.coordinates.to_string()).collect();
-        let archive = RawArchive::open(url("raw")).await.unwrap().read_all().await.unwrap();
-        let distinct: BTreeSet<_> = archive.iter().map(|r| r.coords.clone()).collect();
-        let offset = progress_offset(&*store).await;
-        Outcome { rows, dead_letters, late, archived: archive.len(), archived_distinct: distinct.len(), offset }
-    })
-}
-
-async fn progress_offset(store: &dyn tidemark_store::ServingStore) -> i64 {
-    store.load_progress("crashy").await.unwrap().map_or(0, |p| p.offsets.values().copied().max().unwrap_or(0))
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 fn committed_offset(dir: &Path, name: &str) -> i64 {
-    let url = format!("file://{}", dir.join(name).join("serving").display());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = tidemark_store::open(&StoreLocation::Delta(url)).await.unwrap();
-        progress_offset(&*store).await
-    })
+    let offsets = block_on(committed(&dir.join(name), "crashy")).expect("the serving store opens");
+    offsets.values().copied().max().unwrap_or(0)
 }
 
 #[test]
@@ -188,8 +150,8 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
     let (code, _, err) = tidemark(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "reference run failed: {err}");
     let reference_secs = started.elapsed().as_secs_f64();
-    let reference = outcome(dir.path(), "reference");
-    assert_eq!(reference.offset, lines, "the reference run consumed the whole file");
+    let reference = block_on(outcome(&dir.path().join("reference"), "crashy"));
+    assert_eq!(reference.offsets, BTreeMap::from([(0, lines)]), "the reference run consumed the whole file");
     assert!(reference.rows.len() > 1000, "rows: {}", reference.rows.len());
     assert!(!reference.dead_letters.is_empty() && !reference.late.is_empty());
 
@@ -231,7 +193,7 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
 
     let (code, _, err) = tidemark(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "final run failed: {err}");
-    let crashed = outcome(dir.path(), "crashed");
+    let crashed = block_on(outcome(&dir.path().join("crashed"), "crashy"));
 
     let lost: Vec<_> = reference.rows.keys().filter(|k| !crashed.rows.contains_key(*k)).collect();
     let extra: Vec<_> = crashed.rows.keys().filter(|k| !reference.rows.contains_key(*k)).collect();

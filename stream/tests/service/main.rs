@@ -147,16 +147,15 @@ fn config() -> ServiceConfig {
     ServiceConfig { flush_interval: Duration::from_millis(5), poll_max: 500, finish_at_end: true, ..Default::default() }
 }
 
-/// Runs the service over the file to its end; returns the metrics.
-async fn run_to_end(spec: &ValidSpec, dir: &Path, store: Arc<dyn ServingStore>) -> Arc<Metrics> {
+/// Runs the service over the file to its end; returns the metrics and how many flushes it committed.
+async fn run_to_end(spec: &ValidSpec, dir: &Path, store: Arc<dyn ServingStore>) -> (Arc<Metrics>, u64) {
     let source = FileSource::new(dir.join("events.jsonl"), ReceivedAt::Clock(clock()));
     let metrics = Arc::new(Metrics::new());
     let service =
         Service::start(spec, source, sinks(dir, store).await, clock(), config(), metrics.clone()).await.unwrap();
     let summary = service.run(Arc::new(AtomicBool::new(false))).await.unwrap();
     assert_eq!(summary.stopped, Stopped::EndOfInput);
-    assert!(summary.flushes >= 1, "flushes: {}", summary.flushes);
-    metrics
+    (metrics, summary.flushes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +166,8 @@ async fn file_to_delta_store_matches_the_engine_and_accounts_balance() {
     let spec = spec(dir.path(), &serving);
     let store: Arc<dyn ServingStore> = Arc::from(tidemark_store::open(&spec.serving_store()).await.unwrap());
     store.init().await.unwrap();
-    let metrics = run_to_end(&spec, dir.path(), store.clone()).await;
+    let (metrics, flushes) = run_to_end(&spec, dir.path(), store.clone()).await;
+    assert!(flushes >= 1, "flushes: {flushes}");
 
     let expected = reference(&spec, &dir.path().join("events.jsonl"));
     assert_eq!(stored(&*store).await, expected);
@@ -197,19 +197,10 @@ async fn file_to_delta_store_matches_the_engine_and_accounts_balance() {
 
     // A second run over the same input changes nothing: the offsets say it is all consumed.
     let before = stored(&*store).await;
-    let metrics = run_to_end_again(&spec, dir.path(), store.clone()).await;
+    let (metrics, _) = run_to_end(&spec, dir.path(), store.clone()).await;
     assert_eq!(stored(&*store).await, before);
     assert_eq!(archive.read_all().await.unwrap().len(), lines - 5);
     assert!(metrics.encode().contains("tidemark_flushes_total 0"));
-}
-
-async fn run_to_end_again(spec: &ValidSpec, dir: &Path, store: Arc<dyn ServingStore>) -> Arc<Metrics> {
-    let source = FileSource::new(dir.join("events.jsonl"), ReceivedAt::Clock(clock()));
-    let metrics = Arc::new(Metrics::new());
-    let service =
-        Service::start(spec, source, sinks(dir, store).await, clock(), config(), metrics.clone()).await.unwrap();
-    service.run(Arc::new(AtomicBool::new(false))).await.unwrap();
-    metrics
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +212,8 @@ async fn file_to_postgres_matches_the_engine() {
     let store: Arc<dyn ServingStore> =
         Arc::new(tidemark_store::PostgresStore::connect(&db.conninfo, tidemark_store::DEFAULT_SCHEMA).await.unwrap());
     store.init().await.unwrap();
-    run_to_end(&spec, dir.path(), store.clone()).await;
+    let (_, flushes) = run_to_end(&spec, dir.path(), store.clone()).await;
+    assert!(flushes >= 1, "flushes: {flushes}");
     assert_eq!(stored(&*store).await, reference(&spec, &dir.path().join("events.jsonl")));
 }
 
