@@ -562,8 +562,11 @@ impl EventSchema {
             (ValueType::Int, Scalar::I64(i)) => Ok(Num::Int(i)),
             (ValueType::Int, Scalar::U64(u)) => i64::try_from(u).map(Num::Int).map_err(|_| overflow(&u)),
             (ValueType::Int, Scalar::F64(f)) if f.fract() == 0.0 && f.is_finite() => {
-                // serde_json reads integers beyond u64 as floats
-                if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+                // serde_json reads integers beyond the i64/u64 ranges as floats, so an integral float outside
+                // (-2^63, 2^63) may have been an integer literal: -9223372036854775809 rounds to exactly
+                // -2^63. Such values are overflows; inside the open range a float can only come from a
+                // literal with a fraction or an exponent.
+                if f > -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0 {
                     Err(DecodeError::field(
                         ReasonCode::WrongType,
                         name,
@@ -752,6 +755,30 @@ mod tests {
             r#"{"id":"e","ts":"2026-11-24T08:01:00Z","page":"/","country":"DE","latency_ms":1,"bytes":1}"#,
         );
         assert_eq!(e.time, now().saturating_add(Duration::from_secs(60)));
+    }
+
+    /// Found by the malformed-event corpus (issue 8): an integer literal just below i64::MIN reads as the
+    /// float -2^63, which was taken for a float written in an int field.
+    #[test]
+    fn issue_8_integers_just_below_i64_min_are_overflows() {
+        for (ms, reason) in [
+            ("-9223372036854775809", ReasonCode::IntegerOverflow),
+            ("-9223372036854776832", ReasonCode::IntegerOverflow),
+            ("-9223372036854775808", ReasonCode::WrongType), // fits: decodes, so `err` is not used below
+            ("9223372036854775807.0", ReasonCode::IntegerOverflow), // the float 2^63
+            ("-9223372036854774784.0", ReasonCode::WrongType), // the float nearest above -2^63
+            ("9223372036854774784.0", ReasonCode::WrongType),
+        ] {
+            let json = format!(
+                r#"{{"id":"e","ts":"2026-11-24T07:00:00Z","page":"/","country":"DE","latency_ms":{ms},"bytes":1}}"#
+            );
+            if ms == "-9223372036854775808" {
+                assert_eq!(ok(TimeFormat::Rfc3339, &json).values[0], Num::Int(i64::MIN));
+                continue;
+            }
+            let e = err(json.as_bytes());
+            assert_eq!((e.reason, e.field.as_deref()), (reason, Some("latency_ms")), "{ms}: {e}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! JSON Lines and Parquet files under a prefix (what Kafka Connect or Firehose land), listed recursively
-//! and read in path order.
+//! and read in path order; a URL naming one file reads that file.
 //!
 //! - JSON Lines: one payload per line (a final newline ends the last line; other empty lines are events
 //!   and dead-letter as `empty`). Coordinates: the file URL, partition 0, 0-based line number.
@@ -54,6 +54,14 @@ async fn list_in(
 pub(crate) async fn list(source: &InputSource) -> Result<Vec<(InputFile, object_store::ObjectMeta)>, BatchError> {
     let (store, prefix, _) = open(&source.url)?;
     let mut metas = list_in(store.as_ref(), &prefix, &source.url).await?;
+    if metas.is_empty() {
+        // the URL may name one file rather than a prefix
+        match store.head(&prefix).await {
+            Ok(meta) => metas.push(meta),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(BatchError::store(&source.url, e)),
+        }
+    }
     metas.retain(|m| m.location.filename().is_some_and(|n| extension_matches(source.format, n) && !n.starts_with('.')));
     metas.sort_by(|a, b| a.location.cmp(&b.location));
     Ok(metas

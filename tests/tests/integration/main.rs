@@ -1,4 +1,5 @@
 //! Cross-crate integration tests: one test binary, one module per concern.
 
 mod archive_to_batch;
+mod bad_input;
 mod dependency_rule;
