@@ -97,8 +97,11 @@ batch_view = "{batch}"
 /// Writes the events file: a good event before every case (so each bad line sits between good ones), a
 /// last good event; returns the file's line count. Line `2k + 1` holds case `k`.
 fn write_events(path: &Path, cases: &[Case]) -> usize {
+    // odd but valid: a page with a NUL character (escaped \u0000) must be aggregated and stored, not stop
+    // the service (issue 8: the stores refused it and the service retried the flush forever)
     let good = |i: usize| {
-        format!(r#"{{"id":"good{i}","ts":"2026-11-23T05:{:02}:00Z","page":"/p{}","ms":{i},"kb":0.25}}"#, i % 60, i % 3)
+        let page = if i % 10 == 0 { r"/nul\u0000".to_owned() } else { format!("/p{}", i % 3) };
+        format!(r#"{{"id":"good{i}","ts":"2026-11-23T05:{:02}:00Z","page":"{page}","ms":{i},"kb":0.25}}"#, i % 60)
     };
     let mut bytes = Vec::new();
     for (i, case) in cases.iter().enumerate() {
@@ -195,6 +198,8 @@ async fn the_stream_service_dead_letters_every_corpus_case_with_coordinates() {
     // the good events all reached the serving store, and only they were archived
     let rows = store.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.events).sum::<u64>(), good);
+    let nul_events: u64 = rows.iter().filter(|r| r.key.dims.get("page") == Some("/nul\0")).map(|r| r.events).sum();
+    assert_eq!(nul_events, (cases.len() / 10 + 1) as u64, "good events 0..=n with i % 10 == 0");
     let archived = RawArchive::open(url("raw")).await.unwrap().read_all().await.unwrap();
     assert_eq!(archived.len() as u64, good);
 }

@@ -3,3 +3,4 @@
 mod archive_to_batch;
 mod bad_input;
 mod dependency_rule;
+mod hostile;
