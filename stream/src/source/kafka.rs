@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -132,6 +132,14 @@ impl KafkaConfig {
             }
         }
         let mut cfg = ClientConfig::new();
+        // librdkafka only hands over lines at or above this level; follow the tracing filter
+        cfg.set_log_level(if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+            RDKafkaLogLevel::Debug
+        } else if tracing::enabled!(target: "librdkafka", tracing::Level::INFO) {
+            RDKafkaLogLevel::Info
+        } else {
+            RDKafkaLogLevel::Warning
+        });
         // A default only: options may change it (or turn statistics, and with them the lag metric, off).
         cfg.set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
         cfg.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string());
@@ -257,6 +265,21 @@ struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// librdkafka's own log lines (its `debug` property adds more) become tracing events of target
+    /// `librdkafka`. librdkafka redacts sensitive properties (passwords, keys) in what it logs.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{log_message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "Kafka client error (librdkafka retries)");
     }
