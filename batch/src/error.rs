@@ -58,6 +58,9 @@ pub enum BatchError {
         #[source]
         source: std::io::Error,
     },
+    /// The batch view (tidemark-store) refused or failed an operation.
+    #[error("batch view: {0}")]
+    View(#[from] tidemark_store::Error),
     /// A result of the plan had an unexpected shape: a bug in tidemark.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,6 +84,7 @@ impl BatchError {
                 _ => Actor::External,
             },
             BatchError::Io { .. } => Actor::External,
+            BatchError::View(e) => e.actor(),
             BatchError::Polars(_) | BatchError::Arrow(_) | BatchError::Internal(_) => Actor::Internal,
         }
     }

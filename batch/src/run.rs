@@ -28,7 +28,7 @@ use crate::plan;
 use crate::view;
 
 /// Folder under the batch view's root that holds run manifests.
-pub const MANIFEST_DIR: &str = "_tidemark_runs";
+pub const MANIFEST_DIR: &str = tidemark_store::batch_view::MANIFEST_DIR;
 
 /// A batch run over `[from, to)`, configured as a builder and executed with [`BatchRun::run`].
 #[derive(Debug, Clone)]

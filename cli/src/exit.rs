@@ -10,6 +10,8 @@ pub const USER: u8 = 2;
 pub const EXTERNAL: u8 = 3;
 /// A bug in tidemark.
 pub const INTERNAL: u8 = 4;
+/// `tidemark reconcile --fail-on-breach`: a metric missed its contract's accuracy target.
+pub const CONTRACT_BREACHED: u8 = 5;
 
 /// A missing or unreadable file named by the user is the user's to fix; other I/O failures are external.
 fn io_actor(e: &std::io::Error) -> Actor {
@@ -27,6 +29,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 .or_else(|| e.downcast_ref::<tidemark_batch::BatchError>().map(tidemark_batch::BatchError::actor))
                 .or_else(|| e.downcast_ref::<tidemark_store::Error>().map(tidemark_store::Error::actor))
                 .or_else(|| e.downcast_ref::<tidemark_stream::Error>().map(tidemark_stream::Error::actor))
+                .or_else(|| e.downcast_ref::<tidemark_reconcile::Error>().map(tidemark_reconcile::Error::actor))
                 .or_else(|| e.downcast_ref::<crate::cmd::UsageError>().map(|_| Actor::User))
         })
         .or_else(|| err.chain().find_map(|e| e.downcast_ref::<std::io::Error>().map(io_actor)))

@@ -1,10 +1,13 @@
 //! tidemark-reconcile: compares the batch view (truth) with the serving store per
 //! (metric, window, dimensions) and classifies every difference.
 //!
-//! Built so far: [`diff`] (the comparison), [`explain`] (cause attribution) and [`lateness`] (lateness
-//! distribution and advice). Still to come (see the reconciler issue): reading the evidence from the stores,
-//! correction batches applied through the serving store, the contract report and backfill. This crate depends on tidemark-core (and later tidemark-store) only, never on tidemark-stream
-//! or tidemark-batch.
+//! - [`Reconcile`] (`run.rs`): one run over a range against the stores a spec names (what
+//!   `tidemark reconcile` runs);
+//! - the pure parts it is made of: [`diff`] (the comparison), [`explain`] (cause attribution),
+//!   [`corrections`] (the idempotent correction batch), [`contract`] (the contract report), [`html`] (the
+//!   offline report page) and [`lateness`] (lateness distribution and advice).
+//!
+//! This crate depends on tidemark-core and tidemark-store only, never on tidemark-stream or tidemark-batch.
 
 pub mod contract;
 pub mod corrections;
@@ -13,6 +16,7 @@ mod error;
 pub mod explain;
 pub mod html;
 pub mod lateness;
+mod run;
 pub mod svg;
 
 pub use contract::{ContractInput, ContractReport, Emission, MetricContract, contract_report};
@@ -20,3 +24,4 @@ pub use corrections::{BlastRadius, CorrectionPlan, plan_corrections};
 pub use diff::{AggregateDiff, Diff, KeyDiff, MetricSummary, Verdict, diff};
 pub use error::Error;
 pub use explain::{Cause, Evidence, Explained, explain};
+pub use run::{Applied, EvidenceSummary, Reconcile, ReconcileOutcome};

@@ -41,7 +41,7 @@ use url::Url;
 use crate::ServingStore;
 use crate::error::{Error, Result};
 use crate::model::{
-    self, ApplyOutcome, AuditEntry, CommitMarker, CorrectionBatch, Flat, Kind, MetricFilter, SourceProgress,
+    self, ApplyOutcome, AuditEntry, CommitMarker, CorrectionBatch, Emission, Flat, Kind, MetricFilter, SourceProgress,
     StoredAuditEntry, WriteOutcome, WriteStats,
 };
 use crate::postgres::{backoff, check_progress, offsets_from_json, offsets_to_json};
@@ -337,10 +337,22 @@ fn kind_str(k: Kind) -> &'static str {
     match k {
         Kind::Row => "row",
         Kind::Delta(_) => "delta",
+        Kind::Emission { delta: false, .. } => "emission",
+        Kind::Emission { delta: true, .. } => "emission_delta",
     }
 }
 
-fn to_batch(flats: &[Flat]) -> Result<RecordBatch> {
+/// The `delta_revision` column: the revision of a delta, -1 for a row, and for an emission record the
+/// write's txn version (`emission_tag`), so that an emission record never matches an earlier one in the
+/// MERGE and is always appended.
+fn delta_revision_column(f: &Flat, emission_tag: i64) -> i64 {
+    match f.kind {
+        Kind::Emission { .. } => emission_tag,
+        _ => f.delta_revision(),
+    }
+}
+
+fn to_batch(flats: &[Flat], emission_tag: i64) -> Result<RecordBatch> {
     let ts = |v: Vec<Option<i64>>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
     let strs = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
     let longs = |v: Vec<Option<i64>>| Arc::new(Int64Array::from(v)) as ArrayRef;
@@ -352,7 +364,7 @@ fn to_batch(flats: &[Flat]) -> Result<RecordBatch> {
         ts(flats.iter().map(|f| Some(f.window_end)).collect()),
         strs(flats.iter().map(|f| Some(f.dims.as_str())).collect()),
         strs(flats.iter().map(|f| Some(kind_str(f.kind))).collect()),
-        longs(flats.iter().map(|f| Some(f.delta_revision())).collect()),
+        longs(flats.iter().map(|f| Some(delta_revision_column(f, emission_tag))).collect()),
         strs(flats.iter().map(|f| Some(f.values_json.as_str())).collect()),
         longs(flats.iter().map(|f| Some(f.events)).collect()),
         strs(flats.iter().map(|f| Some(model::layer_str(f.layer))).collect()),
@@ -459,7 +471,14 @@ impl DeltaStore {
 
     /// Runs one MERGE of `flats` with app transaction `app_id`, retrying conflicts. `plan` sees the
     /// recorded version of `app_id` and returns the version to commit, or a reason to skip.
-    async fn commit<P>(&self, flats: &[Flat], app_id: &str, plan: P, meta: serde_json::Value) -> Result<Committed>
+    async fn commit<P>(
+        &self,
+        flats: &[Flat],
+        emissions: usize,
+        app_id: &str,
+        plan: P,
+        meta: serde_json::Value,
+    ) -> Result<Committed>
     where
         P: Fn(Option<i64>) -> Result<std::result::Result<i64, Skip>> + Send + Sync,
     {
@@ -488,7 +507,7 @@ impl DeltaStore {
             let result = if flats.is_empty() {
                 self.marker_commit(table, props.clone()).await.map(|t| (t, 0))
             } else {
-                self.merge(table, flats, props.clone()).await
+                self.merge(table, flats, version, props.clone()).await
             };
             let (table, applied) = match result {
                 Ok(ok) => ok,
@@ -518,6 +537,8 @@ impl DeltaStore {
             };
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.keep(table, false).await;
+            // emission records are always inserted (their delta_revision is this write's txn version)
+            let applied = applied.saturating_sub(emissions as u64);
             return Ok(Committed::Done { applied, retries });
         }
         Err(Error::Contention { attempts: self.max_attempts, last })
@@ -538,9 +559,10 @@ impl DeltaStore {
         &self,
         table: DeltaTable,
         flats: &[Flat],
+        emission_tag: i64,
         props: CommitProperties,
     ) -> Result<(DeltaTable, u64), DeltaTableError> {
-        let batch = to_batch(flats).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
+        let batch = to_batch(flats, emission_tag).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
         let source = SessionContext::new().read_batch(batch)?;
         let (table, metrics) = table
             .merge(source, join_predicate(flats))
@@ -565,12 +587,27 @@ impl DeltaStore {
         from: EventTime,
         to: EventTime,
     ) -> Result<Vec<MetricRow>> {
+        let kinds: &[&str] = if deltas { &["delta"] } else { &["row"] };
+        let flats = self.scan_flats(kinds, !deltas, metrics, from, to).await?;
+        flats.into_iter().map(Flat::into_row).collect()
+    }
+
+    /// Records of `kinds` whose window starts in `[from, to)`, pruned by the metric and date partitions,
+    /// sorted by key.
+    async fn scan_flats(
+        &self,
+        kinds: &[&str],
+        live_only: bool,
+        metrics: &MetricFilter,
+        from: EventTime,
+        to: EventTime,
+    ) -> Result<Vec<Flat>> {
         let table = self.latest(false).await?;
         let mut filter = col("kind")
-            .eq(lit(if deltas { "delta" } else { "row" }))
+            .in_list(kinds.iter().map(|k| lit(*k)).collect(), false)
             .and(col("window_start").gt_eq(ts_lit(from.as_micros())))
             .and(col("window_start").lt(ts_lit(to.as_micros())));
-        if !deltas {
+        if live_only {
             filter = filter.and(col("deleted").eq(lit(false)));
         }
         // partition pruning by date (dates of 4-digit years compare as strings)
@@ -584,12 +621,10 @@ impl DeltaStore {
         let batches = scan_table(&table, filter).await?;
         let mut flats = Vec::new();
         for b in &batches {
-            flats.extend(from_batch(b)?);
+            flats.extend(from_batch(b)?.into_iter().filter(|f| metrics.matches(&f.metric)));
         }
         flats.sort_by(model::cmp_keys);
-        let rows: Result<Vec<MetricRow>> =
-            flats.into_iter().filter(|f| metrics.matches(&f.metric)).map(Flat::into_row).collect();
-        rows
+        Ok(flats)
     }
 
     async fn find_progress(&self, pipeline: &str) -> Result<Option<(i64, ProgressMeta)>> {
@@ -801,6 +836,12 @@ fn from_batch(b: &RecordBatch) -> Result<Vec<Flat>> {
         let k = match kind.value(i) {
             "row" => Kind::Row,
             "delta" => Kind::Delta(u32::try_from(drev.value(i)).map_err(|_| corrupt("delta_revision"))?),
+            "emission" | "emission_delta" => Kind::Emission {
+                revision: opt_i64(&revision, i)
+                    .and_then(|r| u32::try_from(r).ok())
+                    .ok_or_else(|| corrupt("revision"))?,
+                delta: kind.value(i) == "emission_delta",
+            },
             _ => return Err(corrupt("kind")),
         };
         let layer_s = layer.value(i);
@@ -863,7 +904,7 @@ impl ServingStore for DeltaStore {
                     CommitMarker { writer_epoch: epoch, sequence: 0 };
                 Ok(Ok(version))
             };
-            match self.commit(&[], &app, plan, meta).await {
+            match self.commit(&[], 0, &app, plan, meta).await {
                 Ok(_) => return claimed.into_inner().map_err(|_| Error::Corrupt("poisoned".into())),
                 Err(Error::Contention { .. }) => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -877,7 +918,11 @@ impl ServingStore for DeltaStore {
 
     async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome> {
         check_progress(progress)?;
-        let flats = model::flatten_changes(changes, crate::now())?;
+        let mut flats = model::flatten_changes(changes, crate::now())?;
+        let offered = flats.len() as u64;
+        let emissions = model::emission_flats(changes, progress.writer_epoch)?;
+        let n_emissions = emissions.len();
+        flats.extend(emissions);
         let version = txn_version(progress.writer_epoch, progress.sequence);
         // the blob is written first under a name unique to this write; only the commit makes it reachable
         let checkpoint = match &progress.checkpoint {
@@ -915,9 +960,9 @@ impl ServingStore for DeltaStore {
             }
             Ok(Ok(version))
         };
-        match self.commit(&flats, &progress_app(&progress.pipeline), plan, meta).await? {
+        match self.commit(&flats, n_emissions, &progress_app(&progress.pipeline), plan, meta).await? {
             Committed::Done { applied, retries } => {
-                Ok(WriteOutcome::Committed(WriteStats { offered: flats.len() as u64, applied, retries }))
+                Ok(WriteOutcome::Committed(WriteStats { offered, applied, retries }))
             }
             Committed::Skipped(Skip::AlreadyCommitted) => Ok(WriteOutcome::AlreadyCommitted),
         }
@@ -972,6 +1017,12 @@ impl ServingStore for DeltaStore {
         self.read(true, metrics, from, to).await
     }
 
+    async fn read_emissions(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<Emission>> {
+        let flats = self.scan_flats(&["emission", "emission_delta"], false, metrics, from, to).await?;
+        let mut out = flats.into_iter().map(Flat::into_emission).collect::<Result<Vec<_>>>()?;
+        Ok(model::first_emissions(out.drain(..)))
+    }
+
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome> {
         let flats = model::flatten_corrections(batch, crate::now())?;
         let applied_at = crate::now().as_micros();
@@ -980,10 +1031,11 @@ impl ServingStore for DeltaStore {
         let plan = |cur: Option<i64>| -> Result<std::result::Result<i64, Skip>> {
             Ok(if cur.is_some() { Err(Skip::AlreadyCommitted) } else { Ok(1) })
         };
-        let outcome = self.commit(&flats, &corrections_app(&batch.id), plan, meta).await?;
-        // the audit commit follows the data commit; a crash in between is repaired by the caller's retry,
-        // which finds the batch applied and writes the missing audit lines
+        // Two tables cannot commit together, so the audit lines go first (idempotent per batch id) and
+        // `audit_log` hides them until the batch's data commit below has landed: a crash in between leaves
+        // no visible audit of an unapplied batch, and a retry of the same batch finds its lines written.
         self.write_audit(batch, applied_at).await?;
+        let outcome = self.commit(&flats, 0, &corrections_app(&batch.id), plan, meta).await?;
         Ok(match outcome {
             Committed::Done { applied, retries } => {
                 ApplyOutcome::Applied(WriteStats { offered: flats.len() as u64, applied, retries })
@@ -1054,6 +1106,14 @@ impl ServingStore for DeltaStore {
                 out.push((entry.batch_id.clone(), seq.value(i), entry));
             }
         }
+        // audit lines of a batch whose data commit has not landed (see `apply_corrections`) are hidden
+        let mut applied: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for (id, _, _) in &out {
+            if !applied.contains_key(id) {
+                applied.insert(id.clone(), self.corrections_applied(id).await?);
+            }
+        }
+        out.retain(|(id, _, _)| applied[id]);
         out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         Ok(out.into_iter().map(|(_, _, e)| e).collect())
     }
@@ -1062,6 +1122,55 @@ impl ServingStore for DeltaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A crash after the audit commit and before the data commit (found by the backfill kill test): the
+    /// audit lines stay hidden, and the retried batch applies once with its lines shown once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_lines_of_an_unapplied_batch_are_hidden_until_it_applies() {
+        use crate::model::Correction;
+        use tidemark_core::{Dimensions, MetricRow, Origin};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeltaStoreConfig::new(format!("file://{}", dir.path().display())).build().await.unwrap();
+        crate::ServingStore::init(&store).await.unwrap();
+        let t = |s: i64| EventTime::from_secs(s).unwrap();
+        let key = RowKey {
+            metric: "views".into(),
+            window: Window::new(t(0), t(60)).unwrap(),
+            dims: Dimensions::new([("page".to_owned(), "/a".to_owned())]),
+        };
+        let row = MetricRow {
+            key: key.clone(),
+            values: std::collections::BTreeMap::from([("n".to_owned(), AggValue::Int(3))]),
+            events: 3,
+            origin: Origin::Batch { run_id: "run-1".into(), epoch: 1 },
+            computed_at: t(1),
+        };
+        let batch = CorrectionBatch {
+            id: "batch-1".into(),
+            run_id: "run-1".into(),
+            epoch: 1,
+            changes: vec![Correction::Upsert(row)],
+            audit: vec![AuditEntry {
+                key,
+                aggregate: "n".into(),
+                old: None,
+                new: Some(AggValue::Int(3)),
+                cause: "late_events".into(),
+            }],
+        };
+        // the crash: only the audit commit landed
+        store.write_audit(&batch, t(2).as_micros()).await.unwrap();
+        assert!(crate::ServingStore::audit_log(&store, None).await.unwrap().is_empty());
+        assert!(!crate::ServingStore::corrections_applied(&store, "batch-1").await.unwrap());
+        // the retry
+        let out = crate::ServingStore::apply_corrections(&store, &batch).await.unwrap();
+        assert!(matches!(out, ApplyOutcome::Applied(_)), "{out:?}");
+        let audit = crate::ServingStore::audit_log(&store, None).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].entry.cause, "late_events");
+        assert_eq!(crate::ServingStore::apply_corrections(&store, &batch).await.unwrap(), ApplyOutcome::AlreadyApplied);
+        assert_eq!(crate::ServingStore::audit_log(&store, Some("batch-1")).await.unwrap().len(), 1);
+    }
 
     #[test]
     fn txn_versions_order_by_epoch_then_sequence() {

@@ -31,6 +31,15 @@ pub enum Error {
         /// The last conflict.
         last: String,
     },
+    /// The Postgres server could not be reached (or refused the login). `server` names it without secrets.
+    #[error("postgres {server}: connecting: {source}")]
+    Connect {
+        /// `user@host:port/dbname`, never the password.
+        server: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// Postgres failed (connection, SQL state).
     #[error("postgres: {context}: {source}")]
     Postgres {
@@ -78,9 +87,11 @@ impl Error {
             Error::InvalidInput { .. } => Actor::User,
             // another instance took over the pipeline: this one must stop (not retry)
             Error::Fenced { .. } => Actor::External,
-            Error::Contention { .. } | Error::Postgres { .. } | Error::Delta { .. } | Error::ObjectStore { .. } => {
-                Actor::External
-            }
+            Error::Contention { .. }
+            | Error::Connect { .. }
+            | Error::Postgres { .. }
+            | Error::Delta { .. }
+            | Error::ObjectStore { .. } => Actor::External,
             Error::Corrupt(_) => Actor::Internal,
             Error::Harness(_) => Actor::External,
         }
@@ -92,7 +103,7 @@ impl Error {
     pub fn retryable(&self) -> bool {
         match self {
             Error::Contention { .. } | Error::ObjectStore { .. } => true,
-            Error::Postgres { source, .. } => postgres_retryable(source),
+            Error::Postgres { source, .. } | Error::Connect { source, .. } => postgres_retryable(source),
             Error::Delta { source, .. } => !matches!(
                 **source,
                 deltalake::DeltaTableError::InvalidTableLocation(_)

@@ -14,6 +14,7 @@
 //! - [`testing`]: a throwaway Postgres per test binary, a fresh database per test.
 
 pub mod archive;
+pub mod batch_view;
 pub mod deadletter;
 pub mod delta;
 pub mod error;
@@ -25,11 +26,12 @@ use async_trait::async_trait;
 use tidemark_core::{EventTime, MetricRow, RowChange};
 
 pub use archive::{AppendOutcome, ArchiveRow, RawArchive, RawArchiveConfig};
+pub use batch_view::{BatchView, RunManifest, ViewCommit};
 pub use deadletter::{DeadLetter, DeadLetterStore, LateRecord, Payload};
 pub use delta::{DeltaStore, DeltaStoreConfig};
 pub use error::{Error, Result};
 pub use model::{
-    ApplyOutcome, AuditEntry, CommitMarker, Correction, CorrectionBatch, MetricFilter, SourceProgress,
+    ApplyOutcome, AuditEntry, CommitMarker, Correction, CorrectionBatch, Emission, MetricFilter, SourceProgress,
     StoredAuditEntry, TopicPartition, WriteOutcome, WriteStats,
 };
 pub use postgres::PostgresStore;
@@ -48,6 +50,11 @@ pub use postgres::PostgresStore;
 ///   older replay cannot resurrect it); a batch deletion leaves a batch tombstone no speed write beats.
 /// - **Idempotent corrections**: [`apply_corrections`](Self::apply_corrections) applies a batch id at
 ///   most once, atomically (rows, tombstones and the applied marker together).
+/// - **Emission log**: every committed provisional write also records, in the same transaction (Postgres)
+///   or the same commit (Delta), one [`Emission`] per speed `Upsert` / `Delta` change it carried, whether
+///   or not precedence let the change replace the current row. Emissions are visible exactly when the
+///   write is; a replayed or fenced write records none. One emission is kept per (key, revision, delta):
+///   a restarted writer re-firing a revision already logged keeps the first (earliest) record.
 /// - **Unknown outcomes are decidable**: after a retryable error, [`committed_marker`](Self::committed_marker)
 ///   tells whether the write landed.
 #[async_trait]
@@ -75,6 +82,10 @@ pub trait ServingStore: Send + Sync {
     /// Late-policy delta rows (`RowChange::Delta`) whose window starts in `[from, to)`, in the order of
     /// [`read_range`](Self::read_range), then by revision.
     async fn read_deltas(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>>;
+
+    /// The emission log: every speed-layer firing whose window starts in `[from, to)`, sorted by key (as
+    /// [`read_range`](Self::read_range)), then emission time, revision, rows before deltas.
+    async fn read_emissions(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<Emission>>;
 
     /// Applies a correction batch atomically, at most once per `batch.id`.
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome>;

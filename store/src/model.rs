@@ -138,6 +138,30 @@ pub struct CorrectionBatch {
     pub audit: Vec<AuditEntry>,
 }
 
+/// One speed-layer firing as recorded by the serving store's emission log
+/// ([`crate::ServingStore::read_emissions`]): what the speed layer published for a key, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Emission {
+    /// The row's key.
+    pub key: RowKey,
+    /// The values emitted (for a late-policy delta: the increments).
+    pub values: BTreeMap<String, AggValue>,
+    /// Events in the emitted row (or delta).
+    pub events: u64,
+    /// Which firing (early, on time, late).
+    pub pane: Pane,
+    /// The row's revision.
+    pub revision: u32,
+    /// Whether this was a late-policy delta (`RowChange::Delta`) rather than a full row.
+    pub delta: bool,
+    /// The operator watermark when the row fired.
+    pub watermark: EventTime,
+    /// The epoch of the writer that committed it (a new epoch = a restarted or replaced stream service).
+    pub writer_epoch: u64,
+    /// When the speed layer computed the row (the row's `computed_at`).
+    pub emitted_at: EventTime,
+}
+
 /// Which metrics a read returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricFilter {
@@ -189,6 +213,14 @@ pub(crate) enum Kind {
     Row,
     /// A late-policy delta of a key, stored beside the row, identified by its revision.
     Delta(u32),
+    /// A speed-layer firing recorded in the emission log: an upsert (`delta == false`) or a late-policy
+    /// delta of `revision`. Never a current row; never replaces anything.
+    Emission {
+        /// The firing's revision.
+        revision: u32,
+        /// Whether the firing was a late-policy delta.
+        delta: bool,
+    },
 }
 
 /// The persisted form of one change: one record per key (plus delta records).
@@ -215,7 +247,7 @@ impl Flat {
     pub fn delta_revision(&self) -> i64 {
         match self.kind {
             Kind::Row => -1,
-            Kind::Delta(r) => i64::from(r),
+            Kind::Delta(r) | Kind::Emission { revision: r, .. } => i64::from(r),
         }
     }
 
@@ -227,7 +259,7 @@ impl Flat {
     /// Whether this record replaces `stored` (the same predicate both stores evaluate in SQL).
     pub fn wins_over(&self, stored: &Flat) -> bool {
         match self.kind {
-            Kind::Delta(_) => false,
+            Kind::Delta(_) | Kind::Emission { .. } => false,
             Kind::Row => match (self.layer, stored.layer) {
                 (Layer::Batch, Layer::Speed) => true,
                 (Layer::Batch, Layer::Batch) => self.batch_epoch >= stored.batch_epoch,
@@ -386,6 +418,75 @@ pub(crate) fn flatten_changes(changes: &[RowChange], now: EventTime) -> Result<V
     Ok(dedup(out))
 }
 
+/// The emission-log records of a provisional write: one per speed `Upsert` / `Delta` change (retractions
+/// are not firings), in input order, keeping the first of a repeated (key, revision, delta). The writer
+/// epoch is kept in `batch_epoch` (unused by speed records).
+pub(crate) fn emission_flats(changes: &[RowChange], writer_epoch: u64) -> Result<Vec<Flat>> {
+    let epoch = i64::try_from(writer_epoch).map_err(|_| Error::invalid("writer epoch", "above i64::MAX"))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for change in changes {
+        let (row, delta) = match change {
+            RowChange::Upsert(row) => (row, false),
+            RowChange::Delta(row) => (row, true),
+            RowChange::Retract { .. } => continue,
+        };
+        let Origin::Speed { revision, .. } = row.origin else { continue };
+        let mut flat = Flat::from_row(row, Kind::Emission { revision, delta }, false)?;
+        flat.batch_epoch = Some(epoch);
+        if seen.insert((flat.metric.clone(), flat.window_start, flat.window_end, flat.dims.clone(), flat.kind)) {
+            out.push(flat);
+        }
+    }
+    Ok(out)
+}
+
+impl Flat {
+    /// An emission-log record back to an [`Emission`].
+    pub fn into_emission(self) -> Result<Emission> {
+        let Kind::Emission { revision, delta } = self.kind else {
+            return Err(Error::Corrupt("a serving record read as an emission".into()));
+        };
+        let writer_epoch = self.batch_epoch.and_then(|e| u64::try_from(e).ok());
+        let flat = Flat { kind: Kind::Row, batch_epoch: None, ..self };
+        let row = flat.into_row()?;
+        let Origin::Speed { pane, watermark, .. } = row.origin else {
+            return Err(Error::Corrupt("an emission without a speed origin".into()));
+        };
+        Ok(Emission {
+            key: row.key,
+            values: row.values,
+            events: row.events,
+            pane,
+            revision,
+            delta,
+            watermark,
+            writer_epoch: writer_epoch.ok_or_else(|| Error::Corrupt("emission writer epoch".into()))?,
+            emitted_at: row.computed_at,
+        })
+    }
+}
+
+/// Keeps the first (earliest) record per (key, revision, delta) and sorts like
+/// [`crate::ServingStore::read_emissions`] promises: by key, then emission time, revision, rows before deltas.
+pub(crate) fn first_emissions(all: impl Iterator<Item = Emission>) -> Vec<Emission> {
+    let mut v: Vec<Emission> = all.collect();
+    v.sort_by(|a, b| {
+        a.key
+            .metric
+            .cmp(&b.key.metric)
+            .then(a.key.window.start().cmp(&b.key.window.start()))
+            .then(a.key.window.end().cmp(&b.key.window.end()))
+            .then_with(|| a.key.dims.encode().cmp(&b.key.dims.encode()))
+            .then(a.emitted_at.cmp(&b.emitted_at))
+            .then(a.revision.cmp(&b.revision))
+            .then(a.delta.cmp(&b.delta))
+    });
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|e| seen.insert((e.key.clone(), e.revision, e.delta)));
+    v
+}
+
 /// Converts a correction batch to flat records (batch origin), de-duplicated by key.
 pub(crate) fn flatten_corrections(batch: &CorrectionBatch, now: EventTime) -> Result<Vec<Flat>> {
     check_id("correction batch id", &batch.id)?;
@@ -452,8 +553,9 @@ impl PartialOrd for Kind {
 impl Ord for Kind {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         let rank = |k: &Kind| match k {
-            Kind::Row => -1,
-            Kind::Delta(r) => i64::from(*r),
+            Kind::Row => (0, -1),
+            Kind::Delta(r) => (1, i64::from(*r)),
+            Kind::Emission { revision, delta } => (2 + i64::from(*delta), i64::from(*revision)),
         };
         rank(self).cmp(&rank(other))
     }

@@ -29,7 +29,7 @@ use tokio_postgres::{Client, NoTls, Transaction};
 use crate::ServingStore;
 use crate::error::{Error, Result};
 use crate::model::{
-    self, ApplyOutcome, AuditEntry, CommitMarker, CorrectionBatch, Flat, Kind, MetricFilter, SourceProgress,
+    self, ApplyOutcome, AuditEntry, CommitMarker, CorrectionBatch, Emission, Flat, Kind, MetricFilter, SourceProgress,
     StoredAuditEntry, TopicPartition, WriteOutcome, WriteStats,
 };
 
@@ -37,10 +37,11 @@ use crate::model::{
 const MAX_ATTEMPTS: u32 = 6;
 
 /// The versioned migrations; `{s}` is the quoted schema.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "serving rows, deltas, progress, corrections",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "serving rows, deltas, progress, corrections",
+        r#"
 CREATE TABLE {s}.serving_rows (
     metric text NOT NULL,
     window_start timestamptz NOT NULL,
@@ -106,7 +107,29 @@ CREATE TABLE {s}.corrections_audit (
     PRIMARY KEY (batch_id, seq)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "emission log",
+        r#"
+CREATE TABLE {s}.emissions (
+    metric text NOT NULL,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    dims text NOT NULL,
+    revision bigint NOT NULL,
+    delta boolean NOT NULL,
+    agg_values jsonb NOT NULL,
+    events bigint NOT NULL,
+    pane text NOT NULL,
+    watermark timestamptz NOT NULL,
+    writer_epoch bigint NOT NULL,
+    emitted_at timestamptz NOT NULL
+);
+CREATE INDEX emissions_window ON {s}.emissions (metric, window_start);
+"#,
+    ),
+];
 
 /// Postgres' timestamptz covers 4713 BC to 294276 AD; tidemark keeps every stored time within years
 /// 1..=9999 and lets the two bounds stand for [`EventTime::MIN`] / [`EventTime::MAX`] (e.g. the watermark
@@ -180,6 +203,26 @@ pub fn check_schema(name: &str) -> Result<()> {
     }
 }
 
+/// `user@host:port/dbname` of a connection string, for messages: never the password.
+fn describe_server(conninfo: &str) -> String {
+    let Ok(config) = conninfo.parse::<tokio_postgres::Config>() else { return "(unparsable connection string)".into() };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{p}", path.display()),
+        })
+        .collect();
+    format!(
+        "{}@{}/{}",
+        config.get_user().unwrap_or("(default user)"),
+        if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") },
+        config.get_dbname().unwrap_or("(default database)")
+    )
+}
+
 impl PostgresStore {
     /// Connects to `conninfo` (a libpq key/value string or `postgres://` URL) and uses tables in `schema`.
     /// Call [`ServingStore::init`] once to create them.
@@ -208,8 +251,9 @@ impl PostgresStore {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, conn) =
-                tokio_postgres::connect(&self.conninfo, NoTls).await.map_err(Error::pg("connecting"))?;
+            let (client, conn) = tokio_postgres::connect(&self.conninfo, NoTls)
+                .await
+                .map_err(|source| Error::Connect { server: describe_server(&self.conninfo), source })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::warn!(error = %e, "postgres connection ended");
@@ -225,7 +269,7 @@ impl PostgresStore {
     }
 
     /// SQL that creates a least-privilege role layout for this schema: `tidemark_stream` may insert and
-    /// update speed rows, deltas and progress but never create or change a batch row (a trigger refuses it,
+    /// update speed rows, deltas and progress (and append to the emission log) but never create or change a batch row (a trigger refuses it,
     /// even for hand-written SQL) and may delete nothing; `tidemark_reconciler` may write any row and the
     /// correction tables; `tidemark_reader` may only read. Run it as the schema owner, then grant the roles
     /// to login users. Idempotent.
@@ -240,6 +284,7 @@ END $$;
 GRANT USAGE ON SCHEMA {s} TO tidemark_reader, tidemark_stream, tidemark_reconciler;
 GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO tidemark_reader, tidemark_stream, tidemark_reconciler;
 GRANT INSERT, UPDATE ON {s}.serving_rows, {s}.serving_deltas, {s}.progress TO tidemark_stream;
+GRANT INSERT ON {s}.emissions TO tidemark_stream;
 GRANT INSERT, UPDATE ON {s}.serving_rows, {s}.correction_batches, {s}.corrections_audit TO tidemark_reconciler;
 CREATE OR REPLACE FUNCTION {s}.tidemark_guard_batch_rows() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
@@ -352,7 +397,11 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         pin_mut!(writer);
         for f in flats {
             let layer = model::layer_str(f.layer);
-            let delta_revision = f.delta_revision();
+            // -1: a row; >= 0: a delta of that revision; -2 / -3: an emission of a row / of a delta
+            let delta_revision = match f.kind {
+                Kind::Emission { delta, .. } => -2 - i64::from(delta),
+                _ => f.delta_revision(),
+            };
             let row: [&(dyn ToSql + Sync); 15] = [
                 &f.metric,
                 &f.window_start,
@@ -379,7 +428,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
                  revision, pane, watermark, batch_run_id, batch_epoch, computed_at, deleted)
              SELECT metric, {ws}, {we}, dims, agg_values::jsonb, events, layer, revision, pane, {wm},
                  batch_run_id, batch_epoch, {ca}, deleted
-             FROM tidemark_incoming WHERE delta_revision < 0 ORDER BY metric, ws, we, dims
+             FROM tidemark_incoming WHERE delta_revision = -1 ORDER BY metric, ws, we, dims
              ON CONFLICT (metric, window_start, window_end, dims) DO UPDATE SET
                  agg_values = EXCLUDED.agg_values, events = EXCLUDED.events, layer = EXCLUDED.layer,
                  revision = EXCLUDED.revision, pane = EXCLUDED.pane, watermark = EXCLUDED.watermark,
@@ -406,6 +455,21 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         ));
         let a = tx.execute(&rows, &[]).await.map_err(Error::pg("merging rows"))?;
         let b = tx.execute(&deltas, &[]).await.map_err(Error::pg("recording deltas"))?;
+        if flats.iter().any(|f| matches!(f.kind, Kind::Emission { .. })) {
+            // the emission log: a plain append (a replayed write never gets here: the marker refuses it)
+            let emissions = self.sql(&format!(
+                "INSERT INTO {{s}}.emissions (metric, window_start, window_end, dims, revision, delta, agg_values,
+                     events, pane, watermark, writer_epoch, emitted_at)
+                 SELECT metric, {ws}, {we}, dims, revision, delta_revision = -3, agg_values::jsonb, events, pane,
+                     {wm}, batch_epoch, {ca}
+                 FROM tidemark_incoming WHERE delta_revision <= -2",
+                ws = ts("ws"),
+                we = ts("we"),
+                wm = ts("watermark"),
+                ca = ts("computed_at"),
+            ));
+            tx.execute(&emissions, &[]).await.map_err(Error::pg("recording emissions"))?;
+        }
         Ok(a + b)
     }
 
@@ -622,10 +686,13 @@ impl ServingStore for PostgresStore {
 
     async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome> {
         check_progress(progress)?;
-        let flats = model::flatten_changes(changes, crate::now())?;
+        let mut flats = model::flatten_changes(changes, crate::now())?;
+        let offered = flats.len() as u64;
+        flats.extend(model::emission_flats(changes, progress.writer_epoch)?);
         let (outcome, retries) = self.retry_transient(|| self.try_write(&flats, progress)).await?;
         Ok(match outcome {
             WriteOutcome::Committed(mut s) => {
+                s.offered = offered;
                 s.retries = retries;
                 WriteOutcome::Committed(s)
             }
@@ -683,6 +750,59 @@ impl ServingStore for PostgresStore {
 
     async fn read_deltas(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>> {
         self.read(true, metrics, from, to).await
+    }
+
+    async fn read_emissions(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<Emission>> {
+        let filter: Option<Vec<String>> = match metrics {
+            MetricFilter::All => None,
+            MetricFilter::Only(m) => Some(m.clone()),
+        };
+        let sql = format!(
+            "SELECT metric, {ws}, {we}, dims, revision, delta, agg_values::text, events, pane, {wm}, writer_epoch,
+                 {ea}
+             FROM {{s}}.emissions
+             WHERE window_start >= {from} AND window_start < {to} AND ($3::text[] IS NULL OR metric = ANY($3))",
+            ws = us("window_start"),
+            we = us("window_end"),
+            wm = us("watermark"),
+            ea = us("emitted_at"),
+            from = ts("$1::bigint"),
+            to = ts("$2::bigint"),
+        );
+        let guard = self.client().await?;
+        let client = guard.as_ref().ok_or_else(|| Error::Corrupt("no connection".into()))?;
+        let rows = client
+            .query(&self.sql(&sql), &[&pg_clamp(from), &pg_clamp(to), &filter])
+            .await
+            .map_err(Error::pg("reading emissions"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let revision: i64 = r.get(4);
+            let pane: String = r.get(8);
+            let epoch: i64 = r.get(10);
+            let flat = Flat {
+                metric: r.get(0),
+                window_start: r.get(1),
+                window_end: r.get(2),
+                dims: r.get(3),
+                kind: Kind::Emission {
+                    revision: u32::try_from(revision).map_err(|_| Error::Corrupt("emission revision".into()))?,
+                    delta: r.get(5),
+                },
+                values_json: r.get(6),
+                events: r.get(7),
+                layer: tidemark_core::Layer::Speed,
+                revision: Some(revision),
+                pane: model::parse_pane(&pane).map(model::pane_str),
+                watermark: r.get(9),
+                batch_run_id: None,
+                batch_epoch: Some(epoch),
+                computed_at: r.get(11),
+                deleted: false,
+            };
+            out.push(flat.into_emission()?);
+        }
+        Ok(model::first_emissions(out.into_iter()))
     }
 
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome> {

@@ -305,20 +305,21 @@ pub async fn hostile_values_are_verbatim_or_refused<S: ServingStore>(store: &S) 
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     let mut nul_dims = key("m", 1, "x");
     nul_dims.dims = Dimensions::new([("page".into(), "a\0".into())]);
-    assert!(matches!(
-        store
-            .write_provisional(&[RowChange::Upsert(speed_row(&nul_dims, 0, 1))], &progress("hostile", epoch, 2, 2))
-            .await,
-        Err(Error::InvalidInput { .. })
-    ));
+    // a NUL in a dimension value is escaped by the canonical encoding (`%00`, core f78742e): stored and read
+    // back verbatim
+    let got = store
+        .write_provisional(&[RowChange::Upsert(speed_row(&nul_dims, 0, 1))], &progress("hostile", epoch, 2, 2))
+        .await;
+    assert!(matches!(got, Ok(WriteOutcome::Committed(_))), "{got:?}");
+    assert!(read_all(store).await.contains(&speed_row(&nul_dims, 0, 1)));
     // identifiers that end up in names or paths are validated
     for bad in ["", "p'; DROP TABLE progress; --", "a/b", "a b", "ü"] {
         assert!(matches!(store.claim_writer(bad).await, Err(Error::InvalidInput { .. })), "{bad:?}");
         assert!(matches!(store.corrections_applied(bad).await, Err(Error::InvalidInput { .. })), "{bad:?}");
     }
-    // nothing above was executed as SQL: all rows are still there
-    assert_eq!(read_all(store).await.len(), nasty.len());
-    assert_eq!(store.load_progress("hostile").await.unwrap(), Some(progress("hostile", epoch, 1, 1)));
+    // nothing above was executed as SQL: all rows are still there (plus the NUL-dimension row)
+    assert_eq!(read_all(store).await.len(), nasty.len() + 1);
+    assert_eq!(store.load_progress("hostile").await.unwrap(), Some(progress("hostile", epoch, 2, 2)));
 }
 
 /// One operation of the race, as planned.
@@ -687,4 +688,86 @@ pub async fn extreme_watermarks_round_trip<S: ServingStore>(store: &S) {
     let rows = store.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap();
     let origins: Vec<_> = rows.iter().map(|r| r.origin.clone()).collect();
     assert_eq!(origins, vec![early.origin, last.origin]);
+}
+
+/// The emission log: every speed firing of a committed write is recorded with it (even one precedence
+/// refused), visible exactly when the write is; a replay and a fenced write record nothing.
+pub async fn emissions_are_logged_with_the_write<S: ServingStore>(store: &S) {
+    let read = || store.read_emissions(&MetricFilter::All, EventTime::UNIX_EPOCH, t(10_000_000));
+    let epoch = store.claim_writer("emit").await.unwrap().writer_epoch;
+    let (k1, k2) = (key("views", 3, "/a"), key("views", 3, "/b"));
+    assert!(read().await.unwrap().is_empty());
+    // one write carrying the on-time firing and a later one of the same key (only the later stays a row)
+    let mut late = speed_row(&k1, 1, 8);
+    late.origin = Origin::Speed { revision: 1, pane: Pane::Late, watermark: t(400) };
+    late.computed_at = t(1_001);
+    let mut delta = speed_row(&k2, 2, 1);
+    delta.origin = Origin::Speed { revision: 2, pane: Pane::Late, watermark: t(401) };
+    let changes = [
+        RowChange::Upsert(speed_row(&k1, 0, 5)),
+        RowChange::Upsert(late.clone()),
+        RowChange::Upsert(speed_row(&k2, 0, 7)),
+        RowChange::Delta(delta.clone()),
+        RowChange::Retract { key: key("views", 4, "/c"), revision: 0 },
+    ];
+    let p1 = progress("emit", epoch, 1, 10);
+    let WriteOutcome::Committed(stats) = store.write_provisional(&changes, &p1).await.unwrap() else { panic!() };
+    assert_eq!(stats.applied, 4, "emission records are not counted as applied changes");
+    let got = read().await.unwrap();
+    let summary: Vec<(String, u32, Pane, bool, u64, i64)> = got
+        .iter()
+        .map(|e| {
+            let n = match e.values.get("n") {
+                Some(AggValue::Int(n)) => *n,
+                other => panic!("{other:?}"),
+            };
+            (e.key.dims.encode(), e.revision, e.pane, e.delta, e.writer_epoch, n)
+        })
+        .collect();
+    let (a, b) = (k1.dims.encode(), k2.dims.encode());
+    assert_eq!(
+        summary,
+        vec![
+            (a.clone(), 0, Pane::OnTime, false, epoch, 5),
+            (a.clone(), 1, Pane::Late, false, epoch, 8),
+            (b.clone(), 0, Pane::OnTime, false, epoch, 7),
+            (b.clone(), 2, Pane::Late, true, epoch, 1),
+        ]
+    );
+    assert_eq!(got[0].emitted_at, t(1_000));
+    assert_eq!(got[1].emitted_at, t(1_001));
+    assert_eq!(got[1].watermark, t(400));
+    assert_eq!(got[0].events, 5);
+
+    // a replay of the same write records nothing
+    assert_eq!(store.write_provisional(&changes, &p1).await.unwrap(), WriteOutcome::AlreadyCommitted);
+    assert_eq!(read().await.unwrap(), got);
+
+    // a fenced writer records nothing
+    let new = store.claim_writer("emit").await.unwrap().writer_epoch;
+    let err = store
+        .write_provisional(&[RowChange::Upsert(speed_row(&k1, 7, 70))], &progress("emit", epoch, 2, 20))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Fenced { .. }), "{err}");
+    assert_eq!(read().await.unwrap(), got);
+
+    // the new writer re-fires revision 1 of k1 (a restart): the first record is kept; revision 2 is new
+    let mut refire = late.clone();
+    refire.computed_at = t(5_000);
+    let mut rev2 = speed_row(&k1, 2, 9);
+    rev2.computed_at = t(5_001);
+    store
+        .write_provisional(&[RowChange::Upsert(refire), RowChange::Upsert(rev2)], &progress("emit", new, 1, 30))
+        .await
+        .unwrap();
+    let after = read().await.unwrap();
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[1], got[1], "the first record of a revision is kept");
+    assert_eq!((after[2].revision, after[2].writer_epoch, after[2].emitted_at), (2, new, t(5_001)));
+    // range and metric filters
+    let only = store.read_emissions(&MetricFilter::one("other"), EventTime::UNIX_EPOCH, t(10_000_000)).await.unwrap();
+    assert!(only.is_empty());
+    let none = store.read_emissions(&MetricFilter::All, t(4 * 60), t(10_000_000)).await.unwrap();
+    assert!(none.is_empty());
 }

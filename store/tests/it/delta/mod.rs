@@ -69,8 +69,10 @@ async fn noop_merge_still_commits_progress() {
     let rows = [RowChange::Upsert(common::speed_row(&k, 3, 3))];
     store.write_provisional(&rows, &common::progress("noop", epoch, 1, 1)).await.unwrap();
     let markers = store.stats().marker_commits.load(Ordering::Relaxed);
-    // same rows (refused by precedence), new progress
-    let out = store.write_provisional(&rows, &common::progress("noop", epoch, 2, 2)).await.unwrap();
+    // a change refused by precedence (a retraction of an older revision: no firing, so no emission
+    // record either), new progress
+    let refused = [RowChange::Retract { key: k.clone(), revision: 1 }];
+    let out = store.write_provisional(&refused, &common::progress("noop", epoch, 2, 2)).await.unwrap();
     assert!(matches!(out, WriteOutcome::Committed(s) if s.applied == 0), "{out:?}");
     assert_eq!(store.stats().marker_commits.load(Ordering::Relaxed), markers + 1);
     assert_eq!(store.load_progress("noop").await.unwrap(), Some(common::progress("noop", epoch, 2, 2)));
@@ -187,4 +189,82 @@ async fn open_by_spec_location_and_init() {
 async fn extreme_watermarks_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     common::extreme_watermarks_round_trip(&open(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn emissions_are_logged_with_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    common::emissions_are_logged_with_the_write(&open(dir.path()).await).await;
+}
+
+/// The batch view: one commit replaces a run's range; reads prune by metric and range and sort by key;
+/// run manifests beside the table are listed by epoch.
+#[tokio::test]
+async fn batch_view_replaces_ranges_and_reads_them_back() {
+    use tidemark_core::{EventTime, Origin};
+    use tidemark_store::{BatchView, MetricFilter, batch_view};
+
+    let dir = tempfile::tempdir().unwrap();
+    let view = BatchView::open(&format!("file://{}", dir.path().join("view").display())).unwrap();
+    // nothing written yet: no rows, no runs
+    assert!(view.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap().is_empty());
+    assert!(view.runs().await.unwrap().is_empty());
+    let rows = |epoch: i64, n: i64| {
+        let mut out: Vec<_> = [("views", 1, "/b"), ("views", 1, "/a"), ("views", 3, "/a"), ("clicks", 2, "/a")]
+            .iter()
+            .map(|(m, minute, page)| common::batch_row(&common::key(m, *minute, page), epoch, n))
+            .collect();
+        out.iter_mut().for_each(|r| r.origin = Origin::Batch { run_id: format!("run-{epoch}"), epoch });
+        out
+    };
+    let metrics = vec!["views".to_owned(), "clicks".to_owned()];
+    let first = rows(1, 10);
+    let batch = batch_view::to_record_batch(&first).unwrap();
+    let c1 = view.replace_range(&metrics, common::t(0), common::t(600), vec![batch], vec![]).await.unwrap();
+    let all = view.read_range(&MetricFilter::All, common::t(0), common::t(600)).await.unwrap();
+    let order: Vec<(String, i64, String)> = all
+        .iter()
+        .map(|r| (r.key.metric.clone(), r.key.window.start().as_micros() / 60_000_000, r.key.dims.encode()))
+        .collect();
+    let (a, b) = (common::key("views", 1, "/a").dims.encode(), common::key("views", 1, "/b").dims.encode());
+    assert_eq!(
+        order,
+        vec![
+            ("clicks".into(), 2, a.clone()),
+            ("views".into(), 1, a.clone()),
+            ("views".into(), 1, b),
+            ("views".into(), 3, a)
+        ]
+    );
+    assert!(all.iter().all(|r| first.contains(r)), "rows read back equal");
+    // metric and window-start filters
+    let views = view.read_range(&MetricFilter::one("views"), common::t(60), common::t(120)).await.unwrap();
+    assert_eq!(views.len(), 2);
+    // a second run over [0, 150) replaces only the windows overlapping it, in one new commit
+    let second: Vec<_> = rows(2, 20).into_iter().filter(|r| r.key.window.start() < common::t(150)).collect();
+    let batch = batch_view::to_record_batch(&second).unwrap();
+    let c2 = view.replace_range(&metrics, common::t(0), common::t(150), vec![batch], vec![]).await.unwrap();
+    assert_eq!(c2.version, c1.version + 1);
+    let after = view.read_range(&MetricFilter::All, common::t(0), common::t(600)).await.unwrap();
+    let epochs: Vec<i64> = after
+        .iter()
+        .map(|r| match r.origin {
+            Origin::Batch { epoch, .. } => epoch,
+            Origin::Speed { .. } => panic!("speed row"),
+        })
+        .collect();
+    assert_eq!(epochs, vec![2, 2, 2, 1], "only views@3m (outside [0, 150)) is kept from run 1");
+    // manifests
+    let manifest = |id: &str, epoch: i64| {
+        serde_json::to_vec(&serde_json::json!({
+            "run_id": id, "epoch": epoch, "dry_run": false, "from": common::t(0), "to": common::t(150),
+            "view_version": 1, "other": "fields are ignored"
+        }))
+        .unwrap()
+    };
+    view.put_beside("_tidemark_runs/run-2.json", manifest("run-2", 2)).await.unwrap();
+    view.put_beside("_tidemark_runs/run-1.json", manifest("run-1", 1)).await.unwrap();
+    let runs = view.runs().await.unwrap();
+    assert_eq!(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), vec!["run-1", "run-2"]);
+    assert_eq!((runs[1].from, runs[1].to, runs[1].view_version), (common::t(0), common::t(150), Some(1)));
 }

@@ -1,0 +1,339 @@
+//! The batch view: a Delta table of batch rows (the truth the reconciler compares against), partitioned by
+//! `metric` and `date`. The batch layer writes it ([`BatchView::replace_range`]); the reconciler reads it
+//! ([`BatchView::read_range`]). This module is the one definition of its schema.
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `metric` | string (partition) | metric name |
+//! | `date` | string `YYYY-MM-DD` (partition) | UTC date of `window_start` |
+//! | `window_start` | timestamp µs UTC | window start (inclusive) |
+//! | `window_end` | timestamp µs UTC | window end (exclusive) |
+//! | `dims` | string | canonical dimension key (`tidemark_core::Dimensions::encode`) |
+//! | `values` | string | JSON object: aggregate name -> value (integers stay integers; read with [`parse_values`]) |
+//! | `events` | int64 | events in the row |
+//! | `run_id` | string | the batch run that wrote the row |
+//! | `epoch` | int64 | the run's epoch (later runs have larger epochs) |
+//! | `computed_at` | timestamp µs UTC | when the run computed the row |
+//!
+//! [`BatchView::replace_range`] is atomic: one Delta commit removes every row of the run's metrics whose
+//! window overlaps `[from, to)` and adds the run's rows (`replaceWhere`), so a reader sees all of a run or
+//! none of it. Run manifests are kept beside the table under [`MANIFEST_DIR`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema as ArrowSchema, TimeUnit as ArrowTimeUnit};
+use deltalake::datafusion::prelude::{Expr, col, lit};
+use deltalake::datafusion::scalar::ScalarValue;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+use tidemark_core::{AggValue, Dimensions, EventTime, MetricRow, Origin, RowKey, Window};
+use url::Url;
+
+use crate::delta::{longs, scan_table, strings, times};
+use crate::error::{Error, Result};
+use crate::model::MetricFilter;
+
+/// Partition column: metric name.
+pub const METRIC: &str = "metric";
+/// Partition column: UTC date of the window start.
+pub const DATE: &str = "date";
+/// Folder under the batch view's root that holds run manifests (`<run_id>.json`).
+pub const MANIFEST_DIR: &str = "_tidemark_runs";
+
+const UTC: &str = "UTC";
+
+/// The Arrow schema of the batch view (partition columns included).
+pub fn arrow_schema() -> Arc<ArrowSchema> {
+    let ts = ArrowType::Timestamp(ArrowTimeUnit::Microsecond, Some(UTC.into()));
+    Arc::new(ArrowSchema::new(vec![
+        Field::new(METRIC, ArrowType::Utf8, false),
+        Field::new(DATE, ArrowType::Utf8, false),
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts.clone(), false),
+        Field::new("dims", ArrowType::Utf8, false),
+        Field::new("values", ArrowType::Utf8, false),
+        Field::new("events", ArrowType::Int64, false),
+        Field::new("run_id", ArrowType::Utf8, false),
+        Field::new("epoch", ArrowType::Int64, false),
+        Field::new("computed_at", ts, false),
+    ]))
+}
+
+/// UTC date `YYYY-MM-DD` of a time (the `date` partition value).
+pub fn date_of(t: EventTime) -> String {
+    chrono::DateTime::from_timestamp_micros(t.as_micros()).map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+/// The rows (batch origin) as one Arrow batch of [`arrow_schema`].
+pub fn to_record_batch(rows: &[MetricRow]) -> Result<RecordBatch> {
+    let mut run_ids = Vec::with_capacity(rows.len());
+    let mut epochs = Vec::with_capacity(rows.len());
+    for r in rows {
+        match &r.origin {
+            Origin::Batch { run_id, epoch } => {
+                run_ids.push(run_id.clone());
+                epochs.push(*epoch);
+            }
+            Origin::Speed { .. } => return Err(Error::invalid("batch view row", "a speed-layer row")),
+        }
+    }
+    let ts = |v: Vec<i64>| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from(v).with_timezone(UTC)) };
+    let values = rows
+        .iter()
+        .map(|r| serde_json::to_string(&r.values))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid("aggregate values", e.to_string()))?;
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.key.metric.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| date_of(r.key.window.start())))),
+        ts(rows.iter().map(|r| r.key.window.start().as_micros()).collect()),
+        ts(rows.iter().map(|r| r.key.window.end().as_micros()).collect()),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.key.dims.encode()))),
+        Arc::new(StringArray::from(values)),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| i64::try_from(r.events).unwrap_or(i64::MAX)))),
+        Arc::new(StringArray::from(run_ids)),
+        Arc::new(Int64Array::from(epochs)),
+        ts(rows.iter().map(|r| r.computed_at.as_micros()).collect()),
+    ];
+    RecordBatch::try_new(arrow_schema(), cols).map_err(|e| Error::Corrupt(format!("building a batch: {e}")))
+}
+
+fn ts_lit(t: EventTime) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(t.as_micros()), Some(UTC.into())))
+}
+
+/// The rows a run over `[from, to)` of `metrics` replaces: those whose window overlaps the range.
+pub fn replace_predicate(metrics: &[String], from: EventTime, to: EventTime) -> Expr {
+    let names = metrics.iter().map(|m| lit(m.as_str())).collect();
+    col(METRIC).in_list(names, false).and(col("window_end").gt(ts_lit(from))).and(col("window_start").lt(ts_lit(to)))
+}
+
+/// Parses the `values` column: a flat JSON object of aggregate names (identifiers) to numbers or null.
+/// Numbers are parsed with Rust's correctly rounded `f64` parser, so every float written (shortest
+/// round-trip form) reads back bit for bit; serde_json's default float parser can be off by one ulp.
+pub fn parse_values(text: &str) -> Option<BTreeMap<String, AggValue>> {
+    let body = text.trim().strip_prefix('{')?.strip_suffix('}')?.trim();
+    let mut out = BTreeMap::new();
+    if body.is_empty() {
+        return Some(out);
+    }
+    for pair in body.split(',') {
+        let (name, value) = pair.split_once(':')?;
+        let name = name.trim().strip_prefix('"')?.strip_suffix('"')?;
+        let value = value.trim();
+        let v = if value == "null" {
+            AggValue::Null
+        } else if value.contains(['.', 'e', 'E']) {
+            AggValue::Float(value.parse().ok()?)
+        } else {
+            AggValue::Int(value.parse().ok()?)
+        };
+        out.insert(name.to_owned(), v);
+    }
+    Some(out)
+}
+
+/// What a replace committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewCommit {
+    /// The table version the commit created.
+    pub version: i64,
+}
+
+/// A batch run as recorded by its manifest (the fields the reconciler needs; the manifest holds more).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    /// Run id.
+    pub run_id: String,
+    /// The epoch of its rows.
+    pub epoch: i64,
+    /// Whether it was a dry run (nothing written).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Range start.
+    pub from: EventTime,
+    /// Range end (exclusive).
+    pub to: EventTime,
+    /// The view version its commit created.
+    #[serde(default)]
+    pub view_version: Option<i64>,
+}
+
+/// The batch view at a URL (`file://`, `s3://`, `memory://`, or an absolute path).
+#[derive(Debug, Clone)]
+pub struct BatchView {
+    url: String,
+    table_url: Url,
+}
+
+impl BatchView {
+    /// The view at `url` (the spec's `stores.batch_view`). Nothing is created until the first write.
+    pub fn open(url: &str) -> Result<Self> {
+        let table_url = if url.starts_with('/') {
+            Url::from_directory_path(url).map_err(|()| Error::invalid("batch view url", format!("{url:?}")))?
+        } else {
+            crate::delta::parse_base(url)?
+        };
+        Ok(BatchView { url: url.to_owned(), table_url })
+    }
+
+    /// The URL as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn table(&self) -> Result<DeltaTable> {
+        crate::delta::ensure_local_dir(&self.table_url).await?;
+        crate::delta::open_table(&self.table_url, &Default::default()).await
+    }
+
+    /// Replaces, in one commit, the rows of `metrics` whose window overlaps `[from, to)` with `batches` (of
+    /// [`arrow_schema`]; every row must be of those metrics and overlap the range: Delta refuses the commit
+    /// otherwise). `commit_metadata` is recorded in the commit info.
+    pub async fn replace_range(
+        &self,
+        metrics: &[String],
+        from: EventTime,
+        to: EventTime,
+        batches: Vec<RecordBatch>,
+        commit_metadata: Vec<(String, serde_json::Value)>,
+    ) -> Result<ViewCommit> {
+        let table = self.table().await?;
+        let batches = if batches.is_empty() { vec![RecordBatch::new_empty(arrow_schema())] } else { batches };
+        let table = table
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(replace_predicate(metrics, from, to))
+            .with_partition_columns([METRIC, DATE])
+            .with_commit_properties(CommitProperties::default().with_metadata(commit_metadata))
+            .await
+            .map_err(Error::delta(&self.url, "replacing a range"))?;
+        let version = table.version().and_then(|v| i64::try_from(v).ok()).unwrap_or(-1);
+        Ok(ViewCommit { version })
+    }
+
+    /// Writes `bytes` to `relative` under the table root (e.g. a run manifest).
+    pub async fn put_beside(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
+        let table = self.table().await?;
+        table
+            .object_store()
+            .put(&deltalake::Path::from(relative), bytes.into())
+            .await
+            .map_err(|source| Error::ObjectStore { url: format!("{}/{relative}", self.url), source })?;
+        Ok(())
+    }
+
+    /// The manifests of every run recorded beside the view (unreadable manifests are skipped), by epoch.
+    pub async fn runs(&self) -> Result<Vec<RunManifest>> {
+        let table = self.table().await?;
+        let store = table.object_store();
+        let prefix = deltalake::Path::from(MANIFEST_DIR);
+        let metas: Vec<_> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
+        let mut out = Vec::new();
+        for m in metas {
+            let bytes = store
+                .get(&m.location)
+                .await
+                .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?
+                .bytes()
+                .await
+                .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
+            if let Ok(run) = serde_json::from_slice::<RunManifest>(&bytes) {
+                out.push(run);
+            }
+        }
+        out.sort_by(|a, b| (a.epoch, &a.run_id).cmp(&(b.epoch, &b.run_id)));
+        Ok(out)
+    }
+
+    /// Rows of `metrics` whose window starts in `[from, to)` (pruned by the metric and date partitions),
+    /// sorted like [`crate::ServingStore::read_range`]: metric, window start, window end, canonical
+    /// dimension string (bytewise). A view that does not exist yet has no rows.
+    pub async fn read_range(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>> {
+        let table = self.table().await?;
+        let mut filter = col("window_start").gt_eq(ts_lit(from)).and(col("window_start").lt(ts_lit(to)));
+        let (d0, d1) = (date_of(from), date_of(to));
+        if d0.len() == 10 && d1.len() == 10 {
+            filter = filter.and(col(DATE).gt_eq(lit(d0))).and(col(DATE).lt_eq(lit(d1)));
+        }
+        if let MetricFilter::Only(m) = metrics {
+            filter = filter.and(col(METRIC).in_list(m.iter().map(|x| lit(x.as_str())).collect(), false));
+        }
+        let batches = scan_table(&table, filter).await?;
+        let mut rows = Vec::new();
+        for b in &batches {
+            let (metric, dims, values, run_ids) =
+                (strings(b, METRIC)?, strings(b, "dims")?, strings(b, "values")?, strings(b, "run_id")?);
+            let (starts, ends, computed) =
+                (times(b, "window_start")?, times(b, "window_end")?, times(b, "computed_at")?);
+            let (events, epochs) = (longs(b, "events")?, longs(b, "epoch")?);
+            for i in 0..b.num_rows() {
+                let bad = |what: &str| Error::Corrupt(format!("batch view {}: row with a bad {what}", self.url));
+                let t = EventTime::from_micros;
+                let window = t(starts.value(i))
+                    .zip(t(ends.value(i)))
+                    .and_then(|(s, e)| Window::new(s, e))
+                    .ok_or_else(|| bad("window"))?;
+                if !metrics.matches(metric.value(i)) {
+                    continue;
+                }
+                rows.push(MetricRow {
+                    key: RowKey {
+                        metric: metric.value(i).to_owned(),
+                        window,
+                        dims: Dimensions::decode(dims.value(i)).map_err(|_| bad("dims"))?,
+                    },
+                    values: parse_values(values.value(i)).ok_or_else(|| bad("values"))?,
+                    events: u64::try_from(events.value(i)).map_err(|_| bad("events"))?,
+                    origin: Origin::Batch { run_id: run_ids.value(i).to_owned(), epoch: epochs.value(i) },
+                    computed_at: t(computed.value(i)).ok_or_else(|| bad("computed_at"))?,
+                });
+            }
+        }
+        rows.sort_by(|a, b| {
+            (&a.key.metric, a.key.window.start(), a.key.window.end())
+                .cmp(&(&b.key.metric, b.key.window.start(), b.key.window.end()))
+                .then_with(|| a.key.dims.encode().cmp(&b.key.dims.encode()))
+        });
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_bit_for_bit() {
+        let values = BTreeMap::from([
+            ("a".to_owned(), AggValue::Int(i64::MAX)),
+            ("b".to_owned(), AggValue::Int(i64::MIN)),
+            ("c".to_owned(), AggValue::Float(0.1 + 0.2)),
+            ("d".to_owned(), AggValue::Float(-0.0)),
+            ("e".to_owned(), AggValue::Float(1e300)),
+            ("f".to_owned(), AggValue::Float(3.0)),
+            ("g".to_owned(), AggValue::Float(2006.7297297297296)),
+            ("h".to_owned(), AggValue::Null),
+        ]);
+        let text = serde_json::to_string(&values).expect("json");
+        let back = parse_values(&text).expect("parses");
+        assert_eq!(back, values);
+        for (k, v) in &back {
+            if let (AggValue::Float(x), AggValue::Float(y)) = (v, values[k]) {
+                assert_eq!(x.to_bits(), y.to_bits(), "{k}");
+            }
+        }
+        assert_eq!(parse_values("{}"), Some(BTreeMap::new()));
+        assert_eq!(parse_values("[1]"), None);
+    }
+}
