@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema};
+use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::functions_aggregate::expr_fn::max;
-use deltalake::datafusion::prelude::{col, lit};
+use deltalake::datafusion::prelude::{Expr, col, lit};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{DataType, StructField, Transaction};
 use deltalake::protocol::SaveMode;
@@ -436,12 +437,24 @@ impl RawArchive {
     /// Every archived row of the latest version, sorted by source coordinates. Reads the whole table: for
     /// tests, checks and small tables.
     pub async fn read_all(&self) -> Result<Vec<ArchiveRow>> {
+        self.read_where(lit(true)).await
+    }
+
+    /// The archived rows of the latest version whose event time is in `[from, to)`, sorted by source
+    /// coordinates. The filter is pushed into the Delta scan, where file statistics (min/max event time
+    /// per file) let it skip files wholly outside the range.
+    pub async fn read_event_time_range(&self, from: EventTime, to: EventTime) -> Result<Vec<ArchiveRow>> {
+        let ts = |t: EventTime| lit(ScalarValue::TimestampMicrosecond(Some(t.as_micros()), Some("UTC".into())));
+        self.read_where(col(EVENT_TIME).gt_eq(ts(from)).and(col(EVENT_TIME).lt(ts(to)))).await
+    }
+
+    async fn read_where(&self, filter: Expr) -> Result<Vec<ArchiveRow>> {
         let table = {
             let mut state = self.state.lock().await;
             self.reload(&mut state).await?;
             state.table.clone()
         };
-        let batches = scan_table(&table, lit(true)).await?;
+        let batches = scan_table(&table, filter).await?;
         let mut out = Vec::new();
         let corrupt = |w: &str| Error::Corrupt(format!("raw archive column {w} is out of range"));
         for b in &batches {
