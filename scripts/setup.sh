@@ -3,6 +3,7 @@
 # - C toolchain for librdkafka (rdkafka builds it from source with make), zlib headers and OpenSSL headers
 #   (librdkafka's TLS and SASL SCRAM link the system OpenSSL); the openssl command makes test certificates
 # - PostgreSQL server binaries (tests start throwaway servers from them as the `postgres` user)
+# - Chromium (the HTML-report test renders the report headless and screenshots it)
 # - the tansu Kafka-protocol broker with in-memory storage (Kafka source tests start it on 127.0.0.1);
 #   TIDEMARK_TANSU points the tests at another binary
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 command -v openssl >/dev/null || need_apt+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v chromium >/dev/null || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

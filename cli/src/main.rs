@@ -2,6 +2,7 @@
 
 mod cmd;
 mod exit;
+mod pageviews;
 
 use clap::{Parser, Subcommand};
 
@@ -13,7 +14,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tidemark", version, propagate_version = true, arg_required_else_help = true)]
 #[command(after_help = "Exit codes: 0 ok, 2 invalid input (fix the spec or flags), 3 external failure \
-(broker, store, disk: retrying may help), 4 internal error (a bug: please report it).")]
+(broker, store, disk: retrying may help), 4 internal error (a bug: please report it), 5 contract breached \
+(`reconcile --fail-on-breach`).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +27,12 @@ enum Command {
     Batch(cmd::batch::Args),
     Store(cmd::store::Args),
     Stream(cmd::stream::Args),
+    Reconcile(cmd::reconcile::Args),
+    #[command(name = "gen")]
+    Gen(cmd::generate::Args),
+    Demo(cmd::demo::Args),
+    Lateness(cmd::lateness::Args),
+    Backfill(cmd::backfill::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +42,11 @@ fn main() -> std::process::ExitCode {
         Command::Batch(args) => cmd::batch::run(&args),
         Command::Store(args) => cmd::store::run(&args),
         Command::Stream(args) => cmd::stream::run(&args),
+        Command::Reconcile(args) => cmd::reconcile::run(&args),
+        Command::Gen(args) => cmd::generate::run(&args),
+        Command::Demo(args) => cmd::demo::run(&args),
+        Command::Lateness(args) => cmd::lateness::run(&args),
+        Command::Backfill(args) => cmd::backfill::run(&args),
     };
     match result {
         Ok(code) => code,

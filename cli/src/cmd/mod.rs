@@ -1,6 +1,11 @@
 //! One module per subcommand.
 
+pub mod backfill;
 pub mod batch;
+pub mod demo;
+pub mod generate;
+pub mod lateness;
+pub mod reconcile;
 pub mod store;
 pub mod stream;
 pub mod validate;
