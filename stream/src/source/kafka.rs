@@ -274,7 +274,7 @@ impl ClientContext for SourceContext {
             }
             RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{log_message}")
+                tracing::info!(target: "librdkafka", fac, "{log_message}");
             }
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
         }

@@ -100,7 +100,7 @@ fn write_events(path: &Path, cases: &[Case]) -> usize {
     // odd but valid: a page with a NUL character (escaped \u0000) must be aggregated and stored, not stop
     // the service (issue 8: the stores refused it and the service retried the flush forever)
     let good = |i: usize| {
-        let page = if i % 10 == 0 { r"/nul\u0000".to_owned() } else { format!("/p{}", i % 3) };
+        let page = if i.is_multiple_of(10) { r"/nul\u0000".to_owned() } else { format!("/p{}", i % 3) };
         format!(r#"{{"id":"good{i}","ts":"2026-11-23T05:{:02}:00Z","page":"{page}","ms":{i},"kb":0.25}}"#, i % 60)
     };
     let mut bytes = Vec::new();

@@ -3,4 +3,6 @@
 mod archive_to_batch;
 mod bad_input;
 mod dependency_rule;
+mod faults;
 mod hostile;
+mod scenarios;
