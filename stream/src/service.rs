@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tidemark_core::{EventSchema, EventTime, RowChange, ValidSpec};
+use tidemark_core::{Event, EventTime, RowChange, ValidSpec};
 use tidemark_store::{
     ArchiveRow, DeadLetter as StoredDeadLetter, DeadLetterStore, LateRecord, RawArchive, ServingStore, SourceProgress,
     TopicPartition, WriteOutcome,
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::engine::{Engine, PartitionAccounts};
 use crate::error::Error;
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{FlushStep, Health, Metrics};
 use crate::output::{LateEvent, Output, Record};
 use crate::source::{Assignment, Offsets, Source};
 
@@ -117,7 +117,6 @@ pub struct RunSummary {
 pub struct Service<S> {
     pipeline: String,
     engine: Engine,
-    schema: EventSchema,
     source: S,
     sinks: Sinks,
     clock: Arc<dyn Clock>,
@@ -150,7 +149,10 @@ struct Flush {
     late: Vec<LateRecord>,
     archive: Vec<ArchiveRow>,
     bytes: usize,
+    /// When the flush began (before the checkpoint).
     started: Instant,
+    /// When it was handed to the commit task.
+    prepared: Instant,
     offsets: Offsets,
 }
 
@@ -200,7 +202,6 @@ impl<S: Source> Service<S> {
         metrics.observe_accounts(engine.accounts());
         Ok(Service {
             pipeline,
-            schema: spec.schema().clone(),
             engine,
             source,
             sinks,
@@ -300,16 +301,22 @@ impl<S: Source> Service<S> {
             for a in &polled.assignments {
                 self.on_assignment(a, now, &mut out)?;
             }
-            for r in &buf {
-                self.engine.process(r, now, &mut out);
-                if let Some(row) = self.archive_row(r) {
+            let bytes = self.advance_positions(&buf);
+            pending_bytes += bytes;
+            in_flight_bytes += bytes;
+            pending_records += buf.len();
+            let archiving = self.sinks.archive.is_some();
+            for r in buf.drain(..) {
+                // One decode serves the engine and the archive row; the record's payload and coordinates
+                // move into the row.
+                let decoded = self.engine.process(&r, now, &mut out);
+                if archiving
+                    && let Some(event) = decoded
+                    && let Some(row) = archive_row(event, r)
+                {
                     archive_rows.push(row);
                 }
-                self.positions.insert((r.coords.source.clone(), r.coords.partition), r.coords.offset + 1);
-                pending_bytes += r.payload.len();
-                in_flight_bytes += r.payload.len();
             }
-            pending_records += buf.len();
             if polled.end {
                 ended = true;
                 if self.config.finish_at_end {
@@ -350,17 +357,33 @@ impl<S: Source> Service<S> {
         Ok(())
     }
 
-    /// The archive row of a record that decodes (records that do not are dead letters, not archived).
-    fn archive_row(&self, r: &Record) -> Option<ArchiveRow> {
-        self.sinks.archive.as_ref()?;
-        let event = self.schema.decode(&r.payload, r.received_at).ok()?;
-        Some(ArchiveRow {
-            event_id: event.id.into(),
-            event_time: event.time,
-            ingest_time: r.received_at,
-            coords: r.coords.clone(),
-            payload: String::from_utf8(r.payload.clone()).ok()?,
-        })
+    /// Moves each partition's consumed position past the last of `records` from it (one lookup per
+    /// partition run, no allocation unless a partition is new); returns the records' payload bytes.
+    fn advance_positions(&mut self, records: &[Record]) -> usize {
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < records.len() {
+            let c = &records[i].coords;
+            // The run of consecutive records from the same partition (a fetch delivers them together).
+            let mut last = i;
+            bytes += records[i].payload.len();
+            while last + 1 < records.len()
+                && records[last + 1].coords.partition == c.partition
+                && records[last + 1].coords.source == c.source
+            {
+                last += 1;
+                bytes += records[last].payload.len();
+            }
+            let next = records[last].coords.offset + 1;
+            match self.positions.iter_mut().find(|((t, p), _)| *p == c.partition && *t == c.source) {
+                Some((_, o)) => *o = next,
+                None => {
+                    self.positions.insert((c.source.clone(), c.partition), next);
+                }
+            }
+            i = last + 1;
+        }
+        bytes
     }
 
     /// Takes everything pending into a [`Flush`], with a checkpoint of the engine as it is now (so the
@@ -371,7 +394,10 @@ impl<S: Source> Service<S> {
         archive_rows: &mut Vec<ArchiveRow>,
         bytes: usize,
     ) -> Result<Flush, Error> {
+        let started = Instant::now();
         let checkpoint = self.engine.checkpoint()?;
+        self.metrics.observe_step(FlushStep::Checkpoint, started.elapsed());
+        let prepare = Instant::now();
         self.metrics.checkpoint_bytes.set(i64::try_from(checkpoint.len()).unwrap_or(i64::MAX));
         self.metrics.live_rows.set(i64::try_from(self.engine.live_rows()).unwrap_or(i64::MAX));
         self.metrics.remembered_events.set(i64::try_from(self.engine.remembered_events()).unwrap_or(i64::MAX));
@@ -401,16 +427,19 @@ impl<S: Source> Service<S> {
                 )
             })
             .collect();
-        Ok(Flush {
+        let flush = Flush {
             changes: std::mem::take(&mut out.changes),
             progress,
             dead_letters,
             late: late_records(out.late.drain(..)),
             archive: std::mem::take(archive_rows),
             bytes,
-            started: Instant::now(),
+            started,
+            prepared: Instant::now(),
             offsets: self.positions.clone(),
-        })
+        };
+        self.metrics.observe_step(FlushStep::Prepare, prepare.elapsed());
+        Ok(flush)
     }
 
     fn after_commit(&mut self, done: &Flushed) -> Result<(), Error> {
@@ -430,6 +459,19 @@ impl<S: Source> Service<S> {
         }
         Ok(())
     }
+}
+
+/// The archive row of a record that decoded to `event` (records that do not decode are dead letters, not
+/// archived). Takes the record's payload and coordinates instead of copying them.
+fn archive_row(event: Event, r: Record) -> Option<ArchiveRow> {
+    Some(ArchiveRow {
+        event_id: event.id.into_string(),
+        event_time: event.time,
+        ingest_time: r.received_at,
+        coords: r.coords,
+        // It decoded, so it is UTF-8; the check cannot fail and does not copy.
+        payload: String::from_utf8(r.payload).ok()?,
+    })
 }
 
 /// Groups late-ledger entries by event (one ledger record per event, listing every window it missed).
@@ -463,10 +505,11 @@ fn late_records(entries: impl Iterator<Item = LateEvent>) -> Vec<LateRecord> {
 /// Commits one flush: archive, dead letters and late ledger first (idempotent by coordinates), then the
 /// rows with the offsets and checkpoint in one atomic write. Retries with backoff; a fenced writer stops.
 async fn commit(flush: Flush, sinks: Sinks, config: ServiceConfig, metrics: Arc<Metrics>) -> Result<Flushed, Error> {
+    metrics.observe_step(FlushStep::Spawn, flush.prepared.elapsed());
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match commit_once(&flush, &sinks).await {
+        match commit_once(&flush, &sinks, &metrics).await {
             Ok((rows, archived)) => {
                 if attempt > 1 {
                     metrics.set_health(Health::Running);
@@ -490,22 +533,30 @@ async fn commit(flush: Flush, sinks: Sinks, config: ServiceConfig, metrics: Arc<
     }
 }
 
-async fn commit_once(flush: &Flush, sinks: &Sinks) -> Result<(u64, u64), Error> {
+async fn commit_once(flush: &Flush, sinks: &Sinks, metrics: &Metrics) -> Result<(u64, u64), Error> {
     let mut archived = 0;
     if let Some(archive) = &sinks.archive
         && !flush.archive.is_empty()
     {
+        let t = Instant::now();
         archived = archive.append(&flush.archive).await?.written as u64;
+        metrics.observe_step(FlushStep::Archive, t.elapsed());
     }
-    if !flush.dead_letters.is_empty() {
-        sinks.dead_letters.append(&flush.dead_letters).await?;
+    if !flush.dead_letters.is_empty() || !flush.late.is_empty() {
+        let t = Instant::now();
+        if !flush.dead_letters.is_empty() {
+            sinks.dead_letters.append(&flush.dead_letters).await?;
+        }
+        if !flush.late.is_empty() {
+            sinks.dead_letters.append_late(&flush.late).await?;
+        }
+        metrics.observe_step(FlushStep::DeadLetters, t.elapsed());
     }
-    if !flush.late.is_empty() {
-        sinks.dead_letters.append_late(&flush.late).await?;
-    }
+    let t = Instant::now();
     let rows = match sinks.store.write_provisional(&flush.changes, &flush.progress).await? {
         WriteOutcome::Committed(stats) => stats.applied,
         WriteOutcome::AlreadyCommitted => 0,
     };
+    metrics.observe_step(FlushStep::Rows, t.elapsed());
     Ok((rows, archived))
 }
