@@ -149,7 +149,11 @@ fn print_steps(kind: &str, metrics: &Metrics) {
             )
         })
         .collect();
-    println!("{kind:9}   {flushes} flushes, mean/max per step: {}", steps.join(", "));
+    println!(
+        "{kind:9}   {flushes} flushes (last checkpoint {:.1} MB), mean/max per step: {}",
+        metrics.checkpoint_bytes.get() as f64 / 1e6,
+        steps.join(", ")
+    );
 }
 
 /// Starts the service, produces, and watches the store's committed progress until it covers everything.
