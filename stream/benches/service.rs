@@ -24,7 +24,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidemark_core::{PipelineSpec, ValidSpec};
 use tidemark_store::{DeadLetterStore, RawArchive, ServingStore};
-use tidemark_stream::metrics::Metrics;
+use tidemark_stream::metrics::{FlushStep, Metrics};
 use tidemark_stream::source::kafka::KafkaConfig;
 use tidemark_stream::testing::Broker;
 use tidemark_stream::{Service, ServiceConfig, Sinks, SystemClock};
@@ -128,6 +128,32 @@ struct Run {
     events: u64,
     secs: f64,
     latencies_ms: Vec<f64>,
+    metrics: Arc<Metrics>,
+}
+
+/// One line per flush step: runs, mean and max milliseconds, share of the flushes' summed time.
+fn print_steps(kind: &str, metrics: &Metrics) {
+    let totals = metrics.step_totals();
+    let flushes = totals.get(&FlushStep::Rows).map_or(0, |t| t.count);
+    let all: f64 = totals.values().map(|t| t.seconds).sum();
+    let steps: Vec<String> = FlushStep::ALL
+        .iter()
+        .filter_map(|s| totals.get(s).map(|t| (s, t)))
+        .map(|(s, t)| {
+            format!(
+                "{} {:.1}/{:.0} ms ({:.0}%)",
+                s.name(),
+                t.seconds * 1e3 / t.count as f64,
+                t.max_seconds * 1e3,
+                100.0 * t.seconds / all
+            )
+        })
+        .collect();
+    println!(
+        "{kind:9}   {flushes} flushes (last checkpoint {:.1} MB), mean/max per step: {}",
+        metrics.checkpoint_bytes.get() as f64 / 1e6,
+        steps.join(", ")
+    );
 }
 
 /// Starts the service, produces, and watches the store's committed progress until it covers everything.
@@ -155,8 +181,8 @@ async fn run(broker: &Broker, store_kind: &str, topic: &str, count: u64, rate: u
     let config = ServiceConfig { flush_interval: Duration::from_millis(250), ..ServiceConfig::default() };
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let service =
-        Service::start(&spec, source, sinks, Arc::new(SystemClock), config, Arc::new(Metrics::new())).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let service = Service::start(&spec, source, sinks, Arc::new(SystemClock), config, metrics.clone()).await.unwrap();
     let service = tokio::spawn(service.run(stop.clone()));
     let producer = (!backlog_first).then(|| {
         let (b, t, s) = (broker.bootstrap().to_owned(), topic.to_owned(), sent.clone());
@@ -196,7 +222,7 @@ async fn run(broker: &Broker, store_kind: &str, topic: &str, count: u64, rate: u
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     service.await.unwrap().unwrap();
-    Run { events: count, secs, latencies_ms }
+    Run { events: count, secs, latencies_ms, metrics }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -218,8 +244,9 @@ async fn main() {
             r.secs,
             r.events as f64 / r.secs
         );
+        print_steps(kind, &r.metrics);
         let r = run(&broker, kind, &format!("live{n}"), rate * secs, rate, false).await;
-        let mut l = r.latencies_ms;
+        let mut l = r.latencies_ms.clone();
         l.sort_by(f64::total_cmp);
         println!(
             "{kind:9} latency at {rate} events/s for {secs} s ({} events, {:.1} s): send→committed p50 {:.0} ms, \
@@ -230,5 +257,6 @@ async fn main() {
             percentile(&l, 0.99),
             l[l.len() - 1]
         );
+        print_steps(kind, &r.metrics);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tidemark_core::spec::TimePolicy;
-use tidemark_core::{CompiledMetric, EventSchema, EventTime, ValidSpec, WindowSpec};
+use tidemark_core::{CompiledMetric, Event, EventSchema, EventTime, ValidSpec, WindowSpec};
 
 use crate::output::{DeadLetter, Output, Record};
 use crate::state::{EventId, SeenIds};
@@ -153,8 +153,10 @@ impl Engine {
         self.advance(now, out);
     }
 
-    /// Consumes one record at processing time `now`.
-    pub fn process(&mut self, record: &Record, now: EventTime, out: &mut Output) {
+    /// Consumes one record at processing time `now`. Returns the decoded event (`None` when the record
+    /// went to the dead letters), so a caller that also needs its fields (the raw archive) does not
+    /// decode the payload a second time.
+    pub fn process(&mut self, record: &Record, now: EventTime, out: &mut Output) -> Option<Event> {
         let now = self.tick(now);
         let p = record.coords.partition;
         self.watermarks.register(p, now);
@@ -162,7 +164,7 @@ impl Engine {
         *pos = (*pos).max(record.coords.offset + 1);
         let accounts = self.accounts.entry(p).or_default();
         accounts.consumed += 1;
-        match self.schema.decode(&record.payload, record.received_at) {
+        let decoded = match self.schema.decode(&record.payload, record.received_at) {
             Err(e) => {
                 accounts.dead_lettered += 1;
                 out.dead_letters.push(DeadLetter {
@@ -173,6 +175,7 @@ impl Engine {
                     detail: e.detail,
                     payload: record.payload.clone(),
                 });
+                None
             }
             Ok(event) => {
                 let t = event.time;
@@ -200,9 +203,11 @@ impl Engine {
                     accounts.duplicates_suppressed += 1;
                 }
                 self.watermarks.observe(p, t, now);
+                Some(event)
             }
-        }
+        };
         self.after(now, out);
+        decoded
     }
 
     /// A processing-time tick: re-evaluates idle partitions (which may advance the watermark and fire

@@ -22,6 +22,65 @@ pub struct PartitionLabel {
     pub partition: i32,
 }
 
+/// Label set of the flush-step series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    /// The step: one of [`FlushStep::name`].
+    pub step: &'static str,
+}
+
+/// The steps of one flush, timed separately (`tidemark_flush_step_seconds{step=...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FlushStep {
+    /// Serializing the engine checkpoint (on the service loop, while consuming is stopped).
+    Checkpoint,
+    /// Building the flush (offsets, dead letters, late ledger) on the service loop, checkpoint excluded.
+    Prepare,
+    /// Waiting from the flush's start until its commit task runs its first step.
+    Spawn,
+    /// The raw archive append.
+    Archive,
+    /// Dead letters and late-ledger entries.
+    DeadLetters,
+    /// The atomic `write_provisional` of rows, offsets and checkpoint.
+    Rows,
+}
+
+impl FlushStep {
+    /// Every step, in the order a flush runs them.
+    pub const ALL: [FlushStep; 6] = [
+        FlushStep::Checkpoint,
+        FlushStep::Prepare,
+        FlushStep::Spawn,
+        FlushStep::Archive,
+        FlushStep::DeadLetters,
+        FlushStep::Rows,
+    ];
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlushStep::Checkpoint => "checkpoint",
+            FlushStep::Prepare => "prepare",
+            FlushStep::Spawn => "spawn",
+            FlushStep::Archive => "archive",
+            FlushStep::DeadLetters => "dead_letters",
+            FlushStep::Rows => "rows",
+        }
+    }
+}
+
+/// Totals of one flush step since the metrics were created.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTotals {
+    /// Times the step ran.
+    pub count: u64,
+    /// Seconds spent in it, summed.
+    pub seconds: f64,
+    /// The longest single run, seconds.
+    pub max_seconds: f64,
+}
+
 /// Where the service is in its life, as `/healthz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -55,6 +114,8 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// Flushes committed.
     pub flushes: Counter,
+    flush_steps: Family<StepLabel, Histogram>,
+    step_totals: Mutex<BTreeMap<FlushStep, StepTotals>>,
     /// Row changes written to the serving store.
     pub rows_written: Counter,
     /// Events appended to the raw archive (not counting replays the archive skipped).
@@ -97,6 +158,8 @@ impl Metrics {
             watermark: Gauge::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             flushes: Counter::default(),
+            flush_steps: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            step_totals: Mutex::new(BTreeMap::new()),
             rows_written: Counter::default(),
             archived: Counter::default(),
             in_flight_bytes: Gauge::default(),
@@ -129,6 +192,7 @@ impl Metrics {
         registry.register("watermark_seconds", "Operator watermark, Unix seconds", m.watermark.clone());
         registry.register("flush_seconds", "Flush latency: start to commit", m.flush_seconds.clone());
         registry.register("flushes", "Flushes committed", m.flushes.clone());
+        registry.register("flush_step_seconds", "Time spent in each step of a flush", m.flush_steps.clone());
         registry.register("rows_written", "Row changes written to the serving store", m.rows_written.clone());
         registry.register("archived", "Events appended to the raw archive", m.archived.clone());
         registry.register("in_flight_bytes", "Consumed bytes not yet committed", m.in_flight_bytes.clone());
@@ -196,6 +260,22 @@ impl Metrics {
             0 => None,
             us => EventTime::from_micros(us),
         }
+    }
+
+    /// Records one run of a flush step.
+    pub fn observe_step(&self, step: FlushStep, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        self.flush_steps.get_or_create(&StepLabel { step: step.name() }).observe(secs);
+        let mut totals = self.step_totals.lock().expect("metrics lock");
+        let t = totals.entry(step).or_default();
+        t.count += 1;
+        t.seconds += secs;
+        t.max_seconds = t.max_seconds.max(secs);
+    }
+
+    /// Totals per flush step (steps that never ran are left out).
+    pub fn step_totals(&self) -> BTreeMap<FlushStep, StepTotals> {
+        self.step_totals.lock().expect("metrics lock").clone()
     }
 
     /// Sets the health.

@@ -9,26 +9,34 @@
 //! same state, so they produce the same rows; what they had already appended to the archive and the
 //! dead-letter store before the crash is recognised by its coordinates and not written twice.
 //!
-//! Backpressure: at most one flush is in flight while the engine keeps consuming. Bytes of records not
-//! yet covered by a committed flush are counted; above [`ServiceConfig::max_in_flight_bytes`] the source
-//! is paused until the flush in flight commits.
+//! Pipelined flushes: up to [`ServiceConfig::max_flushes_in_flight`] flushes are in flight while the engine
+//! keeps consuming. Each runs in two stages, each stage strictly after the same stage of the previous
+//! flush: (1) archive, dead letters and late ledger, (2) the atomic rows + offsets + checkpoint write. So
+//! flush N+1 archives while flush N writes its rows, the archive sees offsets in order (it skips what it
+//! recorded, so an out-of-order append would lose rows), every flush's side outputs are durable before its
+//! offsets commit, and offsets commit in order. A failed flush fails the ones after it without writing.
+//!
+//! Backpressure: bytes of records not yet covered by a committed flush are counted; above
+//! [`ServiceConfig::max_in_flight_bytes`] the source is paused until the flushes in flight commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tidemark_core::{EventSchema, EventTime, RowChange, ValidSpec};
+use tidemark_core::{Event, EventTime, RowChange, ValidSpec};
 use tidemark_store::{
     ArchiveRow, DeadLetter as StoredDeadLetter, DeadLetterStore, LateRecord, RawArchive, ServingStore, SourceProgress,
     TopicPartition, WriteOutcome,
 };
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::engine::{Engine, PartitionAccounts};
 use crate::error::Error;
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{FlushStep, Health, Metrics};
 use crate::output::{LateEvent, Output, Record};
 use crate::source::{Assignment, Offsets, Source};
 
@@ -41,6 +49,9 @@ pub struct ServiceConfig {
     pub flush_rows: usize,
     /// Pause the source while this many bytes of consumed records are not yet committed.
     pub max_in_flight_bytes: usize,
+    /// Flushes committing at once (at least 1): with 2, the next flush archives while the previous one
+    /// writes its rows.
+    pub max_flushes_in_flight: usize,
     /// Records taken from the source per poll.
     pub poll_max: usize,
     /// Longest wait for records in one poll (bounds how late a due flush or a shutdown is noticed).
@@ -60,6 +71,7 @@ impl Default for ServiceConfig {
             flush_interval: Duration::from_millis(250),
             flush_rows: 20_000,
             max_in_flight_bytes: 64 << 20,
+            max_flushes_in_flight: 2,
             poll_max: 2_000,
             poll_wait: Duration::from_millis(20),
             finish_at_end: false,
@@ -117,7 +129,6 @@ pub struct RunSummary {
 pub struct Service<S> {
     pipeline: String,
     engine: Engine,
-    schema: EventSchema,
     source: S,
     sinks: Sinks,
     clock: Arc<dyn Clock>,
@@ -150,7 +161,10 @@ struct Flush {
     late: Vec<LateRecord>,
     archive: Vec<ArchiveRow>,
     bytes: usize,
+    /// When the flush began (before the checkpoint).
     started: Instant,
+    /// When it was handed to the commit task.
+    prepared: Instant,
     offsets: Offsets,
 }
 
@@ -200,7 +214,6 @@ impl<S: Source> Service<S> {
         metrics.observe_accounts(engine.accounts());
         Ok(Service {
             pipeline,
-            schema: spec.schema().clone(),
             engine,
             source,
             sinks,
@@ -230,7 +243,9 @@ impl<S: Source> Service<S> {
         let mut pending_bytes = 0usize; // consumed since the last flush started
         let mut in_flight_bytes = 0usize; // consumed and not yet committed
         let mut pending_records = 0usize;
-        let mut in_flight: Option<JoinHandle<Result<Flushed, Error>>> = None;
+        let mut in_flight: VecDeque<JoinHandle<Result<Flushed, Error>>> = VecDeque::new();
+        let mut chain = Chain::default(); // the signals of the flush started last
+        let max_flushes = self.config.max_flushes_in_flight.max(1);
         let mut last_flush = Instant::now();
         let mut paused = false;
         let mut ended = false;
@@ -238,9 +253,9 @@ impl<S: Source> Service<S> {
 
         let stopped = loop {
             let stopping = stop.load(Ordering::Relaxed);
-            // 1. Collect a finished flush.
-            if in_flight.as_ref().is_some_and(JoinHandle::is_finished) {
-                let done = in_flight.take().expect("checked").await.map_err(|e| Error::Internal(e.to_string()))?;
+            // 1. Collect finished flushes, oldest first (they commit in order).
+            while in_flight.front().is_some_and(JoinHandle::is_finished) {
+                let done = in_flight.pop_front().expect("checked").await.map_err(|e| Error::Internal(e.to_string()))?;
                 let done = match done {
                     Ok(d) => d,
                     Err(e) => {
@@ -262,22 +277,29 @@ impl<S: Source> Service<S> {
 
             // 2. Stop when everything consumed is committed.
             let nothing_pending = pending_records == 0 && out.is_empty() && archive_rows.is_empty();
-            if (stopping || ended) && in_flight.is_none() && nothing_pending {
+            if (stopping || ended) && in_flight.is_empty() && nothing_pending {
                 break if stopping { Stopped::Shutdown } else { Stopped::EndOfInput };
             }
 
-            // 3. Start a flush when one is due and none is in flight.
+            // 3. Start a flush when one is due and fewer than the maximum are in flight.
             let due = last_flush.elapsed() >= self.config.flush_interval
                 || out.changes.len() >= self.config.flush_rows
                 || stopping
                 || ended;
-            if due && in_flight.is_none() && !nothing_pending {
+            if due && in_flight.len() < max_flushes && !nothing_pending {
                 let flush = self.prepare_flush(&mut out, &mut archive_rows, pending_bytes)?;
                 pending_bytes = 0;
                 pending_records = 0;
                 last_flush = Instant::now();
-                in_flight =
-                    Some(tokio::spawn(commit(flush, self.sinks.clone(), self.config.clone(), self.metrics.clone())));
+                let (after, next) = chain.link();
+                in_flight.push_back(tokio::spawn(commit(
+                    flush,
+                    self.sinks.clone(),
+                    self.config.clone(),
+                    self.metrics.clone(),
+                    after,
+                    next,
+                )));
             }
 
             // 4. Backpressure.
@@ -300,16 +322,22 @@ impl<S: Source> Service<S> {
             for a in &polled.assignments {
                 self.on_assignment(a, now, &mut out)?;
             }
-            for r in &buf {
-                self.engine.process(r, now, &mut out);
-                if let Some(row) = self.archive_row(r) {
+            let bytes = self.advance_positions(&buf);
+            pending_bytes += bytes;
+            in_flight_bytes += bytes;
+            pending_records += buf.len();
+            let archiving = self.sinks.archive.is_some();
+            for r in buf.drain(..) {
+                // One decode serves the engine and the archive row; the record's payload and coordinates
+                // move into the row.
+                let decoded = self.engine.process(&r, now, &mut out);
+                if archiving
+                    && let Some(event) = decoded
+                    && let Some(row) = archive_row(event, r)
+                {
                     archive_rows.push(row);
                 }
-                self.positions.insert((r.coords.source.clone(), r.coords.partition), r.coords.offset + 1);
-                pending_bytes += r.payload.len();
-                in_flight_bytes += r.payload.len();
             }
-            pending_records += buf.len();
             if polled.end {
                 ended = true;
                 if self.config.finish_at_end {
@@ -350,17 +378,33 @@ impl<S: Source> Service<S> {
         Ok(())
     }
 
-    /// The archive row of a record that decodes (records that do not are dead letters, not archived).
-    fn archive_row(&self, r: &Record) -> Option<ArchiveRow> {
-        self.sinks.archive.as_ref()?;
-        let event = self.schema.decode(&r.payload, r.received_at).ok()?;
-        Some(ArchiveRow {
-            event_id: event.id.into(),
-            event_time: event.time,
-            ingest_time: r.received_at,
-            coords: r.coords.clone(),
-            payload: String::from_utf8(r.payload.clone()).ok()?,
-        })
+    /// Moves each partition's consumed position past the last of `records` from it (one lookup per
+    /// partition run, no allocation unless a partition is new); returns the records' payload bytes.
+    fn advance_positions(&mut self, records: &[Record]) -> usize {
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < records.len() {
+            let c = &records[i].coords;
+            // The run of consecutive records from the same partition (a fetch delivers them together).
+            let mut last = i;
+            bytes += records[i].payload.len();
+            while last + 1 < records.len()
+                && records[last + 1].coords.partition == c.partition
+                && records[last + 1].coords.source == c.source
+            {
+                last += 1;
+                bytes += records[last].payload.len();
+            }
+            let next = records[last].coords.offset + 1;
+            match self.positions.iter_mut().find(|((t, p), _)| *p == c.partition && *t == c.source) {
+                Some((_, o)) => *o = next,
+                None => {
+                    self.positions.insert((c.source.clone(), c.partition), next);
+                }
+            }
+            i = last + 1;
+        }
+        bytes
     }
 
     /// Takes everything pending into a [`Flush`], with a checkpoint of the engine as it is now (so the
@@ -371,7 +415,10 @@ impl<S: Source> Service<S> {
         archive_rows: &mut Vec<ArchiveRow>,
         bytes: usize,
     ) -> Result<Flush, Error> {
+        let started = Instant::now();
         let checkpoint = self.engine.checkpoint()?;
+        self.metrics.observe_step(FlushStep::Checkpoint, started.elapsed());
+        let prepare = Instant::now();
         self.metrics.checkpoint_bytes.set(i64::try_from(checkpoint.len()).unwrap_or(i64::MAX));
         self.metrics.live_rows.set(i64::try_from(self.engine.live_rows()).unwrap_or(i64::MAX));
         self.metrics.remembered_events.set(i64::try_from(self.engine.remembered_events()).unwrap_or(i64::MAX));
@@ -401,16 +448,19 @@ impl<S: Source> Service<S> {
                 )
             })
             .collect();
-        Ok(Flush {
+        let flush = Flush {
             changes: std::mem::take(&mut out.changes),
             progress,
             dead_letters,
             late: late_records(out.late.drain(..)),
             archive: std::mem::take(archive_rows),
             bytes,
-            started: Instant::now(),
+            started,
+            prepared: Instant::now(),
             offsets: self.positions.clone(),
-        })
+        };
+        self.metrics.observe_step(FlushStep::Prepare, prepare.elapsed());
+        Ok(flush)
     }
 
     fn after_commit(&mut self, done: &Flushed) -> Result<(), Error> {
@@ -430,6 +480,19 @@ impl<S: Source> Service<S> {
         }
         Ok(())
     }
+}
+
+/// The archive row of a record that decoded to `event` (records that do not decode are dead letters, not
+/// archived). Takes the record's payload and coordinates instead of copying them.
+fn archive_row(event: Event, r: Record) -> Option<ArchiveRow> {
+    Some(ArchiveRow {
+        event_id: event.id.into_string(),
+        event_time: event.time,
+        ingest_time: r.received_at,
+        coords: r.coords,
+        // It decoded, so it is UTF-8; the check cannot fail and does not copy.
+        payload: String::from_utf8(r.payload).ok()?,
+    })
 }
 
 /// Groups late-ledger entries by event (one ledger record per event, listing every window it missed).
@@ -460,24 +523,76 @@ fn late_records(entries: impl Iterator<Item = LateEvent>) -> Vec<LateRecord> {
         .collect()
 }
 
+/// The receiving ends of a flush's two signals: its side outputs are durable, its rows are committed.
+/// The flush after it waits on them before each stage. A signal whose sender is dropped unsent means that
+/// flush failed.
+#[derive(Default)]
+struct Chain {
+    side_outputs: Option<oneshot::Receiver<()>>,
+    committed: Option<oneshot::Receiver<()>>,
+}
+
+/// The sending ends, held by the flush's commit task.
+struct Signals {
+    side_outputs: oneshot::Sender<()>,
+    committed: oneshot::Sender<()>,
+}
+
+impl Chain {
+    /// What a new flush waits on (the previous flush's signals) and what it sends; `self` becomes the
+    /// new flush's receivers.
+    fn link(&mut self) -> (Chain, Signals) {
+        let (side_tx, side_rx) = oneshot::channel();
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let after = std::mem::replace(self, Chain { side_outputs: Some(side_rx), committed: Some(commit_rx) });
+        (after, Signals { side_outputs: side_tx, committed: commit_tx })
+    }
+}
+
+async fn after_previous(signal: Option<oneshot::Receiver<()>>) -> Result<(), Error> {
+    match signal {
+        Some(rx) => rx.await.map_err(|_| Error::Internal("the flush before this one failed".into())),
+        None => Ok(()),
+    }
+}
+
 /// Commits one flush: archive, dead letters and late ledger first (idempotent by coordinates), then the
-/// rows with the offsets and checkpoint in one atomic write. Retries with backoff; a fenced writer stops.
-async fn commit(flush: Flush, sinks: Sinks, config: ServiceConfig, metrics: Arc<Metrics>) -> Result<Flushed, Error> {
+/// rows with the offsets and checkpoint in one atomic write; each stage after the same stage of the
+/// previous flush (`after`). Retries each stage with backoff; a fenced writer stops.
+async fn commit(
+    flush: Flush,
+    sinks: Sinks,
+    config: ServiceConfig,
+    metrics: Arc<Metrics>,
+    after: Chain,
+    signals: Signals,
+) -> Result<Flushed, Error> {
+    metrics.observe_step(FlushStep::Spawn, flush.prepared.elapsed());
+    after_previous(after.side_outputs).await?;
+    let archived = retry(&config, &metrics, || side_outputs(&flush, &sinks, &metrics)).await?;
+    // The next flush may archive now (a dropped receiver just means no flush follows yet).
+    let _ = signals.side_outputs.send(());
+    after_previous(after.committed).await?;
+    let rows = retry(&config, &metrics, || write_rows(&flush, &sinks, &metrics)).await?;
+    let _ = signals.committed.send(());
+    Ok(Flushed { bytes: flush.bytes, rows, archived, offsets: flush.offsets, elapsed: flush.started.elapsed() })
+}
+
+/// Runs `step` until it succeeds, a non-retryable error, or `flush_attempts` attempts (backoff between).
+async fn retry<T, F, Fut>(config: &ServiceConfig, metrics: &Metrics, mut step: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match commit_once(&flush, &sinks).await {
-            Ok((rows, archived)) => {
+        match step().await {
+            Ok(v) => {
                 if attempt > 1 {
                     metrics.set_health(Health::Running);
                 }
-                return Ok(Flushed {
-                    bytes: flush.bytes,
-                    rows,
-                    archived,
-                    offsets: flush.offsets,
-                    elapsed: flush.started.elapsed(),
-                });
+                return Ok(v);
             }
             Err(e) if e.retryable() && attempt < config.flush_attempts => {
                 let backoff = Duration::from_millis(100u64 << attempt.min(6));
@@ -490,22 +605,37 @@ async fn commit(flush: Flush, sinks: Sinks, config: ServiceConfig, metrics: Arc<
     }
 }
 
-async fn commit_once(flush: &Flush, sinks: &Sinks) -> Result<(u64, u64), Error> {
+/// Stage 1: the raw archive, then dead letters and the late ledger (all idempotent by coordinates).
+/// Returns the rows archived.
+async fn side_outputs(flush: &Flush, sinks: &Sinks, metrics: &Metrics) -> Result<u64, Error> {
     let mut archived = 0;
     if let Some(archive) = &sinks.archive
         && !flush.archive.is_empty()
     {
+        let t = Instant::now();
         archived = archive.append(&flush.archive).await?.written as u64;
+        metrics.observe_step(FlushStep::Archive, t.elapsed());
     }
-    if !flush.dead_letters.is_empty() {
-        sinks.dead_letters.append(&flush.dead_letters).await?;
+    if !flush.dead_letters.is_empty() || !flush.late.is_empty() {
+        let t = Instant::now();
+        if !flush.dead_letters.is_empty() {
+            sinks.dead_letters.append(&flush.dead_letters).await?;
+        }
+        if !flush.late.is_empty() {
+            sinks.dead_letters.append_late(&flush.late).await?;
+        }
+        metrics.observe_step(FlushStep::DeadLetters, t.elapsed());
     }
-    if !flush.late.is_empty() {
-        sinks.dead_letters.append_late(&flush.late).await?;
-    }
+    Ok(archived)
+}
+
+/// Stage 2: rows, offsets and checkpoint in one atomic write. Returns the rows applied.
+async fn write_rows(flush: &Flush, sinks: &Sinks, metrics: &Metrics) -> Result<u64, Error> {
+    let t = Instant::now();
     let rows = match sinks.store.write_provisional(&flush.changes, &flush.progress).await? {
         WriteOutcome::Committed(stats) => stats.applied,
         WriteOutcome::AlreadyCommitted => 0,
     };
-    Ok((rows, archived))
+    metrics.observe_step(FlushStep::Rows, t.elapsed());
+    Ok(rows)
 }

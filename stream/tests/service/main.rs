@@ -4,12 +4,15 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidemark_core::{EventTime, MetricRow, PipelineSpec, RowChange, ValidSpec};
-use tidemark_store::{DeadLetterStore, MetricFilter, RawArchive, ServingStore};
+use tidemark_store::{
+    ApplyOutcome, CommitMarker, CorrectionBatch, DeadLetterStore, MetricFilter, RawArchive, ServingStore,
+    SourceProgress, StoredAuditEntry, WriteOutcome,
+};
 use tidemark_stream::metrics::Metrics;
 use tidemark_stream::source::{Offsets, Polled, Source};
 use tidemark_stream::{
@@ -305,4 +308,111 @@ async fn http_endpoint_serves_metrics_and_health() {
     assert!(h.starts_with("HTTP/1.0 503") && h.contains("failed: fenced"), "{h}");
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// A serving store that refuses (not retryable) its `fail_at`-th `write_provisional` call and logs the
+/// sequence of every call.
+struct FailingWrite {
+    inner: Arc<dyn ServingStore>,
+    fail_at: usize,
+    calls: Mutex<Vec<(u64, bool)>>,
+}
+
+#[async_trait::async_trait]
+impl ServingStore for FailingWrite {
+    async fn init(&self) -> tidemark_store::Result<()> {
+        self.inner.init().await
+    }
+    async fn claim_writer(&self, pipeline: &str) -> tidemark_store::Result<CommitMarker> {
+        self.inner.claim_writer(pipeline).await
+    }
+    async fn write_provisional(
+        &self,
+        changes: &[RowChange],
+        progress: &SourceProgress,
+    ) -> tidemark_store::Result<WriteOutcome> {
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            let refused = calls.len() + 1 == self.fail_at;
+            calls.push((progress.sequence, refused));
+            calls.len()
+        };
+        if n == self.fail_at {
+            return Err(tidemark_store::Error::InvalidInput { what: "test", reason: "refused on purpose".into() });
+        }
+        // Slow enough that the next flush archives while this one writes.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.inner.write_provisional(changes, progress).await
+    }
+    async fn load_progress(&self, pipeline: &str) -> tidemark_store::Result<Option<SourceProgress>> {
+        self.inner.load_progress(pipeline).await
+    }
+    async fn committed_marker(&self, pipeline: &str) -> tidemark_store::Result<Option<CommitMarker>> {
+        self.inner.committed_marker(pipeline).await
+    }
+    async fn read_range(
+        &self,
+        metrics: &MetricFilter,
+        from: EventTime,
+        to: EventTime,
+    ) -> tidemark_store::Result<Vec<MetricRow>> {
+        self.inner.read_range(metrics, from, to).await
+    }
+    async fn read_deltas(
+        &self,
+        metrics: &MetricFilter,
+        from: EventTime,
+        to: EventTime,
+    ) -> tidemark_store::Result<Vec<MetricRow>> {
+        self.inner.read_deltas(metrics, from, to).await
+    }
+    async fn apply_corrections(&self, batch: &CorrectionBatch) -> tidemark_store::Result<ApplyOutcome> {
+        self.inner.apply_corrections(batch).await
+    }
+    async fn corrections_applied(&self, id: &str) -> tidemark_store::Result<bool> {
+        self.inner.corrections_applied(id).await
+    }
+    async fn audit_log(&self, id: Option<&str>) -> tidemark_store::Result<Vec<StoredAuditEntry>> {
+        self.inner.audit_log(id).await
+    }
+}
+
+/// Pipelined flushes: when a flush fails, no flush after it writes rows (offsets commit in order), the
+/// store keeps the progress of the last good flush, and a restart completes the run exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_stops_later_flushes_and_a_restart_completes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = write_events(&dir.path().join("events.jsonl"));
+    let serving = format!("file://{}", dir.path().join("serving").display());
+    let spec = spec(dir.path(), &serving);
+    let inner: Arc<dyn ServingStore> = Arc::from(tidemark_store::open(&spec.serving_store()).await.unwrap());
+    inner.init().await.unwrap();
+    let failing = Arc::new(FailingWrite { inner: inner.clone(), fail_at: 3, calls: Mutex::new(Vec::new()) });
+    let source = FileSource::new(dir.path().join("events.jsonl"), ReceivedAt::Clock(clock()));
+    let config = ServiceConfig { poll_max: 10, max_flushes_in_flight: 2, ..config() };
+    let service = Service::start(&spec, source, sinks(dir.path(), failing.clone()).await, clock(), config, {
+        Arc::new(Metrics::new())
+    })
+    .await
+    .unwrap();
+    let err = service.run(Arc::new(AtomicBool::new(false))).await.unwrap_err();
+    assert!(err.to_string().contains("refused on purpose"), "{err}");
+    // Give a flush that was waiting behind the failed one time to (wrongly) write.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = failing.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "no write after the failed one: {calls:?}");
+    assert!(calls[2].1, "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[1].0 == w[0].0 + 1), "sequences in order: {calls:?}");
+    let progress = inner.load_progress("svc").await.unwrap().unwrap();
+    assert_eq!(progress.sequence, calls[1].0, "the last good flush is what the store holds");
+    assert!(progress.offsets.values().all(|&o| o < lines as i64), "{progress:?}");
+
+    // A restart on the healthy store resumes from there and ends equal to the engine's own result.
+    let (_, flushes) = run_to_end(&spec, dir.path(), inner.clone()).await;
+    assert!(flushes >= 1);
+    assert_eq!(stored(&*inner).await, reference(&spec, &dir.path().join("events.jsonl")));
+    let progress = inner.load_progress("svc").await.unwrap().unwrap();
+    assert_eq!(progress.offsets.values().copied().collect::<Vec<_>>(), vec![lines as i64]);
+    let archive = RawArchive::open(format!("file://{}", dir.path().join("raw").display())).await.unwrap();
+    assert_eq!(archive.read_all().await.unwrap().len(), lines - 5);
 }
