@@ -366,6 +366,14 @@ impl ServingStore for FailingWrite {
     ) -> tidemark_store::Result<Vec<MetricRow>> {
         self.inner.read_deltas(metrics, from, to).await
     }
+    async fn read_emissions(
+        &self,
+        metrics: &MetricFilter,
+        from: EventTime,
+        to: EventTime,
+    ) -> tidemark_store::Result<Vec<tidemark_store::Emission>> {
+        self.inner.read_emissions(metrics, from, to).await
+    }
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> tidemark_store::Result<ApplyOutcome> {
         self.inner.apply_corrections(batch).await
     }
