@@ -210,6 +210,11 @@ async fn scenario_late_within_lateness_update_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_late_within_lateness_dead_letter_policy() {
+    run_scenario("late_dead_letter", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_late_within_lateness_append_policy() {
     run_scenario("late_append", None).await;
 }
