@@ -2,7 +2,8 @@
 //! times), restarted each time, then run to the end, leaves exactly what an uninterrupted run leaves:
 //! the same serving rows, dead letters, late ledger and raw archive; committed offsets never go back.
 //!
-//! The seed is printed; set TIDEMARK_CRASH_SEED to replay a failing schedule.
+//! The seed is printed; set TIDEMARK_CRASH_SEED to replay a failing schedule. `TIDEMARK_LONG=1` (the long
+//! tier, scripts/soak.sh) kills 200 times over an input eight times larger.
 
 mod common;
 mod stream_common;
@@ -16,8 +17,14 @@ use common::tidemark;
 use stream_common::{committed, outcome};
 use tidemark_core::EventTime;
 
-const EVENTS: u64 = 200_000;
-const KILLS: usize = 25;
+fn long_tier() -> bool {
+    std::env::var("TIDEMARK_LONG").is_ok_and(|v| v == "1")
+}
+
+/// Events in the input and kills of the crash loop: (200k, 25) in CI, (1.6M, 200) in the long tier.
+fn size() -> (u64, usize) {
+    if long_tier() { (1_600_000, 200) } else { (200_000, 25) }
+}
 
 /// A small deterministic generator (SplitMix64).
 struct Rng(u64);
@@ -38,10 +45,11 @@ impl Rng {
 /// Events at 25 per second of event time with disorder up to 8 s, 1% arriving 2 to 3 minutes late
 /// (beyond allowed lateness: late ledger), 1% within allowed lateness, duplicates and malformed lines.
 fn write_events(path: &Path) {
+    let (events, _) = size();
     let mut rng = Rng(42);
     let base = 1_700_000_000_000_000i64; // µs
     let mut out = String::new();
-    for i in 0..EVENTS {
+    for i in 0..events {
         let mut t = base + i as i64 * 40_000 - rng.below(8_000_000) as i64;
         match rng.below(100) {
             0 => t -= 120_000_000 + rng.below(60_000_000) as i64,
@@ -162,11 +170,13 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
     let crash_spec = write_spec(dir.path(), &events, "crashed");
     let args = stream_args(&crash_spec);
     let log = dir.path().join("crashed.log");
-    // Mean delay ~ reference/12 + startup: 25 kills cover about two thirds of the input.
-    let max_ms = ((reference_secs * 1000.0) as u64 / 6).clamp(200, 3000);
+    // Mean delay ~ reference/12 + startup: 25 kills cover about two thirds of the input (the long tier's
+    // 200 kills over an 8x input the same share).
+    let (_, kills_wanted) = size();
+    let max_ms = ((reference_secs * 1000.0) as u64 / 6 / (kills_wanted as u64 / 25)).clamp(200, 3000);
     let (mut kills, mut finished_early, mut previous) = (0, 0, 0i64);
     let mut offsets = Vec::new();
-    while kills < KILLS {
+    while kills < kills_wanted {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(&args)
             .stdout(Stdio::null())
@@ -188,7 +198,7 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
         previous = offset;
     }
     eprintln!("killed {kills} times; committed offsets after each kill: {offsets:?}");
-    assert!(kills >= KILLS, "only {kills} kills happened before the input ran out; make the input larger");
+    assert!(kills >= kills_wanted, "only {kills} kills happened before the input ran out; make the input larger");
     assert!(offsets.iter().any(|&o| o > 0 && o < lines), "some kills landed mid-run: {offsets:?}");
 
     let (code, _, err) = tidemark(&args.iter().map(String::as_str).collect::<Vec<_>>());
