@@ -40,6 +40,10 @@ pub struct Args {
     /// Pause the source while this many MiB of consumed records are not yet committed.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     max_in_flight_mib: usize,
+    /// Flushes committing at once: with 2, the next flush appends to the raw archive while the previous
+    /// one writes its rows (lower latency); 1 commits strictly one after the other.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=8))]
+    max_flushes_in_flight: u16,
     /// For a file source: at its end, close every window (final results), commit and exit.
     #[arg(long)]
     finish: bool,
@@ -99,6 +103,7 @@ async fn serve(args: &Args, spec: ValidSpec) -> anyhow::Result<ExitCode> {
         flush_interval: args.flush_interval,
         flush_rows: args.flush_rows,
         max_in_flight_bytes: args.max_in_flight_mib << 20,
+        max_flushes_in_flight: usize::from(args.max_flushes_in_flight),
         finish_at_end: args.finish,
         ..ServiceConfig::default()
     };
