@@ -91,10 +91,26 @@ pub fn explain<'a>(
             batch_sessions.entry((k.metric.as_str(), k.dims.encode())).or_default().push(k.window);
         }
     }
+    // sessions only the serving store has: the counterparts of batch sessions the stream bounded differently
+    let mut serving_only_sessions: HashMap<(&str, String), Vec<tidemark_core::Window>> = HashMap::new();
+    for d in diff.differences.iter().filter(|d| d.verdict == Verdict::UnexpectedInServing) {
+        if spec.metric(&d.key.metric).is_some_and(|m| matches!(m.window, WindowSpec::Session(_))) {
+            serving_only_sessions.entry((d.key.metric.as_str(), d.key.dims.encode())).or_default().push(d.key.window);
+        }
+    }
     diff.differences
         .iter()
         .map(|d| {
-            let (cause, detail) = attribute(spec, d, &batch_sessions, evidence, lateness);
+            let (mut cause, mut detail) = attribute(spec, d, &batch_sessions, evidence, lateness);
+            if cause == Cause::Unexplained
+                && d.verdict == Verdict::MissingInServing
+                && session_overlap(spec, d, &serving_only_sessions)
+            {
+                cause = Cause::SupersededSession;
+                detail = "the speed layer bounded this session differently: a serving-only session of the same key \
+                          overlaps it"
+                    .into();
+            }
             Explained { diff: d.clone(), cause, detail }
         })
         .collect()
