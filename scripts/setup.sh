@@ -6,6 +6,8 @@
 # - Chromium (the HTML-report test renders the report headless and screenshots it)
 # - the tansu Kafka-protocol broker with in-memory storage (Kafka source tests start it on 127.0.0.1);
 #   TIDEMARK_TANSU points the tests at another binary
+# - moto's S3-compatible server (PyPI, in a venv under ~/.cache; S3 tests start it on 127.0.0.1);
+#   TIDEMARK_MOTO points the tests at another moto_server
 set -euo pipefail
 
 need_apt=()
@@ -45,5 +47,13 @@ if [ ! -x "$tansu" ]; then
   cargo install tansu --version 0.6.0 --locked --features dynostore --root "$tansu_root"
 fi
 
+# moto: an S3-compatible server for the s3:// tests, in its own venv (~30 s once per machine)
+moto_venv="$HOME/.cache/tidemark/moto-5.2.1"
+if [ -z "${TIDEMARK_MOTO:-}" ] && [ ! -x "$moto_venv/bin/moto_server" ]; then
+  echo "setup: installing moto[server] 5.2.1 into $moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.1"
+fi
+
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres user is missing (install the postgresql package)" >&2; exit 1; }
-echo "setup: ok (postgres $(ls -d /usr/lib/postgresql/*/bin | head -1), tansu $tansu)"
+echo "setup: ok (postgres $(ls -d /usr/lib/postgresql/*/bin | head -1), tansu $tansu, moto ${TIDEMARK_MOTO:-$moto_venv/bin/moto_server})"

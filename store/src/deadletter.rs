@@ -99,14 +99,19 @@ impl fmt::Debug for DeadLetterStore {
 }
 
 impl DeadLetterStore {
-    /// Opens the store under `url` (`file://`, `s3://`, `memory://`).
+    /// Opens the store under `url` (`file://`, `s3://`, `memory://`; see [`crate::objects`]).
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with_options(url, &Default::default())
+    }
+
+    /// Opens the store under `url` with object_store options (for `s3://` they override the AWS
+    /// environment variables).
+    pub fn open_with_options(url: &str, options: &std::collections::HashMap<String, String>) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| Error::invalid("dead-letter url", format!("{url:?}: {e}")))?;
-        let (store, prefix) =
-            object_store::parse_url(&parsed).map_err(|source| Error::ObjectStore { url: url.to_owned(), source })?;
+        let (store, prefix) = crate::objects::open(&parsed, options)?;
         Ok(DeadLetterStore {
             url: url.to_owned(),
-            store: Arc::from(store),
+            store,
             prefix: prefix.clone().join("dead_letters"),
             late_prefix: prefix.join("late"),
         })

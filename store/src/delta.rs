@@ -93,15 +93,14 @@ impl DeltaStoreConfig {
         }
         let rows = open_table(&rows_url, &self.storage_options).await?;
         let audit = open_table(&audit_url, &self.storage_options).await?;
-        let (objects, prefix) = object_store::parse_url_opts(&base, self.storage_options.iter())
-            .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
+        let (objects, prefix) = crate::objects::open(&base, &self.storage_options)?;
         Ok(DeltaStore {
             url: self.url,
             rows_url,
             audit_url,
             rows: Mutex::new(rows),
             audit: Mutex::new(audit),
-            objects: Arc::from(objects),
+            objects,
             prefix,
             max_attempts: self.max_attempts.max(1),
             stats: DeltaStats::default(),
@@ -189,6 +188,7 @@ pub(crate) async fn query_table(
 }
 
 pub(crate) async fn open_table(url: &Url, opts: &HashMap<String, String>) -> Result<DeltaTable> {
+    crate::objects::register_handlers();
     DeltaTable::try_from_url_with_storage_options(url.clone(), opts.clone())
         .await
         .map_err(Error::delta(url.as_str(), "opening"))

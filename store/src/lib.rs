@@ -11,6 +11,7 @@
 //! - [`DeltaStore`]: deltalake MERGE at an object_store URL, progress as Delta app transactions.
 //! - [`DeadLetterStore`]: append-only, idempotent dead letters under an object_store URL.
 //! - [`RawArchive`]: the raw event archive (Delta), appended exactly once per Kafka partition.
+//! - [`objects`]: object stores by URL (`file://`, `s3://` with the AWS environment, shared `memory://`).
 //! - [`testing`]: a throwaway Postgres per test binary, a fresh database per test.
 
 pub mod archive;
@@ -19,6 +20,7 @@ pub mod deadletter;
 pub mod delta;
 pub mod error;
 pub mod model;
+pub mod objects;
 pub mod postgres;
 pub mod testing;
 

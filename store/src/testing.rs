@@ -1,4 +1,5 @@
-//! Test harness: one throwaway Postgres server per test binary, a fresh database per test.
+//! Test harness: one throwaway Postgres server per test binary, a fresh database per test; likewise an
+//! S3-compatible server ([`s3_bucket`]) with a fresh bucket per test.
 //!
 //! ```text
 //! let db = tidemark_store::testing::postgres().await?;      // starts the server on first use
@@ -148,4 +149,118 @@ pub async fn postgres() -> Result<TestDb> {
     let _ = task.await;
     let conninfo = server.replace("dbname=postgres", &format!("dbname={name}"));
     Ok(TestDb { name, conninfo })
+}
+
+/// A throwaway S3-compatible server (moto's `moto_server` from PyPI: `TIDEMARK_MOTO`, else the venv that
+/// scripts/setup.sh makes, else `moto_server` on the PATH), one per test binary, on a free loopback port. Stopped when the test
+/// process exits, however it exits.
+#[derive(Debug)]
+pub struct TestS3 {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+/// A fresh, empty bucket on the test S3 server.
+#[derive(Debug, Clone)]
+pub struct TestBucket {
+    /// `s3://<bucket>`.
+    pub url: String,
+    /// object_store / deltalake storage options that reach the server (endpoint, static keys, region, HTTP).
+    pub options: std::collections::HashMap<String, String>,
+    /// The same settings as the standard AWS environment variables, for a `tidemark` subprocess.
+    pub env: Vec<(String, String)>,
+}
+
+static S3: OnceLock<std::result::Result<TestS3, String>> = OnceLock::new();
+static NEXT_BUCKET: AtomicU32 = AtomicU32::new(0);
+
+fn start_s3() -> Result<TestS3> {
+    // scripts/setup.sh installs moto into this venv
+    let venv = std::env::var("HOME").map(|h| format!("{h}/.cache/tidemark/moto-5.2.1/bin/moto_server"));
+    let program = match (std::env::var("TIDEMARK_MOTO"), venv) {
+        (Ok(p), _) => p,
+        (_, Ok(v)) if Path::new(&v).exists() => v,
+        _ => "moto_server".to_owned(),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::Harness(format!("finding a free port: {e}")))?
+        .port();
+    let child = Command::new(&program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            Error::Harness(format!("starting {program} (pip install \"moto[server]\", or set TIDEMARK_MOTO): {e}"))
+        })?;
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; kill {child} 2>/dev/null",
+        pid = std::process::id(),
+        child = child.id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::Harness(format!("watchdog: {e}")))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Harness(format!("{program} did not listen on 127.0.0.1:{port} within 30 s")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(TestS3 { endpoint: format!("http://127.0.0.1:{port}") })
+}
+
+/// The S3 server of this test binary, started on first use.
+pub fn s3_server() -> Result<&'static TestS3> {
+    S3.get_or_init(|| start_s3().map_err(|e| e.to_string())).as_ref().map_err(|e| Error::Harness(e.clone()))
+}
+
+/// Sends one bodiless HTTP/1.1 request and returns the status code.
+fn http_status(addr: &str, method: &str, path: &str) -> Result<u16> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| Error::Harness(format!("connecting {addr}: {e}")))?;
+    write!(conn, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .map_err(|e| Error::Harness(format!("request to {addr}: {e}")))?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).map_err(|e| Error::Harness(format!("reply from {addr}: {e}")))?;
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Harness(format!("unreadable reply from {addr}: {reply:.80}")))
+}
+
+/// A fresh, empty bucket on the test S3 server (started on first use).
+pub async fn s3_bucket() -> Result<TestBucket> {
+    let server = tokio::task::spawn_blocking(|| s3_server().map(|s| s.endpoint.clone()))
+        .await
+        .map_err(|e| Error::Harness(format!("starting the S3 server: {e}")))??;
+    let name = format!("tidemark-{}-{}", std::process::id(), NEXT_BUCKET.fetch_add(1, Ordering::Relaxed));
+    let addr = server.trim_start_matches("http://").to_owned();
+    let path = format!("/{name}");
+    let status = tokio::task::spawn_blocking(move || http_status(&addr, "PUT", &path))
+        .await
+        .map_err(|e| Error::Harness(format!("creating a bucket: {e}")))??;
+    if status != 200 {
+        return Err(Error::Harness(format!("creating bucket {name}: HTTP {status}")));
+    }
+    let settings = [
+        ("aws_endpoint", "AWS_ENDPOINT_URL", server.as_str()),
+        ("aws_access_key_id", "AWS_ACCESS_KEY_ID", "tidemark-test"),
+        ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "tidemark-test-secret"),
+        ("aws_region", "AWS_REGION", "us-east-1"),
+        ("aws_allow_http", "AWS_ALLOW_HTTP", "true"),
+    ];
+    Ok(TestBucket {
+        url: format!("s3://{name}"),
+        options: settings.iter().map(|(k, _, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        env: settings.iter().map(|(_, k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+    })
 }

@@ -51,6 +51,7 @@ async fn open_and_list(
     version: Option<i64>,
 ) -> Result<(deltalake::DeltaTable, (Vec<ArchiveFile>, i64)), BatchError> {
     let parsed = parse_location(url)?;
+    tidemark_store::objects::register_handlers();
     let table = match version.and_then(|v| u64::try_from(v).ok()) {
         Some(v) => deltalake::open_table_with_version(parsed, v).await,
         None => deltalake::open_table(parsed).await,

@@ -10,6 +10,7 @@
 //!   JSON object it stands for and decoded like any payload, so verdicts and reason codes still match.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -29,9 +30,12 @@ fn extension_matches(format: InputFormat, name: &str) -> bool {
     }
 }
 
-fn open(url: &str) -> Result<(Box<dyn ObjectStore>, Path, url::Url), BatchError> {
+fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path, url::Url), BatchError> {
     let parsed = parse_location(url)?;
-    let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| BatchError::store(url, e))?;
+    let (store, prefix) = tidemark_store::objects::open(&parsed, &Default::default()).map_err(|e| match e {
+        tidemark_store::Error::ObjectStore { source, .. } => BatchError::store(url, source),
+        other => BatchError::View(other),
+    })?;
     Ok((store, prefix, parsed))
 }
 

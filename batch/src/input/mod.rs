@@ -253,7 +253,7 @@ pub async fn plan_read(
     }
 }
 
-/// Parses a `file://` URL or absolute path into a URL.
+/// Parses a `file://`, `s3://` or `memory://` URL, or an absolute path, into a URL.
 pub(crate) fn parse_location(url: &str) -> Result<url::Url, BatchError> {
     let unsupported = |reason: &str| BatchError::UnsupportedLocation { url: url.to_owned(), reason: reason.to_owned() };
     if url.starts_with('/') {
@@ -261,10 +261,7 @@ pub(crate) fn parse_location(url: &str) -> Result<url::Url, BatchError> {
     }
     let parsed = url::Url::parse(url).map_err(|e| unsupported(&e.to_string()))?;
     match parsed.scheme() {
-        "file" => Ok(parsed),
-        "s3" | "s3a" | "memory" => {
-            Err(unsupported("this build reads file:// locations only (s3 and memory are not enabled yet)"))
-        }
+        "file" | "s3" | "s3a" | "memory" => Ok(parsed),
         other => Err(unsupported(&format!("unknown scheme {other:?}"))),
     }
 }

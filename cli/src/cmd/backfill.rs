@@ -119,11 +119,11 @@ impl Manifests {
         let url = url::Url::parse(batch_view)
             .or_else(|_| url::Url::from_directory_path(batch_view).map_err(|()| url::ParseError::EmptyHost))
             .with_context(|| format!("the batch view location {batch_view:?} is not a URL or absolute path"))?;
-        let (store, root) =
-            object_store::parse_url(&url).with_context(|| format!("opening the object store of {batch_view}"))?;
+        let (store, root) = tidemark_store::objects::open(&url, &Default::default())
+            .with_context(|| format!("opening the object store of {batch_view}"))?;
         let dir = root.clone().join("_backfill").join(id);
         let display = format!("{}/_backfill/{id}/", batch_view.trim_end_matches('/'));
-        Ok(Manifests { store: Arc::from(store), dir, display })
+        Ok(Manifests { store, dir, display })
     }
 
     /// The manifests already written, by chunk index.

@@ -560,12 +560,18 @@ fn op_key(op: &Op) -> usize {
 /// Environment of the SIGKILL child: which store (`postgres` or `delta`) and where.
 const CRASH_STORE: &str = "TIDEMARK_CRASH_STORE";
 const CRASH_TARGET: &str = "TIDEMARK_CRASH_TARGET";
+/// Storage options of the store, one `key=value` per line.
+const CRASH_OPTIONS: &str = "TIDEMARK_CRASH_OPTIONS";
 const CRASH_KEYS: usize = 25;
 
-async fn open_crash_store(kind: &str, target: &str) -> Box<dyn ServingStore> {
+async fn open_crash_store(kind: &str, target: &str, options: &HashMap<String, String>) -> Box<dyn ServingStore> {
     match kind {
         "postgres" => Box::new(tidemark_store::PostgresStore::connect(target, "serving").await.unwrap()),
-        "delta" => Box::new(tidemark_store::DeltaStoreConfig::new(target).build().await.unwrap()),
+        "delta" => {
+            let mut config = tidemark_store::DeltaStoreConfig::new(target);
+            config.storage_options = options.clone();
+            Box::new(config.build().await.unwrap())
+        }
         other => panic!("unknown store {other}"),
     }
 }
@@ -577,7 +583,12 @@ async fn open_crash_store(kind: &str, target: &str) -> Box<dyn ServingStore> {
 #[ignore = "run as a subprocess by the SIGKILL tests"]
 async fn sigkill_writer_child() {
     let (Ok(kind), Ok(target)) = (std::env::var(CRASH_STORE), std::env::var(CRASH_TARGET)) else { return };
-    let store = open_crash_store(&kind, &target).await;
+    let options: HashMap<String, String> = std::env::var(CRASH_OPTIONS)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let store = open_crash_store(&kind, &target, &options).await;
     let epoch = store.claim_writer("crash").await.unwrap().writer_epoch;
     let start = store.load_progress("crash").await.unwrap().map_or(0, |p| p.offsets[&TopicPartition::new("events", 0)]);
     for seq in 1u64.. {
@@ -605,18 +616,27 @@ pub struct CrashReport {
 
 /// Starts the writer child `kills` times and SIGKILLs it at a random moment within `spread_ms` after its
 /// first write began; after each kill the store must hold all of a write or none of it.
-pub async fn sigkill_atomicity(kind: &str, target: &str, kills: usize, spread_ms: u64, seed: u64) -> CrashReport {
+pub async fn sigkill_atomicity(
+    kind: &str,
+    target: &str,
+    options: &HashMap<String, String>,
+    kills: usize,
+    spread_ms: u64,
+    seed: u64,
+) -> CrashReport {
     use tokio::io::AsyncBufReadExt;
     let mut rng = Rng::new(seed);
     let mut report = CrashReport::default();
     let exe = std::env::current_exe().unwrap();
-    let checker = open_crash_store(kind, target).await;
+    let checker = open_crash_store(kind, target, options).await;
+    let options_env: String = options.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     checker.init().await.unwrap();
     for _ in 0..kills {
         let mut child = tokio::process::Command::new(&exe)
             .args(["common::sigkill_writer_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(CRASH_STORE, kind)
             .env(CRASH_TARGET, target)
+            .env(CRASH_OPTIONS, &options_env)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -3,3 +3,4 @@
 mod common;
 mod delta;
 mod postgres;
+mod s3;

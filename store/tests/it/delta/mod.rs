@@ -166,7 +166,7 @@ async fn dead_letters_are_append_only_and_idempotent() {
 async fn sigkill_mid_commit_leaves_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
-    let report = common::sigkill_atomicity("delta", &url, 20, 1500, 0x0c0ffee).await;
+    let report = common::sigkill_atomicity("delta", &url, &Default::default(), 20, 1500, 0x0c0ffee).await;
     println!("delta SIGKILL: {report:?}");
     assert_eq!(report.kills, 20);
     assert!(report.final_offset > 0);

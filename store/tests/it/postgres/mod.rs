@@ -139,7 +139,7 @@ async fn precedence_holds_under_concurrent_writers() {
 #[tokio::test]
 async fn sigkill_mid_commit_leaves_all_or_nothing() {
     let db = testing::postgres().await.unwrap();
-    let report = common::sigkill_atomicity("postgres", &db.conninfo, 25, 40, 0x0c0ffee).await;
+    let report = common::sigkill_atomicity("postgres", &db.conninfo, &Default::default(), 25, 40, 0x0c0ffee).await;
     println!("postgres SIGKILL: {report:?}");
     assert_eq!(report.kills, 25);
     assert!(report.final_offset > 0);
