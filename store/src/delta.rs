@@ -587,9 +587,26 @@ impl DeltaStore {
         from: EventTime,
         to: EventTime,
     ) -> Result<Vec<MetricRow>> {
-        let kinds: &[&str] = if deltas { &["delta"] } else { &["row"] };
-        let flats = self.scan_flats(kinds, !deltas, metrics, from, to).await?;
-        flats.into_iter().map(Flat::into_row).collect()
+        if !deltas {
+            let flats = self.scan_flats(&["row"], true, metrics, from, to).await?;
+            return flats.into_iter().map(Flat::into_row).collect();
+        }
+        // a delta counts only while its key's row is a speed row: a batch row (or a batch tombstone) holds
+        // the truth, late events included, and supersedes every delta of the key (ServingStore::read_deltas)
+        let flats = self.scan_flats(&["row", "delta"], false, metrics, from, to).await?;
+        let batch_keys: std::collections::HashSet<(&str, i64, i64, &str)> = flats
+            .iter()
+            .filter(|f| matches!(f.kind, Kind::Row) && f.layer == tidemark_core::Layer::Batch)
+            .map(|f| (f.metric.as_str(), f.window_start, f.window_end, f.dims.as_str()))
+            .collect();
+        let live: Vec<bool> = flats
+            .iter()
+            .map(|f| {
+                matches!(f.kind, Kind::Delta(_))
+                    && !batch_keys.contains(&(f.metric.as_str(), f.window_start, f.window_end, f.dims.as_str()))
+            })
+            .collect();
+        flats.into_iter().zip(live).filter(|(_, live)| *live).map(|(f, _)| f.into_row()).collect()
     }
 
     /// Records of `kinds` whose window starts in `[from, to)`, pruned by the metric and date partitions,

@@ -82,7 +82,10 @@ pub trait ServingStore: Send + Sync {
     async fn read_range(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>>;
 
     /// Late-policy delta rows (`RowChange::Delta`) whose window starts in `[from, to)`, in the order of
-    /// [`read_range`](Self::read_range), then by revision.
+    /// [`read_range`](Self::read_range), then by revision. A key's deltas count only while its row is a speed
+    /// row: once a batch row (or batch tombstone) holds the key, its deltas are superseded and not returned
+    /// (the batch value already includes the late events), including deltas a lagging speed layer writes
+    /// after the correction. So `row + deltas` from this API never counts a late event twice.
     async fn read_deltas(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>>;
 
     /// The emission log: every speed-layer firing whose window starts in `[from, to)`, sorted by key (as

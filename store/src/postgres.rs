@@ -591,8 +591,11 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
             format!(
                 "SELECT metric, {ws}, {we}, dims, revision, agg_values::text, events, 'speed', revision, pane,
                      {wm}, NULL::text, NULL::bigint, {ca}
-                 FROM {{s}}.serving_deltas
+                 FROM {{s}}.serving_deltas d
                  WHERE window_start >= {from} AND window_start < {to} AND ($3::text[] IS NULL OR metric = ANY($3))
+                     AND NOT EXISTS (SELECT 1 FROM {{s}}.serving_rows r
+                         WHERE r.metric = d.metric AND r.window_start = d.window_start
+                             AND r.window_end = d.window_end AND r.dims = d.dims AND r.layer = 'batch')
                  ORDER BY metric COLLATE \"C\", window_start, window_end, dims COLLATE \"C\", revision",
                 ws = us("window_start"),
                 we = us("window_end"),

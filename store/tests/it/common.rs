@@ -189,8 +189,35 @@ pub async fn precedence_and_deletions<S: ServingStore>(store: &S) {
     replayed.values.insert("n".into(), AggValue::Int(1234));
     write(vec![RowChange::Delta(replayed)]).await;
     let deltas = store.read_deltas(&MetricFilter::one("m"), t(0), t(1_000_000)).await.unwrap();
-    assert_eq!(deltas, vec![delta]);
+    assert_eq!(deltas, vec![delta.clone()]);
     assert_eq!(read_all(store).await.len(), 3, "deltas leave the rows unchanged");
+    // a batch row for c holds the truth (late events included): its deltas no longer count, and a delta
+    // a lagging speed layer writes after the correction does not count either (issue 6: row + deltas
+    // must never count a late event twice)
+    let mut other = speed_row(&a, 7, 2);
+    other.origin = Origin::Speed { revision: 7, pane: Pane::Late, watermark: t(400) };
+    write(vec![RowChange::Delta(other.clone())]).await;
+    let fix_c = CorrectionBatch {
+        id: "fix-3".into(),
+        run_id: "run-7".into(),
+        epoch: 7,
+        changes: vec![Correction::Upsert(batch_row(&c, 7, 43))],
+        audit: vec![],
+    };
+    store.apply_corrections(&fix_c).await.unwrap();
+    let mut stale = speed_row(&c, 6, 1);
+    stale.origin = Origin::Speed { revision: 6, pane: Pane::Late, watermark: t(500) };
+    write(vec![RowChange::Delta(stale)]).await;
+    let deltas = store.read_deltas(&MetricFilter::one("m"), t(0), t(1_000_000)).await.unwrap();
+    assert_eq!(deltas, vec![], "a is a batch row too, so its delta is superseded as well");
+    // a speed row's deltas still count: d has a speed row and a delta
+    let d = key("m", 3, "/d");
+    write(vec![RowChange::Upsert(speed_row(&d, 0, 5))]).await;
+    let mut late_d = speed_row(&d, 1, 1);
+    late_d.origin = Origin::Speed { revision: 1, pane: Pane::Late, watermark: t(400) };
+    write(vec![RowChange::Delta(late_d.clone())]).await;
+    let deltas = store.read_deltas(&MetricFilter::one("m"), t(0), t(1_000_000)).await.unwrap();
+    assert_eq!(deltas, vec![late_d]);
     // filters
     assert!(store.read_range(&MetricFilter::one("other"), t(0), t(1_000_000)).await.unwrap().is_empty());
     assert!(store.read_range(&MetricFilter::All, t(4 * 60), t(1_000_000)).await.unwrap().is_empty());
