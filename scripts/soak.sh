@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long reliability tier (docs/reliability.md): the CI tier's randomized tests at full size, then the
 # fuzzers. Each test prints its seed; export the printed variable to replay a failure:
-#   TIDEMARK_CRASH_SEED (stream crash loop), TIDEMARK_FAULT_SEED (fault-injecting store).
+#   TIDEMARK_CRASH_SEED (stream crash loops, with and without fail points), TIDEMARK_FAULT_SEED (fault-injecting
+#   store).
 # Takes about 1.5-2 hours on 2 cores. Logs and a summary go to ${SOAK_DIR:-target/soak}.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,10 +24,12 @@ run() { # name, cargo test args...
     grep -E 'seed|panicked' "$out/$name.log" | head -5 >&2
     exit 1
   fi
-  grep -E '^(seed|crash loop seed|killed|writes|applies)' "$out/$name.log" | sed "s/^/soak:   /" || true
+  grep -E '^(seed|crash loop seed|killed|writes|applies|(Delta|Postgres): (killed|windows))' "$out/$name.log" \
+    | sed "s/^/soak:   /" || true
 }
 
 run crash_loop -p tidemark-cli --test stream_crash
+run crash_failpoints -p tidemark-cli --features failpoints --test crash_failpoints
 run store_faults -p tidemark-tests --test integration faults
 run hostile -p tidemark-tests --test integration hostile
 run bad_input -p tidemark-tests --test integration bad_input

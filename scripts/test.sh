@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cargo/target-tidemark}"
 scripts/setup.sh
-cargo test --workspace --locked --no-fail-fast "$@"
+# `failpoints` compiles the named fail points in (docs/reliability.md): the crash loop needs them; they do
+# nothing unless FAILPOINTS or TIDEMARK_FAILPOINT_MARKS configures them.
+cargo test --workspace --locked --no-fail-fast --features tidemark-cli/failpoints "$@"

@@ -36,6 +36,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "failpoints")]
+    if let Err(e) = failpoints::setup() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(&args),
@@ -51,5 +56,67 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => exit::report(&err),
+    }
+}
+
+/// Named fail points (docs/reliability.md), compiled in only with the `failpoints` feature.
+///
+/// - `FAILPOINTS="name=actions;..."`: fail-rs actions (`return`, `sleep(ms)`, `panic`, `pause`, counts and
+///   probabilities: `3*off->return`), as `fail::FailScenario::setup` reads them, but a malformed entry is a
+///   usage error (exit 2) instead of a panic.
+/// - `TIDEMARK_FAILPOINT_MARKS=1`: every fail point not configured by `FAILPOINTS` writes the line
+///   `tidemark failpoint NAME HIT` to stderr each time it is reached (HIT counts from 1 per name).
+/// - `TIDEMARK_FAILPOINT_HOLD=NAME@HIT`: with the marks, that hit holds its thread for 60 s after writing
+///   its line, so that a test harness can kill the process exactly there.
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Every fail point in the workspace.
+    pub const NAMES: [&str; 5] = [
+        "delta.after_data_files_before_log_commit",
+        "postgres.before_commit",
+        "stream.after_commit_before_ack",
+        "backfill.mid_chunk",
+        "reconcile.after_read_before_merge",
+    ];
+
+    pub fn setup() -> Result<(), String> {
+        let mut configured = Vec::new();
+        if let Ok(all) = std::env::var("FAILPOINTS") {
+            for entry in all.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, actions) =
+                    entry.split_once('=').ok_or_else(|| format!("FAILPOINTS: {entry:?} is not name=actions"))?;
+                let name = name.trim();
+                if !NAMES.contains(&name) {
+                    return Err(format!("FAILPOINTS: no fail point is named {name:?} (known: {})", NAMES.join(", ")));
+                }
+                fail::cfg(name, actions.trim()).map_err(|e| format!("FAILPOINTS: {name}: {e}"))?;
+                configured.push(name.to_owned());
+            }
+        }
+        if std::env::var("TIDEMARK_FAILPOINT_MARKS").is_ok_and(|v| v == "1") {
+            let hold = match std::env::var("TIDEMARK_FAILPOINT_HOLD") {
+                Ok(h) => {
+                    let parsed = h.split_once('@').and_then(|(n, hit)| Some((n.to_owned(), hit.parse::<u64>().ok()?)));
+                    Some(parsed.ok_or_else(|| format!("TIDEMARK_FAILPOINT_HOLD: {h:?} is not NAME@HIT"))?)
+                }
+                Err(_) => None,
+            };
+            for name in NAMES.into_iter().filter(|n| !configured.iter().any(|c| c == n)) {
+                let hits = AtomicU64::new(0);
+                let hold_at = hold.as_ref().filter(|(n, _)| n == name).map(|(_, hit)| *hit);
+                fail::cfg_callback(name, move || {
+                    let hit = hits.fetch_add(1, Ordering::SeqCst) + 1;
+                    // one write per line, so that lines of concurrent threads do not interleave
+                    let _ = std::io::stderr().write_all(format!("tidemark failpoint {name} {hit}\n").as_bytes());
+                    if hold_at == Some(hit) {
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                    }
+                })?;
+            }
+        }
+        Ok(())
     }
 }

@@ -255,6 +255,9 @@ impl<'a> Reconcile<'a> {
 
         // 4. apply
         let n_changes = plan.batch.changes.len() as u64;
+        fail::fail_point!("reconcile.after_read_before_merge", |_| Err(Error::Internal(
+            "fail point reconcile.after_read_before_merge".into()
+        )));
         let (applied, corrections_applied) = if n_changes == 0 {
             (Applied::NothingToDo, 0)
         } else if self.dry_run {

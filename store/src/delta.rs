@@ -977,6 +977,10 @@ impl ServingStore for DeltaStore {
             }
             Ok(Ok(version))
         };
+        fail::fail_point!("delta.after_data_files_before_log_commit", |_| Err(Error::Contention {
+            attempts: 1,
+            last: "fail point delta.after_data_files_before_log_commit".into()
+        }));
         match self.commit(&flats, n_emissions, &progress_app(&progress.pipeline), plan, meta).await? {
             Committed::Done { applied, retries } => {
                 Ok(WriteOutcome::Committed(WriteStats { offered, applied, retries }))
@@ -1052,6 +1056,10 @@ impl ServingStore for DeltaStore {
         // `audit_log` hides them until the batch's data commit below has landed: a crash in between leaves
         // no visible audit of an unapplied batch, and a retry of the same batch finds its lines written.
         self.write_audit(batch, applied_at).await?;
+        fail::fail_point!("delta.after_data_files_before_log_commit", |_| Err(Error::Contention {
+            attempts: 1,
+            last: "fail point delta.after_data_files_before_log_commit".into()
+        }));
         let outcome = self.commit(&flats, 0, &corrections_app(&batch.id), plan, meta).await?;
         Ok(match outcome {
             Committed::Done { applied, retries } => {

@@ -523,6 +523,10 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         )
         .await
         .map_err(Error::pg("updating progress"))?;
+        fail::fail_point!("postgres.before_commit", |_| Err(Error::Contention {
+            attempts: 1,
+            last: "fail point postgres.before_commit".into()
+        }));
         tx.commit().await.map_err(Error::pg("committing a write"))?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok(WriteOutcome::Committed(WriteStats { offered: flats.len() as u64, applied, retries: 0 }))
@@ -571,6 +575,10 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
             .await
             .map_err(Error::pg("writing the audit log"))?;
         }
+        fail::fail_point!("postgres.before_commit", |_| Err(Error::Contention {
+            attempts: 1,
+            last: "fail point postgres.before_commit".into()
+        }));
         tx.commit().await.map_err(Error::pg("committing corrections"))?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok(ApplyOutcome::Applied(WriteStats { offered: flats.len() as u64, applied, retries: 0 }))

@@ -574,6 +574,9 @@ async fn commit(
     let _ = signals.side_outputs.send(());
     after_previous(after.committed).await?;
     let rows = retry(&config, &metrics, || write_rows(&flush, &sinks, &metrics)).await?;
+    fail::fail_point!("stream.after_commit_before_ack", |_| Err(Error::Internal(
+        "fail point stream.after_commit_before_ack".into()
+    )));
     let _ = signals.committed.send(());
     Ok(Flushed { bytes: flush.bytes, rows, archived, offsets: flush.offsets, elapsed: flush.started.elapsed() })
 }

@@ -282,6 +282,7 @@ async fn run_chunk(
             .await
             .with_context(|| format!("batch run of chunk {} [{}, {})", chunk.index, chunk.from, chunk.to))?
     };
+    fail::fail_point!("backfill.mid_chunk", |_| Err(anyhow::anyhow!("fail point backfill.mid_chunk")));
     let outcome = Reconcile::new(spec, chunk.from, chunk.to)
         .run()
         .await

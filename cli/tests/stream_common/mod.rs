@@ -1,5 +1,6 @@
 //! What a `tidemark stream` run left in its stores, for the crash tests (`stream_crash`, `stream_kafka`).
-//! A run's stores live in one folder: `serving`, `dead` and `raw` (Delta / object store on local files).
+//! A run's stores live in one folder: `serving`, `dead` and `raw` (Delta / object store on local files); the
+//! serving store may instead be a Postgres database (`outcome_in`, `committed_in`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -29,7 +30,12 @@ fn url(run: &Path, store: &str) -> String {
 
 /// Reads the stores of the run in folder `run`.
 pub async fn outcome(run: &Path, pipeline: &str) -> Outcome {
-    let store = tidemark_store::open(&StoreLocation::Delta(url(run, "serving"))).await.unwrap();
+    outcome_in(run, &StoreLocation::Delta(url(run, "serving")), pipeline).await
+}
+
+/// Reads the stores of the run in folder `run` whose serving store is at `serving`.
+pub async fn outcome_in(run: &Path, serving: &StoreLocation, pipeline: &str) -> Outcome {
+    let store = tidemark_store::open(serving).await.unwrap();
     let rows = store
         .read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX)
         .await
@@ -45,14 +51,20 @@ pub async fn outcome(run: &Path, pipeline: &str) -> Outcome {
     let late = dl.list_late().await.unwrap().into_iter().map(|l| l.coordinates.to_string()).collect();
     let archive = RawArchive::open(url(run, "raw")).await.unwrap().read_all().await.unwrap();
     let distinct: BTreeSet<_> = archive.iter().map(|r| r.coords.clone()).collect();
-    let offsets = committed(run, pipeline).await.expect("the serving store opens");
+    let offsets = committed_in(serving, pipeline).await.expect("the serving store opens");
     Outcome { rows, dead_letters, late, archived: archive.len(), archived_distinct: distinct.len(), offsets }
 }
 
 /// The committed next offset per partition; `None` while the serving store cannot be opened yet (the
 /// service is still creating its tables).
 pub async fn committed(run: &Path, pipeline: &str) -> Option<BTreeMap<i32, i64>> {
-    let store = tidemark_store::open(&StoreLocation::Delta(url(run, "serving"))).await.ok()?;
+    committed_in(&StoreLocation::Delta(url(run, "serving")), pipeline).await
+}
+
+/// The committed next offset per partition in the serving store at `serving`; `None` while it cannot be
+/// opened yet.
+pub async fn committed_in(serving: &StoreLocation, pipeline: &str) -> Option<BTreeMap<i32, i64>> {
+    let store = tidemark_store::open(serving).await.ok()?;
     let progress = store.load_progress(pipeline).await.ok()?;
     Some(progress.map_or_else(BTreeMap::new, |p| p.offsets.into_iter().map(|(tp, o)| (tp.partition, o)).collect()))
 }
