@@ -9,11 +9,17 @@
 //! window per minute. `TIDEMARK_BENCH_ROWS` rows (default 10M) are compared on each side, in chunks of
 //! `TIDEMARK_BENCH_CHUNK` rows per side (default 1M): a `MetricRow` with its owned strings and value map
 //! takes ~1 KB in memory, so 10M rows per side at once would need ~20 GB. Reconcile and backfill read a
-//! range at a time, so chunking is how the diff runs in practice too. Only `diff` is timed; generating the
-//! rows is not. Three cases: `clean` (both sides equal), `1pct` (~1% of keys different: missing, phantom
-//! and value drift in equal parts, plus float noise within tolerance) and `sorted` (equal sides, both in key
-//! order). In `clean` and `1pct` the serving side is in another order than the batch side, as stores return
-//! rows in their own order (the hash join); `sorted` takes the merge join.
+//! range at a time, so chunking is how the diff runs in practice too. Generating the rows is not timed.
+//!
+//! `diff s` is `tidemark_reconcile::diff` on the rows, what the reconciler calls with what the stores' reads
+//! return. For the breakdown the same chunk is then compared again in two timed steps on one thread:
+//! `convert s` (`Columns::new` for both sides) and `join s` (`diff_columns`), always the columnar path; the
+//! two results must be equal. Four cases: `clean` (both sides equal), `1pct` (~1% of keys different:
+//! missing, phantom and value drift in equal parts, plus float noise within tolerance), `sorted` (equal
+//! sides, both in key order: `diff` takes its aligned fast path and converts nothing) and `scattered`
+//! (`clean` with the worst heap locality). In `clean` and `1pct` the serving side is in another order than
+//! the batch side; each side's rows are allocated in the order the side holds them, as a store read decodes
+//! them, except in `scattered`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,7 +27,7 @@ use std::time::{Duration, Instant};
 use tidemark_core::{
     AggValue, Dimensions, EventTime, MetricRow, Origin, Pane, PipelineSpec, RowKey, ValidSpec, Window,
 };
-use tidemark_reconcile::{Verdict, diff};
+use tidemark_reconcile::{Columns, Verdict, diff, diff_columns};
 
 const SPEC: &str = r#"
 version = 1
@@ -160,11 +166,22 @@ impl<'a> Generator<'a> {
 enum Case {
     Clean,
     OnePercent,
-    /// Equal sides, both in key order (as stores read with `ORDER BY` key return them): the merge path.
+    /// Equal sides, both in key order (as stores read with `ORDER BY` key return them).
     CleanSorted,
+    /// `clean` with the serving rows moved into hash order after they were allocated, so that each row's
+    /// strings lie far from its neighbours' (the worst heap locality; how this bench laid out `clean` before
+    /// the columnar diff).
+    Scattered,
 }
 
-/// One chunk: batch rows `[from, to)`, and the serving side for `case`, in a different order.
+/// The rows again, each allocated in the order of the vector, as a store read decodes them.
+fn allocated_in_order(rows: Vec<MetricRow>) -> Vec<MetricRow> {
+    rows.to_vec()
+}
+
+/// One chunk: batch rows `[from, to)`, and the serving side for `case`. Each side's rows are allocated in
+/// the order the side holds them, as a store read decodes (and allocates) rows in the order it returns
+/// them; except in `scattered`, where the serving rows are reordered after allocation.
 fn chunk(g: &Generator<'_>, from: u64, to: u64, case: Case) -> (Vec<MetricRow>, Vec<MetricRow>) {
     let batch: Vec<MetricRow> = (from..to).map(|i| g.batch_row(i)).collect();
     let mut serving = Vec::with_capacity(batch.len());
@@ -205,11 +222,22 @@ fn chunk(g: &Generator<'_>, from: u64, to: u64, case: Case) -> (Vec<MetricRow>, 
         let mut batch = batch;
         batch.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         serving.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        return (batch, serving);
+        return (allocated_in_order(batch), allocated_in_order(serving));
     }
     // Stores return rows in their own order: serve them by hash, not by key.
     serving.sort_by_cached_key(|r| mix(r.events ^ r.key.window.start().as_micros() as u64));
-    (batch, serving)
+    if case == Case::Scattered {
+        return (batch, serving);
+    }
+    (batch, allocated_in_order(serving))
+}
+
+/// glibc merges freed small chunks lazily, at the next allocation of some size: after the generator freed
+/// a million rows (`allocated_in_order`), the first such allocation takes ~1 s. That debt is the
+/// generator's; settle it before the timed diff.
+fn settle_allocator() {
+    let block: Vec<u8> = vec![1; 256 * 1024];
+    std::hint::black_box(&block);
 }
 
 fn peak_rss_kib() -> u64 {
@@ -226,7 +254,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument selects a case ("clean" or "1pct").
+    // `cargo bench` passes `--bench`; a filter argument selects cases by name ("clean", "1pct", ...).
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let spec = PipelineSpec::parse(SPEC, "bench.toml", Some(std::path::Path::new("/bench"))).expect("bench spec");
     let g = Generator::new(&spec);
@@ -235,14 +263,21 @@ fn main() {
     let profile = if cfg!(debug_assertions) { "dev (unoptimized)" } else { "optimized" };
     println!("diff benchmark: {rows} window rows per side, chunks of {chunk_rows}, profile {profile}");
     println!(
-        "{:<10} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
-        "case", "rows/side", "diff s", "rows/s", "gen s", "differences", "peak RSS"
+        "{:<10} {:>12} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "case", "rows/side", "diff s", "rows/s", "convert s", "join s", "gen s", "differences", "peak RSS"
     );
-    for (case, name) in [(Case::Clean, "clean"), (Case::OnePercent, "1pct"), (Case::CleanSorted, "sorted")] {
+    let cases = [
+        (Case::Clean, "clean"),
+        (Case::OnePercent, "1pct"),
+        (Case::CleanSorted, "sorted"),
+        (Case::Scattered, "scattered"),
+    ];
+    for (case, name) in cases {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
         let (mut timed, mut generating) = (Duration::ZERO, Duration::ZERO);
+        let (mut converting, mut joining) = (Duration::ZERO, Duration::ZERO);
         let mut verdicts: BTreeMap<Verdict, u64> = BTreeMap::new();
         let (mut checked, mut differences) = (0u64, 0u64);
         let mut from = 0;
@@ -250,10 +285,19 @@ fn main() {
             let to = (from + chunk_rows).min(rows);
             let t = Instant::now();
             let (batch, serving) = chunk(&g, from, to, case);
+            settle_allocator();
             generating += t.elapsed();
             let t = Instant::now();
             let d = std::hint::black_box(diff(&spec, &batch, &serving).expect("diff"));
             timed += t.elapsed();
+            let t = Instant::now();
+            let (b, s) = (Columns::new(&spec, &batch).expect("rows"), Columns::new(&spec, &serving).expect("rows"));
+            converting += t.elapsed();
+            let t = Instant::now();
+            let again = std::hint::black_box(diff_columns(&b, &s).expect("diff"));
+            joining += t.elapsed();
+            assert_eq!(again, d, "the two timings compare the same");
+            drop((b, s, again));
             checked += d.checked();
             differences += d.differences.len() as u64;
             for m in d.metrics.values() {
@@ -268,11 +312,13 @@ fn main() {
         }
         let per_s = rows as f64 / timed.as_secs_f64();
         println!(
-            "{:<10} {:>12} {:>10.2} {:>12.0} {:>10.1} {:>12} {:>7} MiB",
+            "{:<10} {:>12} {:>10.2} {:>12.0} {:>10.2} {:>10.2} {:>10.1} {:>12} {:>7} MiB",
             name,
             rows,
             timed.as_secs_f64(),
             per_s,
+            converting.as_secs_f64(),
+            joining.as_secs_f64(),
             generating.as_secs_f64(),
             differences,
             peak_rss_kib() / 1024
