@@ -92,6 +92,11 @@ impl DeltaStoreConfig {
             ensure_local_dir(u).await?;
         }
         let rows = open_table(&rows_url, &self.storage_options).await?;
+        #[cfg(feature = "failpoints")]
+        let arm = crate::failpoint_log::Arm::default();
+        #[cfg(feature = "failpoints")]
+        let rows =
+            crate::failpoint_log::wrap(rows, arm.clone()).await.map_err(Error::delta(rows_url.as_str(), "opening"))?;
         let audit = open_table(&audit_url, &self.storage_options).await?;
         let (objects, prefix) = crate::objects::open(&base, &self.storage_options)?;
         Ok(DeltaStore {
@@ -104,6 +109,8 @@ impl DeltaStoreConfig {
             prefix,
             max_attempts: self.max_attempts.max(1),
             stats: DeltaStats::default(),
+            #[cfg(feature = "failpoints")]
+            arm,
         })
     }
 }
@@ -216,6 +223,9 @@ pub struct DeltaStore {
     prefix: ObjPath,
     max_attempts: u32,
     stats: DeltaStats,
+    /// Arms the fail point in the serving table's log store around this store's own commits.
+    #[cfg(feature = "failpoints")]
+    arm: crate::failpoint_log::Arm,
 }
 
 impl fmt::Debug for DeltaStore {
@@ -517,6 +527,10 @@ impl DeltaStore {
                     last = e.to_string();
                     continue;
                 }
+                #[cfg(feature = "failpoints")]
+                Err(e) if crate::failpoint_log::is_fail_point(&e) => {
+                    return Err(Error::Contention { attempts: attempt + 1, last: e.to_string() });
+                }
                 Err(e) => return Err(Error::delta(url, "merging")(e)),
             };
             let table = if table.version() == before {
@@ -529,6 +543,10 @@ impl DeltaStore {
                         self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                         last = e.to_string();
                         continue;
+                    }
+                    #[cfg(feature = "failpoints")]
+                    Err(e) if crate::failpoint_log::is_fail_point(&e) => {
+                        return Err(Error::Contention { attempts: attempt + 1, last: e.to_string() });
                     }
                     Err(e) => return Err(Error::delta(url, "committing the marker")(e)),
                 }
@@ -977,10 +995,8 @@ impl ServingStore for DeltaStore {
             }
             Ok(Ok(version))
         };
-        fail::fail_point!("delta.after_data_files_before_log_commit", |_| Err(Error::Contention {
-            attempts: 1,
-            last: "fail point delta.after_data_files_before_log_commit".into()
-        }));
+        #[cfg(feature = "failpoints")]
+        let _armed = self.arm.hold();
         match self.commit(&flats, n_emissions, &progress_app(&progress.pipeline), plan, meta).await? {
             Committed::Done { applied, retries } => {
                 Ok(WriteOutcome::Committed(WriteStats { offered, applied, retries }))
@@ -1056,10 +1072,8 @@ impl ServingStore for DeltaStore {
         // `audit_log` hides them until the batch's data commit below has landed: a crash in between leaves
         // no visible audit of an unapplied batch, and a retry of the same batch finds its lines written.
         self.write_audit(batch, applied_at).await?;
-        fail::fail_point!("delta.after_data_files_before_log_commit", |_| Err(Error::Contention {
-            attempts: 1,
-            last: "fail point delta.after_data_files_before_log_commit".into()
-        }));
+        #[cfg(feature = "failpoints")]
+        let _armed = self.arm.hold();
         let outcome = self.commit(&flats, 0, &corrections_app(&batch.id), plan, meta).await?;
         Ok(match outcome {
             Committed::Done { applied, retries } => {

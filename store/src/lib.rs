@@ -19,6 +19,8 @@ pub mod batch_view;
 pub mod deadletter;
 pub mod delta;
 pub mod error;
+#[cfg(feature = "failpoints")]
+mod failpoint_log;
 pub mod model;
 pub mod objects;
 pub mod postgres;
