@@ -174,7 +174,7 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
     // 200 kills over an 8x input the same share).
     let (_, kills_wanted) = size();
     let max_ms = ((reference_secs * 1000.0) as u64 / 6 / (kills_wanted as u64 / 25)).clamp(200, 3000);
-    let (mut kills, mut finished_early, mut previous) = (0, 0, 0i64);
+    let (mut kills, mut finished_early, mut previous, mut after_commit) = (0, 0, 0i64, 0);
     let mut offsets = Vec::new();
     while kills < kills_wanted {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
@@ -183,6 +183,19 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        // Every other life is killed at a random time after it committed past the last kill's offset, so
+        // that the kills move through the input even when restarts take longer than `max_ms` (restoring a
+        // large checkpoint); the others at a random time from the start (during restore and replay too).
+        if kills % 2 == 1 {
+            let started = Instant::now();
+            while committed_offset(dir.path(), "crashed") <= previous
+                && child.try_wait().unwrap().is_none()
+                && started.elapsed() < Duration::from_secs(120)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            after_commit += 1;
+        }
         std::thread::sleep(Duration::from_millis(100 + rng.below(max_ms)));
         if child.try_wait().unwrap().is_some() {
             finished_early += 1;
@@ -197,7 +210,10 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
         offsets.push(offset);
         previous = offset;
     }
-    eprintln!("killed {kills} times; committed offsets after each kill: {offsets:?}");
+    eprintln!(
+        "killed {kills} times ({after_commit} of them after a new commit of their life); committed offsets after each \
+         kill: {offsets:?}"
+    );
     assert!(kills >= kills_wanted, "only {kills} kills happened before the input ran out; make the input larger");
     assert!(offsets.iter().any(|&o| o > 0 && o < lines), "some kills landed mid-run: {offsets:?}");
 
@@ -209,6 +225,15 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
     let extra: Vec<_> = crashed.rows.keys().filter(|k| !reference.rows.contains_key(*k)).collect();
     let mismatched: Vec<_> =
         reference.rows.iter().filter(|(k, v)| crashed.rows.get(*k).is_some_and(|c| c != *v)).collect();
+    eprintln!(
+        "windows lost {}, extra {}, mismatched {} (of {}); archive {} records, {} distinct; seed {seed}",
+        lost.len(),
+        extra.len(),
+        mismatched.len(),
+        reference.rows.len(),
+        crashed.archived,
+        crashed.archived_distinct
+    );
     assert!(
         lost.is_empty() && extra.is_empty() && mismatched.is_empty(),
         "lost {} (e.g. {:?}), extra {} (e.g. {:?}), mismatched {} (e.g. {:?})",
