@@ -183,10 +183,11 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        // Every other life is killed at a random time after it committed past the last kill's offset, so
-        // that the kills move through the input even when restarts take longer than `max_ms` (restoring a
-        // large checkpoint); the others at a random time from the start (during restore and replay too).
-        if kills % 2 == 1 {
+        // Every other life is killed a short random time after it committed past the last kill's offset (so
+        // such a life adds about one flush), so that the kills move through the input even when restarts take
+        // longer than `max_ms` (restoring a large checkpoint); the others at a random time from the start
+        // (during restore and replay too).
+        let delay = if kills % 2 == 1 {
             let started = Instant::now();
             while committed_offset(dir.path(), "crashed") <= previous
                 && child.try_wait().unwrap().is_none()
@@ -195,8 +196,11 @@ fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             after_commit += 1;
-        }
-        std::thread::sleep(Duration::from_millis(100 + rng.below(max_ms)));
+            rng.below(max_ms / 4)
+        } else {
+            100 + rng.below(max_ms)
+        };
+        std::thread::sleep(Duration::from_millis(delay));
         if child.try_wait().unwrap().is_some() {
             finished_early += 1;
             assert!(finished_early < 3, "the run keeps finishing before the kill; make the input larger");
