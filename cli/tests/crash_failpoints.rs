@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tidemark;
-use stream_common::{Outcome, committed_in, outcome_in};
+use stream_common::{Outcome, Rng, committed_in, outcome_in};
 use tidemark_core::{EventTime, StoreLocation};
 
 const PIPELINE: &str = "fpcrash";
@@ -39,22 +39,6 @@ fn long_tier() -> bool {
 /// input or so.
 fn size() -> (u64, usize) {
     if long_tier() { (600_000, 200) } else { (100_000, 25) }
-}
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// Events at 25 per second of event time with disorder up to 8 s, 1% arriving 2 to 3 minutes late

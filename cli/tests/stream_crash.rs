@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tidemark;
-use stream_common::{committed, outcome};
+use stream_common::{Rng, committed, outcome};
 use tidemark_core::EventTime;
 
 fn long_tier() -> bool {
@@ -24,22 +24,6 @@ fn long_tier() -> bool {
 /// Events in the input and kills of the crash loop: (200k, 25) in CI, (1.6M, 200) in the long tier.
 fn size() -> (u64, usize) {
     if long_tier() { (1_600_000, 200) } else { (200_000, 25) }
-}
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Events at 25 per second of event time with disorder up to 8 s, 1% arriving 2 to 3 minutes late

@@ -113,17 +113,7 @@ fn start() -> Result<TestServer> {
     } else {
         format!("{pg_ctl} -D {data_s} -m immediate stop")
     };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir_s}",
-        pid = std::process::id()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| Error::Harness(format!("watchdog: {e}")))?;
+    watchdog(&format!("{stop} >/dev/null 2>&1; rm -rf {dir_s}"))?;
     let admin_conninfo = format!("host={dir_s} port={port} user=postgres dbname=postgres");
     Ok(TestServer { dir, port, admin_conninfo })
 }
@@ -195,18 +185,7 @@ fn start_s3() -> Result<TestS3> {
         .map_err(|e| {
             Error::Harness(format!("starting {program} (pip install \"moto[server]\", or set TIDEMARK_MOTO): {e}"))
         })?;
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; kill {child} 2>/dev/null",
-        pid = std::process::id(),
-        child = child.id()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| Error::Harness(format!("watchdog: {e}")))?;
+    watchdog(&format!("kill {} 2>/dev/null", child.id()))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if std::time::Instant::now() > deadline {
@@ -263,4 +242,18 @@ pub async fn s3_bucket() -> Result<TestBucket> {
         options: settings.iter().map(|(k, _, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         env: settings.iter().map(|(_, k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
     })
+}
+
+/// Runs the shell command `cleanup` once this process has exited, however it exits (a test binary killed
+/// mid-run too), so that servers the harness started do not outlive it.
+fn watchdog(cleanup: &str) -> Result<()> {
+    let script = format!("while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {cleanup}", pid = std::process::id());
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|e| Error::Harness(format!("watchdog: {e}")))
 }

@@ -68,3 +68,23 @@ pub async fn committed_in(serving: &StoreLocation, pipeline: &str) -> Option<BTr
     let progress = store.load_progress(pipeline).await.ok()?;
     Some(progress.map_or_else(BTreeMap::new, |p| p.offsets.into_iter().map(|(tp, o)| (tp.partition, o)).collect()))
 }
+
+/// A small deterministic generator (SplitMix64) for the crash loops' inputs and kill schedules.
+#[allow(dead_code)] // stream_kafka kills on its own schedule
+pub struct Rng(pub u64);
+
+#[allow(dead_code)]
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
