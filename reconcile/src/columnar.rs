@@ -17,7 +17,7 @@ use foldhash::fast::RandomState as FoldBuild;
 use tidemark_core::spec::CompiledMetric;
 use tidemark_core::{AggValue, Dimensions, MetricRow, Tolerance, ValidSpec};
 
-use crate::diff::{Diff, KeyDiff, MetricSummary, Verdict, compare_key, duplicate};
+use crate::diff::{Diff, KeyDiff, MetricSummary, Verdict, compare_key, duplicate, value_of};
 use crate::error::Error;
 
 /// Below this many rows per side the two sides are converted and sorted on one thread.
@@ -580,6 +580,5 @@ fn all_within(aggregates: &[(&str, Tolerance)], b: &MetricRow, s: &MetricRow) ->
             return true;
         }
     }
-    let value = |row: &MetricRow, name: &str| row.values.get(name).copied().unwrap_or(AggValue::Null);
-    aggregates.iter().all(|&(name, tolerance)| tolerance.within(value(b, name), value(s, name)))
+    aggregates.iter().all(|&(name, tolerance)| tolerance.within(value_of(Some(b), name), value_of(Some(s), name)))
 }

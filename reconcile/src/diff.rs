@@ -92,7 +92,7 @@ impl Diff {
     }
 }
 
-fn value_of(row: Option<&MetricRow>, name: &str) -> AggValue {
+pub(crate) fn value_of(row: Option<&MetricRow>, name: &str) -> AggValue {
     row.and_then(|r| r.values.get(name)).copied().unwrap_or(AggValue::Null)
 }
 

@@ -419,6 +419,17 @@ fn join_predicate(flats: &[Flat]) -> Expr {
     pred.and(col("t.window_date").in_list(dates.into_iter().map(lit).collect(), false))
 }
 
+/// The error for a failed commit that is not a conflict. With the `failpoints` feature, the Delta fail point's
+/// `return` is a retryable contention error, like the Postgres store's fail point.
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+fn commit_error(url: &str, what: &'static str, attempt: u32, e: DeltaTableError) -> Error {
+    #[cfg(feature = "failpoints")]
+    if crate::failpoint_log::is_fail_point(&e) {
+        return Error::Contention { attempts: attempt + 1, last: e.to_string() };
+    }
+    Error::delta(url, what)(e)
+}
+
 pub(crate) fn is_conflict(e: &DeltaTableError) -> bool {
     match e {
         DeltaTableError::VersionAlreadyExists(_) => true,
@@ -527,11 +538,7 @@ impl DeltaStore {
                     last = e.to_string();
                     continue;
                 }
-                #[cfg(feature = "failpoints")]
-                Err(e) if crate::failpoint_log::is_fail_point(&e) => {
-                    return Err(Error::Contention { attempts: attempt + 1, last: e.to_string() });
-                }
-                Err(e) => return Err(Error::delta(url, "merging")(e)),
+                Err(e) => return Err(commit_error(url, "merging", attempt, e)),
             };
             let table = if table.version() == before {
                 // a MERGE that changes nothing writes no commit: record the marker on its own
@@ -544,11 +551,7 @@ impl DeltaStore {
                         last = e.to_string();
                         continue;
                     }
-                    #[cfg(feature = "failpoints")]
-                    Err(e) if crate::failpoint_log::is_fail_point(&e) => {
-                        return Err(Error::Contention { attempts: attempt + 1, last: e.to_string() });
-                    }
-                    Err(e) => return Err(Error::delta(url, "committing the marker")(e)),
+                    Err(e) => return Err(commit_error(url, "committing the marker", attempt, e)),
                 }
             } else {
                 table
@@ -611,20 +614,17 @@ impl DeltaStore {
         }
         // a delta counts only while its key's row is a speed row: a batch row (or a batch tombstone) holds
         // the truth, late events included, and supersedes every delta of the key (ServingStore::read_deltas)
-        let flats = self.scan_flats(&["row", "delta"], false, metrics, from, to).await?;
-        let batch_keys: std::collections::HashSet<(&str, i64, i64, &str)> = flats
-            .iter()
-            .filter(|f| matches!(f.kind, Kind::Row) && f.layer == tidemark_core::Layer::Batch)
-            .map(|f| (f.metric.as_str(), f.window_start, f.window_end, f.dims.as_str()))
-            .collect();
-        let live: Vec<bool> = flats
-            .iter()
-            .map(|f| {
-                matches!(f.kind, Kind::Delta(_))
-                    && !batch_keys.contains(&(f.metric.as_str(), f.window_start, f.window_end, f.dims.as_str()))
-            })
-            .collect();
-        flats.into_iter().zip(live).filter(|(_, live)| *live).map(|(f, _)| f.into_row()).collect()
+        let (rows, deltas): (Vec<Flat>, Vec<Flat>) = self
+            .scan_flats(&["row", "delta"], false, metrics, from, to)
+            .await?
+            .into_iter()
+            .partition(|f| matches!(f.kind, Kind::Row));
+        fn key(f: &Flat) -> (&str, i64, i64, &str) {
+            (&f.metric, f.window_start, f.window_end, &f.dims)
+        }
+        let batch_keys: std::collections::HashSet<_> =
+            rows.iter().filter(|f| f.layer == tidemark_core::Layer::Batch).map(key).collect();
+        deltas.into_iter().filter(|f| !batch_keys.contains(&key(f))).map(Flat::into_row).collect()
     }
 
     /// Records of `kinds` whose window starts in `[from, to)`, pruned by the metric and date partitions,

@@ -41,8 +41,7 @@ struct SharedMemoryFactory;
 
 impl ObjectStoreFactory for SharedMemoryFactory {
     fn parse_url_opts(&self, url: &Url, _config: &StorageConfig) -> deltalake::DeltaResult<(ObjectStoreRef, Path)> {
-        let path = Path::from_url_path(url.path())
-            .map_err(|e| deltalake::DeltaTableError::InvalidTableLocation(format!("{url}: {e}")))?;
+        let path = url_path(url).map_err(|e| deltalake::DeltaTableError::InvalidTableLocation(e.to_string()))?;
         Ok((memory_store(url.host_str().unwrap_or("")), path))
     }
 }
