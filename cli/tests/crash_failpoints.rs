@@ -15,7 +15,6 @@
 //! timing too).
 
 mod common;
-#[allow(dead_code)] // `outcome` and `committed` serve the other crash tests
 mod stream_common;
 
 use std::collections::BTreeMap;
@@ -24,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tidemark;
-use stream_common::{Outcome, Rng, committed_in, outcome_in};
+use stream_common::{Outcome, Rng, committed_in, crash_spec, outcome_in, stream_args, write_events};
 use tidemark_core::{EventTime, StoreLocation};
 
 const PIPELINE: &str = "fpcrash";
@@ -39,40 +38,6 @@ fn long_tier() -> bool {
 /// input or so.
 fn size() -> (u64, usize) {
     if long_tier() { (600_000, 200) } else { (100_000, 25) }
-}
-
-/// Events at 25 per second of event time with disorder up to 8 s, 1% arriving 2 to 3 minutes late
-/// (beyond allowed lateness: late ledger), 1% within allowed lateness, duplicates and malformed lines.
-fn write_events(path: &Path, events: u64) {
-    let mut rng = Rng(7);
-    let base = 1_700_000_000_000_000i64; // µs
-    let mut out = String::new();
-    for i in 0..events {
-        let mut t = base + i as i64 * 40_000 - rng.below(8_000_000) as i64;
-        match rng.below(100) {
-            0 => t -= 120_000_000 + rng.below(60_000_000) as i64,
-            1 => t -= 20_000_000 + rng.below(20_000_000) as i64,
-            _ => {}
-        }
-        let ts = EventTime::from_micros(t).unwrap();
-        let line = format!(
-            r#"{{"id":"e{i}","ts":"{ts}","page":"/p{}","country":"c{}","user":"u{}","ms":{}}}"#,
-            rng.below(10),
-            rng.below(4),
-            rng.below(300),
-            rng.below(900)
-        );
-        out.push_str(&line);
-        out.push('\n');
-        if i % 997 == 3 {
-            out.push_str(&line); // duplicate
-            out.push('\n');
-        }
-        if i % 1999 == 11 {
-            out.push_str("{\"id\": \"broken\n"); // malformed
-        }
-    }
-    std::fs::write(path, out).unwrap();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,9 +72,8 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 fn new_run(root: &Path, events: &Path, name: &str, store: Store) -> Run {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let url = |s: &str| format!("file://{}", dir.join(s).display());
     let serving = match store {
-        Store::Delta => StoreLocation::Delta(url("serving")),
+        Store::Delta => StoreLocation::Delta(format!("file://{}", dir.join("serving").display())),
         Store::Postgres => {
             StoreLocation::Postgres(block_on(tidemark_store::testing::postgres()).expect("throwaway postgres").conninfo)
         }
@@ -117,58 +81,10 @@ fn new_run(root: &Path, events: &Path, name: &str, store: Store) -> Run {
     let serving_str = match &serving {
         StoreLocation::Delta(u) | StoreLocation::Postgres(u) => u.clone(),
     };
-    let spec = format!(
-        r#"
-version = 1
-name = "{PIPELINE}"
-[source]
-type = "file"
-path = "{events}"
-[event]
-id = "id"
-time = {{ field = "ts", format = "rfc3339" }}
-dimensions = ["page", "country", "user"]
-values = {{ ms = "int" }}
-[time]
-watermark_delay = "10s"
-allowed_lateness = "1m"
-idle_timeout = "1h"
-late_policy = "update"
-[[metrics]]
-name = "views"
-dimensions = ["page"]
-window = {{ type = "tumbling", size = "1m" }}
-aggregates = [{{ name = "n", fn = "count" }}, {{ name = "ms", fn = "sum", field = "ms" }}, {{ name = "hi", fn = "max", field = "ms" }}]
-[[metrics]]
-name = "by_country"
-dimensions = ["country"]
-window = {{ type = "hopping", size = "5m", slide = "1m" }}
-aggregates = [{{ name = "n", fn = "count" }}, {{ name = "users", fn = "count_distinct", field = "user" }}]
-[[metrics]]
-name = "sessions"
-dimensions = ["user"]
-window = {{ type = "session", gap = "30s" }}
-aggregates = [{{ name = "n", fn = "count" }}]
-[stores]
-raw_archive = "{raw}"
-serving = "{serving_str}"
-dead_letter = "{dead}"
-batch_view = "{batch}"
-"#,
-        events = events.display(),
-        raw = url("raw"),
-        dead = url("dead"),
-        batch = url("batch"),
-    );
+    let spec = crash_spec(PIPELINE, events, &dir, &serving_str);
     let path = root.join(format!("{name}.toml"));
     std::fs::write(&path, spec).unwrap();
     Run { dir, serving, spec: path.to_str().unwrap().to_owned() }
-}
-
-fn stream_args(spec: &str) -> Vec<String> {
-    ["stream", "--spec", spec, "--finish", "--listen", "off", "--flush-interval", "40ms", "--flush-rows", "2000"]
-        .map(str::to_owned)
-        .to_vec()
 }
 
 fn committed_offset(run: &Run) -> i64 {
@@ -279,7 +195,7 @@ fn crash_loop(store: Store) {
     let (n_events, kills_wanted) = size();
     let root = tempfile::tempdir().unwrap();
     let events = root.path().join("events.jsonl");
-    write_events(&events, n_events);
+    write_events(&events, n_events, 7);
     let lines = std::fs::read_to_string(&events).unwrap().lines().count() as i64;
 
     // The reference: one uninterrupted run (markers on, to count its commits).
@@ -554,7 +470,7 @@ fn served(run: &Run) -> (BTreeMap<String, String>, usize) {
 fn correction_path_fail_points(store: Store) {
     let root = tempfile::tempdir().unwrap();
     let events = root.path().join("events.jsonl");
-    write_events(&events, 20_000); // 2023-11-14 22:10 to 22:27, 1% beyond the allowed lateness
+    write_events(&events, 20_000, 7); // 2023-11-14 22:10 to 22:27, 1% beyond the allowed lateness
     let run = new_run(root.path(), &events, "run", store);
     let (code, _, err) = tidemark_with("", &stream_args(&run.spec).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");

@@ -14,8 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tidemark;
-use stream_common::{Rng, committed, outcome};
-use tidemark_core::EventTime;
+use stream_common::{Rng, committed, crash_spec, outcome, stream_args, write_events};
 
 fn long_tier() -> bool {
     std::env::var("TIDEMARK_LONG").is_ok_and(|v| v == "1")
@@ -26,97 +25,12 @@ fn size() -> (u64, usize) {
     if long_tier() { (1_600_000, 200) } else { (200_000, 25) }
 }
 
-/// Events at 25 per second of event time with disorder up to 8 s, 1% arriving 2 to 3 minutes late
-/// (beyond allowed lateness: late ledger), 1% within allowed lateness, duplicates and malformed lines.
-fn write_events(path: &Path) {
-    let (events, _) = size();
-    let mut rng = Rng(42);
-    let base = 1_700_000_000_000_000i64; // µs
-    let mut out = String::new();
-    for i in 0..events {
-        let mut t = base + i as i64 * 40_000 - rng.below(8_000_000) as i64;
-        match rng.below(100) {
-            0 => t -= 120_000_000 + rng.below(60_000_000) as i64,
-            1 => t -= 20_000_000 + rng.below(20_000_000) as i64,
-            _ => {}
-        }
-        let ts = EventTime::from_micros(t).unwrap();
-        let line = format!(
-            r#"{{"id":"e{i}","ts":"{ts}","page":"/p{}","country":"c{}","user":"u{}","ms":{}}}"#,
-            rng.below(10),
-            rng.below(4),
-            rng.below(300),
-            rng.below(900)
-        );
-        out.push_str(&line);
-        out.push('\n');
-        if i % 997 == 3 {
-            out.push_str(&line); // duplicate
-            out.push('\n');
-        }
-        if i % 1999 == 11 {
-            out.push_str("{\"id\": \"broken\n"); // malformed
-        }
-    }
-    std::fs::write(path, out).unwrap();
-}
-
 fn write_spec(dir: &Path, events: &Path, name: &str) -> String {
     let d = dir.join(name);
-    let url = |s: &str| format!("file://{}", d.join(s).display());
-    let spec = format!(
-        r#"
-version = 1
-name = "crashy"
-[source]
-type = "file"
-path = "{events}"
-[event]
-id = "id"
-time = {{ field = "ts", format = "rfc3339" }}
-dimensions = ["page", "country", "user"]
-values = {{ ms = "int" }}
-[time]
-watermark_delay = "10s"
-allowed_lateness = "1m"
-idle_timeout = "1h"
-late_policy = "update"
-[[metrics]]
-name = "views"
-dimensions = ["page"]
-window = {{ type = "tumbling", size = "1m" }}
-aggregates = [{{ name = "n", fn = "count" }}, {{ name = "ms", fn = "sum", field = "ms" }}, {{ name = "hi", fn = "max", field = "ms" }}]
-[[metrics]]
-name = "by_country"
-dimensions = ["country"]
-window = {{ type = "hopping", size = "5m", slide = "1m" }}
-aggregates = [{{ name = "n", fn = "count" }}, {{ name = "users", fn = "count_distinct", field = "user" }}]
-[[metrics]]
-name = "sessions"
-dimensions = ["user"]
-window = {{ type = "session", gap = "30s" }}
-aggregates = [{{ name = "n", fn = "count" }}]
-[stores]
-raw_archive = "{raw}"
-serving = "{serving}"
-dead_letter = "{dead}"
-batch_view = "{batch}"
-"#,
-        events = events.display(),
-        raw = url("raw"),
-        serving = url("serving"),
-        dead = url("dead"),
-        batch = url("batch"),
-    );
+    let spec = crash_spec("crashy", events, &d, &format!("file://{}", d.join("serving").display()));
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, spec).unwrap();
     path.to_str().unwrap().to_owned()
-}
-
-fn stream_args(spec: &str) -> Vec<String> {
-    ["stream", "--spec", spec, "--finish", "--listen", "off", "--flush-interval", "40ms", "--flush-rows", "2000"]
-        .map(str::to_owned)
-        .to_vec()
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -132,7 +46,7 @@ fn committed_offset(dir: &Path, name: &str) -> i64 {
 fn sigkill_loop_loses_and_duplicates_nothing_issue_5() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
-    write_events(&events);
+    write_events(&events, size().0, 42);
     let lines = std::fs::read_to_string(&events).unwrap().lines().count() as i64;
 
     // The reference: one uninterrupted run.
