@@ -11,13 +11,13 @@
 use polars::prelude::*;
 use tidemark_core::{EventTime, FixedWindows};
 
+use super::keys::KEY;
 use super::{Aggregation, MergeOp, WINDOW_END, WINDOW_START, time};
 
-/// The plan of a tumbling or hopping metric, grouped by `(window_start, keys)`.
+/// The plan of a tumbling or hopping metric, grouped by `(window_start, key id)`.
 pub(crate) fn plan(
     events: LazyFrame,
     w: &FixedWindows,
-    keys: &[String],
     aggs: Aggregation,
     range: Option<(EventTime, EventTime)>,
 ) -> PolarsResult<LazyFrame> {
@@ -28,11 +28,7 @@ pub(crate) fn plan(
     let phase = ((time() - lit(offset)) % lit(slide) + lit(slide)) % lit(slide);
     let last_start = (time() - phase).alias(WINDOW_START);
     let n = w.windows_per_event() as i64;
-    let by = || {
-        let mut by = vec![col(WINDOW_START)];
-        by.extend(keys.iter().map(|k| col(k.as_str())));
-        by
-    };
+    let by = || vec![col(WINDOW_START), col(KEY)];
     let in_range = |lf: LazyFrame| match range {
         // keep windows overlapping [from, to): start < to and start + size > from
         Some((from, to)) => {
@@ -63,13 +59,11 @@ pub(crate) fn plan(
                 ),
                 None => panes,
             };
-            let mut order: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
-            order.push(col(WINDOW_START));
-            let sorted = panes.sort_by_exprs(order, SortMultipleOptions::default());
+            let sorted = panes.sort_by_exprs([col(KEY), col(WINDOW_START)], SortMultipleOptions::default());
             // the merge walks each key's panes in order, so it runs on the whole collected frame
             let sorted = sorted.collect_with_engine(Engine::Streaming)?.unwrap_single();
             let window_range = range.map(|(from, to)| (from.as_micros() - size, to.as_micros()));
-            let windows = merge_panes(&sorted, keys, &merge, slide, n, window_range)?;
+            let windows = merge_panes(&sorted, &merge, slide, n, window_range)?;
             return Ok(windows.lazy().with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)));
         }
         _ => in_range(copies(events.with_column(last_start))).group_by(by()).agg(aggs.over_events),
@@ -87,11 +81,10 @@ enum Out {
     Float(Vec<Option<f64>>),
 }
 
-/// Merges slide-long panes (sorted by keys, then start) into the windows of `n` panes each. Windows
+/// Merges slide-long panes (sorted by key id, then start) into the windows of `n` panes each. Windows
 /// without panes are skipped; with a range `(lo, hi)`, only windows with `lo < start < hi` are kept.
 fn merge_panes(
     df: &DataFrame,
-    keys: &[String],
     merge: &[(String, MergeOp)],
     slide: i64,
     n: i64,
@@ -102,10 +95,7 @@ fn merge_panes(
     // partial results never contain nulls (every pane has events; inputs are required fields), so the
     // rechunked columns are plain slices
     let starts = df.column(WINDOW_START)?.as_materialized_series().i64()?.cont_slice()?;
-    let key_cols = keys
-        .iter()
-        .map(|k| Ok(df.column(k)?.as_materialized_series().str()?.clone()))
-        .collect::<PolarsResult<Vec<_>>>()?;
+    let key_ids = df.column(KEY)?.as_materialized_series().u32()?.cont_slice()?;
     let partials = merge
         .iter()
         .map(|(name, op)| {
@@ -119,7 +109,7 @@ fn merge_panes(
         })
         .collect::<PolarsResult<Vec<_>>>()?;
     let mut out_starts: Vec<i64> = Vec::new();
-    let mut out_rows: Vec<usize> = Vec::new(); // a pane row of the window's key, for the key columns
+    let mut out_keys: Vec<u32> = Vec::new();
     let mut outs: Vec<Out> = partials
         .iter()
         .map(|p| match p {
@@ -128,12 +118,11 @@ fn merge_panes(
         })
         .collect();
     let height = df.height();
-    let same_key = |a: usize, b: usize| key_cols.iter().all(|c| c.get(a) == c.get(b));
     let size = n * slide;
     let mut seg = 0;
     while seg < height {
         let mut end = seg + 1;
-        while end < height && same_key(seg, end) {
+        while end < height && key_ids[end] == key_ids[seg] {
             end += 1;
         }
         // panes seg..end of one key, ascending starts
@@ -147,7 +136,7 @@ fn merge_panes(
             }
             if last > first && range.is_none_or(|(lo, hi)| w > lo && w < hi) {
                 out_starts.push(w);
-                out_rows.push(first);
+                out_keys.push(key_ids[seg]);
                 for (o, p) in outs.iter_mut().zip(&partials) {
                     match (o, p) {
                         (Out::Int(v), Partial::Int(c, op)) => {
@@ -181,16 +170,13 @@ fn merge_panes(
         }
         seg = end;
     }
-    let rows = IdxCa::from_vec("rows".into(), out_rows.iter().map(|&r| r as IdxSize).collect());
-    let mut cols: Vec<Column> = vec![Column::new(WINDOW_START.into(), out_starts)];
-    for (k, c) in keys.iter().zip(&key_cols) {
-        cols.push(c.take(&rows)?.with_name(k.as_str().into()).into_column());
-    }
+    let windows = out_starts.len();
+    let mut cols: Vec<Column> = vec![Column::new(WINDOW_START.into(), out_starts), Column::new(KEY.into(), out_keys)];
     for ((name, _), o) in merge.iter().zip(outs) {
         cols.push(match o {
             Out::Int(v) => Column::new(name.as_str().into(), v),
             Out::Float(v) => Column::new(name.as_str().into(), v),
         });
     }
-    DataFrame::new(rows.len(), cols)
+    DataFrame::new(windows, cols)
 }

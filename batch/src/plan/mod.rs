@@ -14,6 +14,7 @@
 
 mod finish;
 mod fixed;
+mod keys;
 mod session;
 
 pub use finish::FrameRows;
@@ -196,17 +197,28 @@ pub fn metric_frame(
     metric: &CompiledMetric,
     range: Option<(EventTime, EventTime)>,
 ) -> Result<DataFrame, BatchError> {
-    let keys: Vec<String> = metric.dims.iter().map(|(_, i)| frame::dim_column(*i)).collect();
+    let dims: Vec<String> = metric.dims.iter().map(|(_, i)| frame::dim_column(*i)).collect();
+    let mut keep = vec![EVENT_TIME.to_owned()];
+    for a in &metric.aggregates {
+        if let Some(c) = input_column(a.input)
+            && !keep.contains(&c)
+        {
+            keep.push(c);
+        }
+    }
     let aggs = aggregation(schema, metric)?;
-    let lf = events.clone().lazy();
+    // the plans group and sort by one integer key column instead of the dimension strings
+    let interned = keys::intern(events, &dims, &keep)?;
+    let lf = interned.work.lazy();
     let out = match metric.window {
-        WindowSpec::Fixed(w) => fixed::plan(lf, &w, &keys, aggs, range)?,
-        WindowSpec::Session(s) => session::plan(lf, s, &keys, aggs.over_events, range),
+        WindowSpec::Fixed(w) => fixed::plan(lf, &w, aggs, range)?,
+        WindowSpec::Session(s) => session::plan(lf, s, aggs.over_events, range),
     };
     // polars' streaming engine: measured faster and leaner than the in-memory engine for these group-bys
     // (see benches/plan.rs); de-duplication stays in memory, where it is faster
     // (a plan with one sink has a single result, so `unwrap_single` cannot panic)
-    Ok(out.collect_with_engine(Engine::Streaming)?.unwrap_single())
+    let out = out.collect_with_engine(Engine::Streaming)?.unwrap_single();
+    Ok(keys::restore(out, &interned.dictionary)?)
 }
 
 /// Finishes a [`metric_frame`] into rows, sorted by window and dimensions.

@@ -1,40 +1,34 @@
-//! Session windows: sort by `(keys, event_time)`, start a new session at the first event of a key and
+//! Session windows: sort by `(key id, event_time)`, start a new session at the first event of a key and
 //! wherever the distance to the previous event of the key is `>= gap`; a session is
 //! `[first event, last event + gap)`, as `tidemark_core::window::session::sessions_of`.
 
 use polars::prelude::*;
 use tidemark_core::{EventTime, SessionWindows};
 
+use super::keys::KEY;
 use super::{WINDOW_END, WINDOW_START, time};
 
 const LAST: &str = "__last";
 
-/// The plan of a session metric, grouped by `(window_start, keys)`.
+/// The plan of a session metric, grouped by `(window_start, key id)`.
 pub(crate) fn plan(
     events: LazyFrame,
     s: SessionWindows,
-    keys: &[String],
     mut aggs: Vec<Expr>,
     range: Option<(EventTime, EventTime)>,
 ) -> LazyFrame {
     let gap = s.gap().as_micros();
-    let mut order: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
-    order.push(time());
-    let sorted = events.sort_by_exprs(order, SortMultipleOptions::default().with_maintain_order(true));
+    let sorted = events.sort_by_exprs([col(KEY), time()], SortMultipleOptions::default().with_maintain_order(true));
     let prev = time().shift(lit(1));
     // the first row has no previous row: `prev` is null and `is_null` starts a session
-    let mut starts = prev.clone().is_null().or((time() - prev).gt_eq(lit(gap)));
-    for k in keys {
-        starts = starts.or(col(k.as_str()).neq_missing(col(k.as_str()).shift(lit(1))));
-    }
+    let starts = prev.clone().is_null().or((time() - prev).gt_eq(lit(gap))).or(col(KEY).neq(col(KEY).shift(lit(1))));
     let session_start = when(starts)
         .then(time())
         .otherwise(lit(NULL).cast(DataType::Int64))
         .fill_null_with_strategy(FillNullStrategy::Forward(None))
         .alias(WINDOW_START);
     aggs.push(time().max().alias(LAST));
-    let mut by = vec![col(WINDOW_START)];
-    by.extend(keys.iter().map(|k| col(k.as_str())));
+    let by = [col(WINDOW_START), col(KEY)];
     let mut out = sorted
         .with_column(session_start)
         .group_by(by)
