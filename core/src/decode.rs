@@ -210,8 +210,8 @@ fn nesting_exceeds(text: &[u8], limit: usize) -> bool {
     false
 }
 
-/// 9999-12-31T23:59:59.999999Z
-const MAX_EVENT_TIME_US: i64 = 253_402_300_799_999_999;
+/// The latest event time the decoder accepts, 9999-12-31T23:59:59.999999Z in µs (the earliest is the epoch).
+pub const MAX_EVENT_TIME_US: i64 = 253_402_300_799_999_999;
 
 /// Which schema slot a key fills.
 #[derive(Clone, Copy)]

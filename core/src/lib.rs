@@ -17,7 +17,7 @@ pub mod window;
 pub use aggregate::{Accumulator, AggValue, AggregateFn, DistinctKey, InputRef, MetricAccumulator, Num, Tolerance};
 pub use archive::SourceCoordinates;
 pub use decode::{DecodeError, Event, EventSchema, ReasonCode};
-pub use decode::{TimeFormat, ValueType};
+pub use decode::{MAX_EVENT_TIME_US, TimeFormat, ValueType};
 pub use dims::Dimensions;
 pub use error::{Actor, Error};
 pub use row::{Layer, MetricRow, Origin, Pane, RowChange, RowKey};

@@ -117,7 +117,7 @@ pub(crate) async fn read(
         let schema = schema.clone();
         let part = tokio::task::spawn_blocking(move || {
             let mut d = Decoder::new(&schema, lo, hi);
-            decode_archive_frame(bytes, &location, &mut d, None)?;
+            decode_archive_frame(bytes, &location, &mut d, None, None)?;
             let df = d.builder.finish()?;
             Ok::<_, BatchError>((df, d.counts, d.dead_letters))
         })

@@ -18,7 +18,7 @@ use polars::prelude::*;
 use tidemark_core::archive;
 use tidemark_core::{EventSchema, EventTime, SourceCoordinates};
 
-use super::{Decoder, InputFile, InputFormat, InputSource, ReadOutcome, merge, parse_location};
+use super::{Decoder, InputFile, InputFormat, InputSource, ReadOutcome, merge, parse_location, row_groups};
 use crate::error::BatchError;
 
 fn extension_matches(format: InputFormat, name: &str) -> bool {
@@ -74,7 +74,51 @@ pub(crate) async fn list(source: &InputSource) -> Result<Vec<(InputFile, object_
         .collect())
 }
 
-/// Reads and decodes the events in `[lo, hi)` of every matching file.
+/// A file chosen for reading, with the rows to decode (Parquet: by row-group statistics).
+pub(crate) struct Chosen {
+    pub file: InputFile,
+    pub meta: object_store::ObjectMeta,
+    /// The receive time its rows are decoded with (its last-modified time).
+    pub received: EventTime,
+    /// Parquet: the row groups to decode (`None`: JSON Lines, read whole).
+    pub selection: Option<row_groups::Selection>,
+}
+
+/// The matching files that may hold events in `[lo, hi)`: every JSON Lines file (they have no
+/// statistics); the Parquet files with a row group that can (see [`row_groups`]; only footers are read).
+pub(crate) async fn select(
+    source: &InputSource,
+    schema: &EventSchema,
+    lo: EventTime,
+    hi: EventTime,
+) -> Result<Vec<Chosen>, BatchError> {
+    let (store, _, _) = open(&source.url)?;
+    let mut chosen = Vec::new();
+    let mut pruned = 0usize;
+    for (mut file, meta) in list(source).await? {
+        let received = EventTime::from_micros(meta.last_modified.timestamp_micros()).unwrap_or(EventTime::UNIX_EPOCH);
+        let selection = match source.format {
+            InputFormat::Parquet => {
+                let footer = row_groups::footer(store.as_ref(), &meta, &file.path).await?;
+                let selection = row_groups::select(&footer, schema, lo, hi, received);
+                if selection.runs.iter().all(|(_, n)| *n == 0) && selection.total_rows > 0 {
+                    pruned += 1;
+                    continue;
+                }
+                file.rows = Some(selection.rows());
+                Some(selection)
+            }
+            _ => None,
+        };
+        chosen.push(Chosen { file, meta, received, selection });
+    }
+    if pruned > 0 {
+        tracing::debug!(url = %source.url, pruned, "Parquet files skipped by event-time statistics");
+    }
+    Ok(chosen)
+}
+
+/// Reads and decodes the events in `[lo, hi)` of every matching file that may hold some ([`select`]).
 pub(crate) async fn read(
     source: &InputSource,
     schema: &EventSchema,
@@ -82,25 +126,31 @@ pub(crate) async fn read(
     hi: EventTime,
 ) -> Result<ReadOutcome, BatchError> {
     let (store, _, _) = open(&source.url)?;
-    let files = list(source).await?;
+    let files = select(source, schema, lo, hi).await?;
     let mut parts = Vec::with_capacity(files.len());
-    for (file, meta) in &files {
+    for f in &files {
         let bytes = store
-            .get(&meta.location)
+            .get(&f.meta.location)
             .await
-            .map_err(|e| BatchError::store(&file.path, e))?
+            .map_err(|e| BatchError::store(&f.file.path, e))?
             .bytes()
             .await
-            .map_err(|e| BatchError::store(&file.path, e))?;
-        let received = EventTime::from_micros(meta.last_modified.timestamp_micros()).unwrap_or(EventTime::UNIX_EPOCH);
+            .map_err(|e| BatchError::store(&f.file.path, e))?;
         let schema = schema.clone();
-        let format = source.format;
-        let location = file.path.clone();
+        let received = f.received;
+        let location = f.file.path.clone();
+        let runs = f.selection.as_ref().filter(|s| !s.is_whole()).map(|s| s.runs.clone());
+        let lines = source.format == InputFormat::JsonLines;
         let part = tokio::task::spawn_blocking(move || {
             let mut d = Decoder::new(&schema, lo, hi);
-            match format {
-                InputFormat::JsonLines => decode_lines(&bytes, &location, received, &mut d),
-                _ => decode_archive_frame(bytes, &location, &mut d, Some(received))?,
+            match (lines, runs) {
+                (true, _) => decode_lines(&bytes, &location, received, &mut d),
+                (false, None) => decode_archive_frame(&bytes, &location, &mut d, Some(received), None)?,
+                (false, Some(runs)) => {
+                    for run in runs {
+                        decode_archive_frame(&bytes, &location, &mut d, Some(received), Some(run))?;
+                    }
+                }
             }
             let df = d.builder.finish()?;
             Ok::<_, BatchError>((df, d.counts, d.dead_letters))
@@ -109,7 +159,7 @@ pub(crate) async fn read(
         .map_err(|e| BatchError::Internal(format!("decoding task failed: {e}")))??;
         parts.push(part);
     }
-    merge(parts, schema, files.into_iter().map(|(f, _)| f).collect(), None)
+    merge(parts, schema, files.into_iter().map(|f| f.file).collect(), None)
 }
 
 fn decode_lines(bytes: &[u8], location: &str, received: EventTime, d: &mut Decoder<'_>) {
@@ -221,14 +271,17 @@ fn write_float(out: &mut Vec<u8>, x: f64) -> std::io::Result<()> {
 }
 
 /// Decodes a Parquet file with a `payload` column and, when present, the archive's provenance columns.
-/// `fallback_received` is used when the file has no `ingest_time` column (required otherwise).
+/// `fallback_received` is used when the file has no `ingest_time` column (required otherwise). `rows`
+/// (`(first row, rows)`) decodes only that slice; row numbers in coordinates stay the file's.
 pub(crate) fn decode_archive_frame<B: AsRef<[u8]> + Send + Sync>(
     bytes: B,
     location: &str,
     d: &mut Decoder<'_>,
     fallback_received: Option<EventTime>,
+    rows: Option<(usize, usize)>,
 ) -> Result<(), BatchError> {
-    let df = ParquetReader::new(Cursor::new(bytes)).finish()?;
+    let df = ParquetReader::new(Cursor::new(bytes)).with_slice(rows).finish()?;
+    let first_row = rows.map_or(0, |(first, _)| first as i64);
     let flat: Vec<Vec<u8>>;
     let payload: Box<dyn Iterator<Item = Option<&[u8]>> + '_> = match df.column(archive::PAYLOAD) {
         Ok(payload) => match payload.dtype() {
@@ -271,7 +324,7 @@ pub(crate) fn decode_archive_frame<B: AsRef<[u8]> + Send + Sync>(
         let at = || SourceCoordinates {
             source: source.as_ref().and_then(|s| s.get(i)).unwrap_or(location).to_owned(),
             partition: partition.as_ref().and_then(|s| s.get(i)).unwrap_or(0),
-            offset: offset.as_ref().and_then(|s| s.get(i)).unwrap_or(i as i64),
+            offset: offset.as_ref().and_then(|s| s.get(i)).unwrap_or(first_row + i as i64),
         };
         // a null payload decodes as an empty one (reason `empty`)
         d.row(p.unwrap_or(b""), recv, at);

@@ -12,6 +12,7 @@
 
 pub mod delta;
 pub mod files;
+mod row_groups;
 
 use std::collections::BTreeMap;
 
@@ -247,8 +248,8 @@ pub async fn plan_read(
             Ok(InputPlan { files: files.into_iter().map(|f| f.file).collect(), table_version: Some(version) })
         }
         InputFormat::JsonLines | InputFormat::Parquet => {
-            let files = files::list(source).await?;
-            Ok(InputPlan { files: files.into_iter().map(|(f, _)| f).collect(), table_version: None })
+            let files = files::select(source, schema, lo, hi).await?;
+            Ok(InputPlan { files: files.into_iter().map(|f| f.file).collect(), table_version: None })
         }
     }
 }

@@ -242,8 +242,10 @@ async fn a_chunked_run_equals_an_unchunked_run() {
     assert_eq!(chunked.view_version, Some(0), "all chunks in one commit");
 }
 
-/// Parquet as Firehose lands it: the event's fields as columns, no payload column.
-fn write_flat_parquet(path: &std::path::Path, rows: &[RawRow]) {
+/// Parquet as Firehose lands it: the event's fields as columns, no payload column. Rows `bad[0]` and
+/// `bad[1]` are made invalid (a null int: `null_field`; a NaN float: `non_finite`); `group_rows` sets the
+/// row-group size.
+fn write_flat_parquet(path: &std::path::Path, rows: &[RawRow], bad: [usize; 2], group_rows: Option<usize>) {
     use deltalake::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
     use deltalake::arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
@@ -255,8 +257,8 @@ fn write_flat_parquet(path: &std::path::Path, rows: &[RawRow]) {
     let mut i: Vec<Option<i64>> = events.iter().map(|e| e["i"].as_i64()).collect();
     let mut f: Vec<f64> = events.iter().map(|e| e["f"].as_f64().expect("f")).collect();
     // two bad rows: a null int (null_field) and a NaN float (non_finite)
-    i[0] = None;
-    f[1] = f64::NAN;
+    i[bad[0]] = None;
+    f[bad[1]] = f64::NAN;
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("ts", DataType::Int64, false),
@@ -278,7 +280,10 @@ fn write_flat_parquet(path: &std::path::Path, rows: &[RawRow]) {
     let batch = RecordBatch::try_new(schema, cols).expect("batch");
     std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
     let file = std::fs::File::create(path).expect("create");
-    let mut w = deltalake::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    let props = group_rows.map(|n| {
+        deltalake::parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(n)).build()
+    });
+    let mut w = deltalake::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), props).expect("writer");
     w.write(&batch).expect("write");
     w.close().expect("close");
 }
@@ -289,7 +294,7 @@ async fn parquet_with_event_fields_as_columns_is_decoded_like_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rows = raw_rows(&mut rng, 1500);
     rows.retain(|r| !r.event_id.starts_with("bad"));
-    write_flat_parquet(&dir.path().join("flat").join("part-0.parquet"), &rows);
+    write_flat_parquet(&dir.path().join("flat").join("part-0.parquet"), &rows, [0, 1], None);
     let spec = spec(&three_metrics(), &dir.path().display().to_string());
     let from = EventTime::from_micros(T0 + 10 * 60_000_000).expect("t");
     let to = EventTime::from_micros(T0 + 50 * 60_000_000).expect("t");
@@ -310,4 +315,63 @@ async fn parquet_with_event_fields_as_columns_is_decoded_like_json() {
     // the bad rows' ids may have later valid copies in `rows`: the reference sees what the batch saw
     let expected = expected_rows(&spec, &valid, from, to);
     assert_rows_match(&spec, &expected, &r.rows, "flat parquet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_row_groups_outside_the_range_are_not_read() {
+    let mut rng = Rng::new(seed("parquet_row_groups_outside_the_range_are_not_read"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rows = raw_rows(&mut rng, 3000);
+    rows.retain(|r| !r.event_id.starts_with("bad"));
+    rows.sort_by_key(|r| r.event_time_us);
+    // two files, the first hour and the second; row groups of 200 rows (about 8 minutes each)
+    let split = rows.partition_point(|r| r.event_time_us < T0 + 60 * 60_000_000);
+    let (first_hour, second_hour) = rows.split_at(split);
+    let from = EventTime::from_micros(T0 + 25 * 60_000_000).expect("t");
+    let to = EventTime::from_micros(T0 + 35 * 60_000_000).expect("t");
+    // two bad rows inside the range, in a row group past the first: their coordinates are file rows
+    let bad0 = first_hour.partition_point(|r| r.event_time_us < T0 + 30 * 60_000_000);
+    assert!(bad0 > 400, "the bad rows sit past the first two row groups");
+    let flat = dir.path().join("flat");
+    write_flat_parquet(&flat.join("a.parquet"), first_hour, [bad0, bad0 + 1], Some(200));
+    write_flat_parquet(&flat.join("b.parquet"), second_hour, [0, 1], Some(200));
+    let spec = spec(&three_metrics(), &dir.path().display().to_string());
+    let run = |from: EventTime, to: EventTime, view: &str| {
+        BatchRun::new(&spec, from, to)
+            .input(InputSource::parquet(file_url(&flat)))
+            .batch_view(file_url(&dir.path().join(view)))
+            .session_lookaround(Duration::from_secs(60))
+            .progress(false)
+            .keep_rows(true)
+    };
+    let plan = run(from, to, "view").dry_run(true).run().await.expect("dry run");
+    assert_eq!(plan.files.len(), 1, "the second hour's file is skipped from its footer: {:?}", plan.files);
+    assert!(plan.files[0].path.ends_with("a.parquet"));
+    let planned = plan.files[0].rows.expect("rows from the footer");
+    assert!(planned > 0 && planned < first_hour.len() as u64 / 2, "{planned} of {} rows", first_hour.len());
+
+    let r = run(from, to, "view").run().await.expect("run");
+    check_accounting(&r);
+    assert_eq!(r.files, plan.files);
+    assert_eq!(r.rows_read, planned, "only the selected row groups are decoded");
+    assert!(r.read_from < from && r.read_to > to, "hopping and session windows read around the range");
+    let offsets: Vec<i64> = r.dead_letters.iter().map(|d| d.at.offset).collect();
+    assert_eq!(offsets, vec![bad0 as i64, bad0 as i64 + 1], "coordinates are rows of the file, not of the slice");
+    let valid: Vec<RawRow> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![bad0, bad0 + 1, split, split + 1].contains(i))
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_rows_match(&spec, &expected_rows(&spec, &valid, from, to), &r.rows, "pruned parquet");
+
+    // the whole two hours: every row group of both files, the same rows as JSON Lines give
+    let (all_from, all_to) =
+        (EventTime::from_micros(T0).expect("t"), EventTime::from_micros(T0 + 7_200_000_000).expect("t"));
+    let whole = run(all_from, all_to, "view-whole").run().await.expect("run");
+    check_accounting(&whole);
+    assert_eq!(whole.files.len(), 2);
+    assert_eq!(whole.rows_read, rows.len() as u64);
+    assert_eq!(whole.invalid, 4);
+    assert_rows_match(&spec, &expected_rows(&spec, &valid, all_from, all_to), &whole.rows, "whole parquet");
 }
