@@ -23,7 +23,7 @@ use futures::pin_mut;
 use tidemark_core::{AggValue, Dimensions, EventTime, MetricRow, RowChange, RowKey, Window};
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use crate::ServingStore;
@@ -158,6 +158,97 @@ fn ts(expr: &str) -> String {
 
 fn us(expr: &str) -> String {
     US.replace("{}", expr)
+}
+
+/// µs since the Unix epoch sent as a binary `timestamptz`, clamped like [`TS`] (same values, no SQL).
+#[derive(Debug, Clone, Copy)]
+struct PgTime(i64);
+
+/// 2000-01-01T00:00:00Z, Postgres' own epoch, in Unix µs.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+impl ToSql for PgTime {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i64(self.0.clamp(PG_MIN_US, PG_MAX_US) - PG_EPOCH_US);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+
+    to_sql_checked!();
+}
+
+/// JSON text sent as a binary `jsonb` (version byte 1, then the text): parsed once, by the COPY.
+#[derive(Debug, Clone, Copy)]
+struct Jsonb<'a>(&'a str);
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_u8(1);
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// One COPY tuple of a write: a change that goes into the rows or deltas (`apply`), an emission-log record
+/// (`emit`), or both when the record is the change itself (the usual case: each change travels once).
+#[derive(Debug, Clone, Copy)]
+struct Incoming<'a> {
+    flat: &'a Flat,
+    apply: bool,
+    emit: bool,
+}
+
+/// The tuples of a write: every change of `flats` (de-duplicated, sorted by key) to apply, and each
+/// record of `emissions` either folded into the equal change or, when no change equals it (a key repeated
+/// within the write keeps only its winner), as a tuple of its own.
+fn incoming<'a>(flats: &'a [Flat], emissions: &'a [Flat]) -> Vec<Incoming<'a>> {
+    let mut out: Vec<Incoming<'a>> = flats.iter().map(|flat| Incoming { flat, apply: true, emit: false }).collect();
+    for e in emissions {
+        let Kind::Emission { revision, delta } = e.kind else { continue };
+        let kind = if delta { Kind::Delta(revision) } else { Kind::Row };
+        let found = flats.binary_search_by(|f| {
+            f.metric
+                .cmp(&e.metric)
+                .then(f.window_start.cmp(&e.window_start))
+                .then(f.window_end.cmp(&e.window_end))
+                .then_with(|| f.dims.cmp(&e.dims))
+                .then(f.kind.cmp(&kind))
+        });
+        let same = |f: &Flat| {
+            f.values_json == e.values_json
+                && f.events == e.events
+                && f.layer == e.layer
+                && f.revision == e.revision
+                && f.pane == e.pane
+                && f.watermark == e.watermark
+                && f.computed_at == e.computed_at
+                && !f.deleted
+        };
+        match found {
+            Ok(i) if !out[i].emit && same(&flats[i]) => out[i].emit = true,
+            _ => out.push(Incoming { flat: e, apply: false, emit: true }),
+        }
+    }
+    out
 }
 
 /// Counters of a store instance (for contention tests and metrics).
@@ -353,82 +444,99 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Copies `flats` into the session's temp table and merges them under precedence. Returns the number
-    /// of changes that took effect.
-    async fn upsert(&self, tx: &Transaction<'_>, flats: &[Flat]) -> Result<u64> {
-        if flats.is_empty() {
+    /// Copies the changes `flats` and the emission-log records `emissions` into the session's temp table
+    /// (each change once, see [`incoming`]), merges the changes under precedence and appends the
+    /// emissions with `writer_epoch`. Returns the number of changes that took effect.
+    async fn upsert(
+        &self,
+        tx: &Transaction<'_>,
+        flats: &[Flat],
+        emissions: &[Flat],
+        writer_epoch: Option<i64>,
+    ) -> Result<u64> {
+        if flats.is_empty() && emissions.is_empty() {
             return Ok(0);
         }
         tx.batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS tidemark_incoming (
-                metric text, ws bigint, we bigint, dims text, delta_revision bigint, agg_values text,
-                events bigint, layer text, revision bigint, pane text, watermark bigint, batch_run_id text,
-                batch_epoch bigint, computed_at bigint, deleted boolean) ON COMMIT DELETE ROWS;
-             TRUNCATE tidemark_incoming;
+            "CREATE TEMP TABLE IF NOT EXISTS tidemark_incoming_v2 (
+                metric text, ws timestamptz, we timestamptz, dims text, delta_revision bigint, agg_values jsonb,
+                events bigint, layer text, revision bigint, pane text, watermark timestamptz, batch_run_id text,
+                batch_epoch bigint, computed_at timestamptz, deleted boolean, apply boolean, emit boolean)
+                ON COMMIT DELETE ROWS;
+             TRUNCATE tidemark_incoming_v2;
              SET LOCAL work_mem = '128MB';",
         )
         .await
         .map_err(Error::pg("creating the temp table"))?;
         let sink = tx
             .copy_in(
-                "COPY tidemark_incoming (metric, ws, we, dims, delta_revision, agg_values, events, layer, revision,
-                 pane, watermark, batch_run_id, batch_epoch, computed_at, deleted) FROM STDIN BINARY",
+                "COPY tidemark_incoming_v2 (metric, ws, we, dims, delta_revision, agg_values, events, layer, revision,
+                 pane, watermark, batch_run_id, batch_epoch, computed_at, deleted, apply, emit) FROM STDIN BINARY",
             )
             .await
             .map_err(Error::pg("starting COPY"))?;
         let types = [
             Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
             Type::INT8,
+            Type::JSONB,
             Type::INT8,
             Type::TEXT,
             Type::INT8,
             Type::TEXT,
-            Type::INT8,
+            Type::TIMESTAMPTZ,
             Type::TEXT,
             Type::INT8,
-            Type::TEXT,
-            Type::INT8,
-            Type::TEXT,
-            Type::INT8,
-            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::BOOL,
+            Type::BOOL,
             Type::BOOL,
         ];
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
-        for f in flats {
+        let tuples = incoming(flats, emissions);
+        for t in &tuples {
+            let f = t.flat;
             let layer = model::layer_str(f.layer);
-            // -1: a row; >= 0: a delta of that revision; -2 / -3: an emission of a row / of a delta
+            // -1: a row (or an emission of one); >= 0: a delta (or an emission of one) of that revision
             let delta_revision = match f.kind {
-                Kind::Emission { delta, .. } => -2 - i64::from(delta),
+                Kind::Emission { delta: false, .. } => -1,
                 _ => f.delta_revision(),
             };
-            let row: [&(dyn ToSql + Sync); 15] = [
+            let (ws, we, wm, ca) =
+                (PgTime(f.window_start), PgTime(f.window_end), f.watermark.map(PgTime), PgTime(f.computed_at));
+            let values = Jsonb(&f.values_json);
+            let row: [&(dyn ToSql + Sync); 17] = [
                 &f.metric,
-                &f.window_start,
-                &f.window_end,
+                &ws,
+                &we,
                 &f.dims,
                 &delta_revision,
-                &f.values_json,
+                &values,
                 &f.events,
                 &layer,
                 &f.revision,
                 &f.pane,
-                &f.watermark,
+                &wm,
                 &f.batch_run_id,
                 &f.batch_epoch,
-                &f.computed_at,
+                &ca,
                 &f.deleted,
+                &t.apply,
+                &t.emit,
             ];
             writer.as_mut().write(&row).await.map_err(Error::pg("copying rows"))?;
         }
         writer.finish().await.map_err(Error::pg("finishing COPY"))?;
 
-        let rows = self.sql(&format!(
-            "INSERT INTO {{s}}.serving_rows AS t (metric, window_start, window_end, dims, agg_values, events, layer,
+        let rows = self.sql(
+            "INSERT INTO {s}.serving_rows AS t (metric, window_start, window_end, dims, agg_values, events, layer,
                  revision, pane, watermark, batch_run_id, batch_epoch, computed_at, deleted)
-             SELECT metric, {ws}, {we}, dims, agg_values::jsonb, events, layer, revision, pane, {wm},
-                 batch_run_id, batch_epoch, {ca}, deleted
-             FROM tidemark_incoming WHERE delta_revision = -1 ORDER BY metric, ws, we, dims
+             SELECT metric, ws, we, dims, agg_values, events, layer, revision, pane, watermark,
+                 batch_run_id, batch_epoch, computed_at, deleted
+             FROM tidemark_incoming_v2 WHERE apply AND delta_revision = -1 ORDER BY metric, ws, we, dims
              ON CONFLICT (metric, window_start, window_end, dims) DO UPDATE SET
                  agg_values = EXCLUDED.agg_values, events = EXCLUDED.events, layer = EXCLUDED.layer,
                  revision = EXCLUDED.revision, pane = EXCLUDED.pane, watermark = EXCLUDED.watermark,
@@ -437,43 +545,36 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
              WHERE (EXCLUDED.layer = 'batch' AND (t.layer = 'speed' OR EXCLUDED.batch_epoch >= t.batch_epoch))
                 OR (EXCLUDED.layer = 'speed' AND t.layer = 'speed'
                     AND (EXCLUDED.revision > t.revision OR (EXCLUDED.deleted AND EXCLUDED.revision >= t.revision)))",
-            ws = ts("ws"),
-            we = ts("we"),
-            wm = ts("watermark"),
-            ca = ts("computed_at"),
-        ));
-        let deltas = self.sql(&format!(
-            "INSERT INTO {{s}}.serving_deltas (metric, window_start, window_end, dims, revision, agg_values, events,
-                 pane, watermark, computed_at)
-             SELECT metric, {ws}, {we}, dims, delta_revision, agg_values::jsonb, events, pane, {wm}, {ca}
-             FROM tidemark_incoming WHERE delta_revision >= 0 ORDER BY metric, ws, we, dims, delta_revision
-             ON CONFLICT DO NOTHING",
-            ws = ts("ws"),
-            we = ts("we"),
-            wm = ts("watermark"),
-            ca = ts("computed_at"),
-        ));
+        );
         let a = tx.execute(&rows, &[]).await.map_err(Error::pg("merging rows"))?;
-        let b = tx.execute(&deltas, &[]).await.map_err(Error::pg("recording deltas"))?;
-        if flats.iter().any(|f| matches!(f.kind, Kind::Emission { .. })) {
+        let mut b = 0;
+        if flats.iter().any(|f| matches!(f.kind, Kind::Delta(_))) {
+            let deltas = self.sql(
+                "INSERT INTO {s}.serving_deltas (metric, window_start, window_end, dims, revision, agg_values, events,
+                     pane, watermark, computed_at)
+                 SELECT metric, ws, we, dims, delta_revision, agg_values, events, pane, watermark, computed_at
+                 FROM tidemark_incoming_v2 WHERE apply AND delta_revision >= 0
+                 ORDER BY metric, ws, we, dims, delta_revision
+                 ON CONFLICT DO NOTHING",
+            );
+            b = tx.execute(&deltas, &[]).await.map_err(Error::pg("recording deltas"))?;
+        }
+        if !emissions.is_empty() {
             // the emission log: a plain append (a replayed write never gets here: the marker refuses it)
-            let emissions = self.sql(&format!(
-                "INSERT INTO {{s}}.emissions (metric, window_start, window_end, dims, revision, delta, agg_values,
+            let epoch = writer_epoch.ok_or_else(|| Error::Corrupt("emissions without a writer epoch".into()))?;
+            let log = self.sql(
+                "INSERT INTO {s}.emissions (metric, window_start, window_end, dims, revision, delta, agg_values,
                      events, pane, watermark, writer_epoch, emitted_at)
-                 SELECT metric, {ws}, {we}, dims, revision, delta_revision = -3, agg_values::jsonb, events, pane,
-                     {wm}, batch_epoch, {ca}
-                 FROM tidemark_incoming WHERE delta_revision <= -2",
-                ws = ts("ws"),
-                we = ts("we"),
-                wm = ts("watermark"),
-                ca = ts("computed_at"),
-            ));
-            tx.execute(&emissions, &[]).await.map_err(Error::pg("recording emissions"))?;
+                 SELECT metric, ws, we, dims, revision, delta_revision >= 0, agg_values, events, pane, watermark,
+                     $1, computed_at
+                 FROM tidemark_incoming_v2 WHERE emit",
+            );
+            tx.execute(&log, &[&epoch]).await.map_err(Error::pg("recording emissions"))?;
         }
         Ok(a + b)
     }
 
-    async fn try_write(&self, flats: &[Flat], progress: &SourceProgress) -> Result<WriteOutcome> {
+    async fn try_write(&self, flats: &[Flat], emissions: &[Flat], progress: &SourceProgress) -> Result<WriteOutcome> {
         let epoch = to_i64("writer epoch", progress.writer_epoch)?;
         let seq = to_i64("sequence", progress.sequence)?;
         let offsets = offsets_to_json(&progress.offsets);
@@ -512,7 +613,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         if (epoch, seq) <= (cur_epoch, cur_seq) {
             return Ok(WriteOutcome::AlreadyCommitted);
         }
-        let applied = self.upsert(&tx, flats).await?;
+        let applied = self.upsert(&tx, flats, emissions, Some(epoch)).await?;
         tx.execute(
             &self.sql(
                 "UPDATE {s}.progress SET fence_epoch = $2, writer_epoch = $2, sequence = $3, offsets = $4::text::jsonb,
@@ -551,7 +652,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
             tx.rollback().await.map_err(Error::pg("rolling back"))?;
             return Ok(ApplyOutcome::AlreadyApplied);
         }
-        let applied = self.upsert(&tx, flats).await?;
+        let applied = self.upsert(&tx, flats, &[], None).await?;
         let insert = tx
             .prepare(&self.sql(&format!(
                 "INSERT INTO {{s}}.corrections_audit (batch_id, seq, run_id, metric, window_start, window_end, dims,
@@ -697,10 +798,10 @@ impl ServingStore for PostgresStore {
 
     async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome> {
         check_progress(progress)?;
-        let mut flats = model::flatten_changes(changes, crate::now())?;
+        let flats = model::flatten_changes(changes, crate::now())?;
         let offered = flats.len() as u64;
-        flats.extend(model::emission_flats(changes, progress.writer_epoch)?);
-        let (outcome, retries) = self.retry_transient(|| self.try_write(&flats, progress)).await?;
+        let emissions = model::emission_flats(changes, progress.writer_epoch)?;
+        let (outcome, retries) = self.retry_transient(|| self.try_write(&flats, &emissions, progress)).await?;
         Ok(match outcome {
             WriteOutcome::Committed(mut s) => {
                 s.offered = offered;
@@ -969,4 +1070,56 @@ fn agg_json(v: &AggValue) -> String {
 
 fn parse_agg(s: &str) -> Result<AggValue> {
     serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("audit value {s:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark_core::{Origin, Pane};
+
+    fn row(page: &str, revision: u32, n: i64) -> MetricRow {
+        let start = EventTime::from_secs(60).expect("t");
+        let end = EventTime::from_secs(120).expect("t");
+        MetricRow {
+            key: RowKey {
+                metric: "views".into(),
+                window: Window::new(start, end).expect("window"),
+                dims: Dimensions::new([("page".into(), page.into())]),
+            },
+            values: BTreeMap::from([("n".into(), AggValue::Int(n))]),
+            events: 1,
+            origin: Origin::Speed { revision, pane: Pane::OnTime, watermark: end },
+            computed_at: end,
+        }
+    }
+
+    #[test]
+    fn each_change_is_copied_once_and_only_a_superseded_firing_travels_alone() {
+        let changes = [
+            RowChange::Upsert(row("/a", 0, 5)),
+            RowChange::Upsert(row("/a", 1, 8)),
+            RowChange::Upsert(row("/b", 0, 7)),
+            RowChange::Delta(row("/b", 2, 1)),
+            RowChange::Retract { key: row("/c", 0, 0).key, revision: 0 },
+        ];
+        let flats = model::flatten_changes(&changes, EventTime::UNIX_EPOCH).expect("flats");
+        let emissions = model::emission_flats(&changes, 3).expect("emissions");
+        assert_eq!((flats.len(), emissions.len()), (4, 4));
+        let tuples = incoming(&flats, &emissions);
+        let summary: Vec<(&str, Option<i64>, bool, bool)> =
+            tuples.iter().map(|t| (t.flat.dims.as_str(), t.flat.revision, t.apply, t.emit)).collect();
+        let dims = |p: &str| Dimensions::new([("page".into(), p.into())]).encode();
+        let (a, b, c) = (dims("/a"), dims("/b"), dims("/c"));
+        assert_eq!(
+            summary,
+            vec![
+                (a.as_str(), Some(1), true, true),
+                (b.as_str(), Some(0), true, true),
+                (b.as_str(), Some(2), true, true),
+                (c.as_str(), Some(0), true, false),
+                (a.as_str(), Some(0), false, true),
+            ],
+            "5 tuples for 5 changes (was 8: every firing copied a second time)"
+        );
+    }
 }

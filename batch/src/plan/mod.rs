@@ -37,8 +37,8 @@ pub const EVENTS: &str = "__events";
 pub(crate) const HALF: i64 = 1 << 32;
 
 /// Drops every row whose `event_id` appeared earlier in the frame, after sorting by the provenance columns
-/// when present (stable, so ties keep frame order). Returns the de-duplicated frame without provenance
-/// columns and the number of rows dropped.
+/// when present (stable, so ties keep frame order). Returns the de-duplicated frame without the id and
+/// provenance columns (no metric reads them) and the number of rows dropped.
 pub fn dedupe_by_id(df: DataFrame) -> Result<(DataFrame, u64), BatchError> {
     let before = df.height();
     let has_provenance = df.schema().contains(frame::RECEIVED);
@@ -51,7 +51,10 @@ pub fn dedupe_by_id(df: DataFrame) -> Result<(DataFrame, u64), BatchError> {
             )
             .drop(cols([frame::RECEIVED, frame::SOURCE, frame::PARTITION, frame::OFFSET]));
     }
-    let out = lf.unique_stable_generic(Some(vec![col(EVENT_ID)]), UniqueKeepStrategy::First).collect()?;
+    let out = lf
+        .unique_stable_generic(Some(vec![col(EVENT_ID)]), UniqueKeepStrategy::First)
+        .drop(cols([EVENT_ID]))
+        .collect()?;
     let dropped = (before - out.height()) as u64;
     Ok((out, dropped))
 }
