@@ -3,7 +3,8 @@
 //! Layout under the base URL: `serving/` is the serving table (one record per key and kind, partitioned
 //! by `metric` and `window_date`, the UTC date of `window_start`, so a MERGE rewrites only the partitions
 //! of the windows it writes); `corrections_audit/` is the audit log (a Delta table any reader can query);
-//! `checkpoints/` holds operator-state blobs referenced by committed progress.
+//! `checkpoints/` holds operator-state blobs referenced by committed progress; `progress/` holds each
+//! progress record (`<pipeline>/<version>.json`), written before the commit that records its version.
 //!
 //! Progress rides on the serving table's commits: each provisional write is one MERGE commit carrying a
 //! Delta app transaction (`appId = tidemark.progress.<pipeline>`, `version = epoch << 32 | sequence`) and
@@ -11,7 +12,10 @@
 //! (appId, version), so the writer reads the recorded version inside its retry loop and refuses stale
 //! epochs and replays itself; two racing commits of one appId conflict (`ConcurrentTransaction`), and
 //! the loser re-plans. A MERGE that changes nothing writes no commit, so then the marker is committed on
-//! its own. Correction batches use `appId = tidemark.corrections.<batch id>`.
+//! its own. Correction batches use `appId = tidemark.corrections.<batch id>`. Loading progress reads the
+//! recorded version from the snapshot (app transactions survive log checkpoints) and then that version's
+//! progress record: two reads, however long the log, and unaffected by expired-log cleanup (tables
+//! written before the records existed fall back to the commit metadata in the log's history).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -232,6 +236,15 @@ impl fmt::Debug for DeltaStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeltaStore").field("url", &self.url).field("stats", &self.stats).finish()
     }
+}
+
+/// What [`DeltaStore::vacuum`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VacuumStats {
+    /// Data files of the serving table no longer in it.
+    pub data_files: usize,
+    /// Checkpoint blobs and progress records no pipeline's recorded progress names.
+    pub state_objects: usize,
 }
 
 /// What the commit metadata of a provisional write carries.
@@ -676,6 +689,21 @@ impl DeltaStore {
             .await
             .map_err(Error::delta(url, "reading app transactions"))?;
         let Some(version) = recorded else { return Ok(None) };
+        let record = self.progress_path(pipeline, version);
+        match self.objects.get(&record).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
+                let meta: ProgressMeta = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("progress record {record}: {e}")))?;
+                if meta.pipeline != pipeline || meta.txn_version != version {
+                    return Err(Error::Corrupt(format!("progress record {record} names another pipeline or version")));
+                }
+                return Ok(Some((version, meta)));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => return Err(Error::ObjectStore { url: self.url.clone(), source }),
+        }
+        // a table written before progress records existed: the commit metadata in the log
         let mut history = table.history(None);
         while let Some(info) = history.try_next().await.map_err(Error::delta(url, "reading history"))? {
             let Some(meta) = info.info.get("tidemark") else { continue };
@@ -687,6 +715,21 @@ impl DeltaStore {
         Err(Error::Corrupt(format!(
             "the serving table records version {version} of {app} but no commit metadata for it (log cleaned up?)"
         )))
+    }
+
+    fn progress_path(&self, pipeline: &str, version: i64) -> ObjPath {
+        self.prefix.clone().join("progress").join(pipeline).join(format!("{version:020}.json").as_str())
+    }
+
+    /// Writes the progress record of `meta` (before the commit that records its version: only that commit
+    /// makes it reachable; a retry of the same version writes the same record).
+    async fn put_progress(&self, meta: &ProgressMeta) -> Result<()> {
+        let body = serde_json::to_vec(meta).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.objects
+            .put(&self.progress_path(&meta.pipeline, meta.txn_version), PutPayload::from(body))
+            .await
+            .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
+        Ok(())
     }
 
     fn checkpoint_path(&self, pipeline: &str, version: i64) -> ObjPath {
@@ -745,20 +788,61 @@ impl DeltaStore {
         Ok((metrics.num_files_removed, metrics.num_files_added))
     }
 
-    /// Deletes data files no longer referenced and older than `retention`. Returns the number deleted.
-    pub async fn vacuum(&self, retention: std::time::Duration) -> Result<usize> {
+    /// Deletes what nothing reachable references any more and is older than `retention` (which must exceed
+    /// the longest write: a write's files exist before its commit): the serving table's data files no
+    /// longer in the table, and the checkpoint blobs and progress records of every pipeline except those
+    /// its recorded progress names.
+    pub async fn vacuum(&self, retention: std::time::Duration) -> Result<VacuumStats> {
         let url = self.rows_url.as_str();
         let table = self.latest(false).await?;
-        let retention =
+        let period =
             chrono::Duration::from_std(retention).map_err(|e| Error::invalid("vacuum retention", e.to_string()))?;
         let (table, metrics) = table
             .vacuum()
-            .with_retention_period(retention)
+            .with_retention_period(period)
             .with_enforce_retention_duration(false)
             .await
             .map_err(Error::delta(url, "vacuuming"))?;
         self.keep(table, false).await;
-        Ok(metrics.files_deleted.len())
+        let state_objects = self.vacuum_state(period).await?;
+        Ok(VacuumStats { data_files: metrics.files_deleted.len(), state_objects })
+    }
+
+    /// Deletes checkpoint blobs and progress records older than `retention` that the recorded progress of
+    /// their pipeline does not name.
+    async fn vacuum_state(&self, retention: chrono::Duration) -> Result<usize> {
+        let cutoff = chrono::Utc::now() - retention;
+        let store_err = |source| Error::ObjectStore { url: self.url.clone(), source };
+        let mut keep: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut deleted = 0;
+        for folder in ["checkpoints", "progress"] {
+            let root = self.prefix.clone().join(folder);
+            let objects: Vec<object_store::ObjectMeta> =
+                self.objects.list(Some(&root)).try_collect().await.map_err(store_err)?;
+            for meta in objects {
+                let Some(parts) = meta.location.prefix_match(&root) else { continue };
+                let parts: Vec<String> = parts.map(|p| p.as_ref().to_owned()).collect();
+                let [pipeline, _] = parts.as_slice() else { continue };
+                if meta.last_modified > cutoff || model::check_id("pipeline", pipeline).is_err() {
+                    continue;
+                }
+                if !keep.contains_key(pipeline) {
+                    let mut named = BTreeSet::new();
+                    if let Some((version, m)) = self.find_progress(pipeline).await? {
+                        named.insert(self.progress_path(pipeline, version).to_string());
+                        named.extend(m.checkpoint);
+                    }
+                    keep.insert(pipeline.clone(), named);
+                }
+                if keep.get(pipeline).is_some_and(|named| !named.contains(meta.location.as_ref())) {
+                    match self.objects.delete(&meta.location).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                        Err(e) => return Err(store_err(e)),
+                    }
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// Number of data files of the serving table.
@@ -929,6 +1013,8 @@ impl ServingStore for DeltaStore {
                 offsets: prev_meta.as_ref().and_then(|m| m.offsets.clone()),
                 checkpoint: prev_meta.as_ref().and_then(|m| m.checkpoint.clone()),
             };
+            // the same version always carries the same record: it repeats the progress found above
+            self.put_progress(&meta).await?;
             let meta = serde_json::to_value(&meta).map_err(|e| Error::Corrupt(e.to_string()))?;
             let plan = |cur: Option<i64>| {
                 if cur != recorded {
@@ -959,26 +1045,29 @@ impl ServingStore for DeltaStore {
         let n_emissions = emissions.len();
         flats.extend(emissions);
         let version = txn_version(progress.writer_epoch, progress.sequence);
-        // the blob is written first under a name unique to this write; only the commit makes it reachable
-        let checkpoint = match &progress.checkpoint {
-            Some(blob) => {
-                let path = self.checkpoint_path(&progress.pipeline, version);
-                self.objects
-                    .put(&path, PutPayload::from(blob.clone()))
-                    .await
-                    .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
-                Some(path.to_string())
-            }
-            None => None,
-        };
+        // the blob and the progress record are written first under names unique to this write; only the
+        // commit makes them reachable
+        let checkpoint_path = self.checkpoint_path(&progress.pipeline, version);
         let meta = ProgressMeta {
             pipeline: progress.pipeline.clone(),
             txn_version: version,
             writer_epoch: progress.writer_epoch,
             sequence: progress.sequence,
             offsets: Some(offsets_to_json(&progress.offsets)),
-            checkpoint,
+            checkpoint: progress.checkpoint.as_ref().map(|_| checkpoint_path.to_string()),
         };
+        let blob = async {
+            if let Some(blob) = &progress.checkpoint {
+                self.objects
+                    .put(&checkpoint_path, PutPayload::from(blob.clone()))
+                    .await
+                    .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
+            }
+            Ok::<(), Error>(())
+        };
+        let (blob, record) = tokio::join!(blob, self.put_progress(&meta));
+        blob?;
+        record?;
         let meta = serde_json::to_value(&meta).map_err(|e| Error::Corrupt(e.to_string()))?;
         let pipeline = progress.pipeline.clone();
         let plan = |cur: Option<i64>| -> Result<std::result::Result<i64, Skip>> {

@@ -32,7 +32,7 @@ use tidemark_core::{EventTime, MetricRow, RowChange};
 pub use archive::{AppendOutcome, ArchiveRow, RawArchive, RawArchiveConfig};
 pub use batch_view::{BatchView, RunManifest, ViewCommit};
 pub use deadletter::{DeadLetter, DeadLetterStore, LateRecord, Payload};
-pub use delta::{DeltaStore, DeltaStoreConfig};
+pub use delta::{DeltaStore, DeltaStoreConfig, VacuumStats};
 pub use error::{Error, Result};
 pub use model::{
     ApplyOutcome, AuditEntry, CommitMarker, Correction, CorrectionBatch, Emission, MetricFilter, SourceProgress,

@@ -105,7 +105,9 @@ async fn compaction_and_vacuum_keep_the_rows() {
     assert_eq!((removed as usize, added), (files_before, 1));
     assert_eq!(store.file_count().await.unwrap(), 1);
     let deleted = store.vacuum(std::time::Duration::ZERO).await.unwrap();
-    assert_eq!(deleted, files_before);
+    assert_eq!(deleted.data_files, files_before);
+    // 6 checkpoint blobs and 7 progress records (1 claim, 6 writes): all but the last write's
+    assert_eq!(deleted.state_objects, 5 + 6);
     assert_eq!(common::read_all(&store).await, rows);
     assert_eq!(store.load_progress("compact").await.unwrap(), Some(common::progress("compact", epoch, 6, 1)));
 }
@@ -267,4 +269,75 @@ async fn batch_view_replaces_ranges_and_reads_them_back() {
     let runs = view.runs().await.unwrap();
     assert_eq!(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), vec!["run-1", "run-2"]);
     assert_eq!((runs[1].from, runs[1].to, runs[1].view_version), (common::t(0), common::t(150), Some(1)));
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// Expired-log cleanup removes the commits whose metadata once carried the progress; the progress records
+/// keep `load_progress` working, and vacuum keeps exactly what the recorded progress names.
+#[tokio::test]
+async fn progress_survives_expired_log_cleanup_and_vacuum_keeps_what_progress_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let epoch = store.claim_writer("pipe").await.unwrap().writer_epoch;
+    for seq in 1..=5u32 {
+        let k = common::key("views", i64::from(seq), "/a");
+        let p = common::progress("pipe", epoch, u64::from(seq), i64::from(seq) * 10);
+        store.write_provisional(&[RowChange::Upsert(common::speed_row(&k, 0, 1))], &p).await.unwrap();
+    }
+    // a new writer's claim repeats the last progress (and names its checkpoint) under a new version
+    let next = store.claim_writer("pipe").await.unwrap().writer_epoch;
+    assert_eq!(next, epoch + 1);
+    let expected = Some(common::progress("pipe", epoch, 5, 50));
+    assert_eq!(store.load_progress("pipe").await.unwrap(), expected);
+    // a correction commits after the claim: the claim's commit is no longer the latest
+    let fix = tidemark_store::CorrectionBatch {
+        id: "fix-1".into(),
+        run_id: "run-1".into(),
+        epoch: 1,
+        changes: vec![tidemark_store::Correction::Upsert(common::batch_row(&common::key("views", 1, "/a"), 1, 7))],
+        audit: vec![],
+    };
+    store.apply_corrections(&fix).await.unwrap();
+
+    // checkpoint the serving table and delete every commit before it, as expired-log cleanup does
+    let serving = url::Url::parse(&format!("file://{}/serving/", dir.path().display())).unwrap();
+    let table = deltalake::open_table(serving).await.unwrap();
+    deltalake::checkpoints::create_checkpoint(&table, None).await.unwrap();
+    let last = table.version().unwrap();
+    let log = dir.path().join("serving").join("_delta_log");
+    let mut removed = 0;
+    for name in files_under(&log) {
+        let version = name.strip_suffix(".json").and_then(|v| v.parse::<u64>().ok());
+        if version.is_some_and(|v| v < last) {
+            std::fs::remove_file(log.join(&name)).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed >= 8, "{removed} commits removed, the claims' among them");
+    let fresh = open(dir.path()).await;
+    assert_eq!(fresh.load_progress("pipe").await.unwrap(), expected, "read from the progress record");
+    assert_eq!(fresh.committed_marker("pipe").await.unwrap().map(|m| m.writer_epoch), Some(next));
+
+    // vacuum: 5 blobs and 7 records (2 claims, 5 writes) before; the blob of write 5 and the second
+    // claim's record stay
+    let stats = fresh.vacuum(std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(stats.state_objects, 4 + 6);
+    assert_eq!(files_under(&dir.path().join("checkpoints").join("pipe")).len(), 1);
+    assert_eq!(files_under(&dir.path().join("progress").join("pipe")).len(), 1);
+    assert_eq!(fresh.load_progress("pipe").await.unwrap(), expected);
+    // with a retention longer than the objects' age, nothing more goes
+    let k = common::key("views", 9, "/a");
+    let p = common::progress("pipe", next, 1, 90);
+    fresh.write_provisional(&[RowChange::Upsert(common::speed_row(&k, 0, 1))], &p).await.unwrap();
+    let stats = fresh.vacuum(std::time::Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(stats.state_objects, 0);
+    assert_eq!(fresh.load_progress("pipe").await.unwrap(), Some(p));
 }
