@@ -59,11 +59,10 @@ pub(crate) fn plan(
                 ),
                 None => panes,
             };
-            let sorted = panes.sort_by_exprs([col(KEY), col(WINDOW_START)], SortMultipleOptions::default());
-            // the merge walks each key's panes in order, so it runs on the whole collected frame
-            let sorted = sorted.collect_with_engine(Engine::Streaming)?.unwrap_single();
+            // the merge walks each key's panes in start order, so it runs on the whole collected frame
+            let panes = panes.collect_with_engine(Engine::Streaming)?.unwrap_single();
             let window_range = range.map(|(from, to)| (from.as_micros() - size, to.as_micros()));
-            let windows = merge_panes(&sorted, &merge, slide, n, window_range)?;
+            let windows = merge_panes(panes, &merge, slide, n, window_range)?;
             return Ok(windows.lazy().with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)));
         }
         _ => in_range(copies(events.with_column(last_start))).group_by(by()).agg(aggs.over_events),
@@ -77,21 +76,45 @@ enum Partial<'a> {
 }
 
 enum Out {
-    Int(Vec<Option<i64>>),
-    Float(Vec<Option<f64>>),
+    Int(Vec<i64>),
+    Float(Vec<f64>),
 }
 
-/// Merges slide-long panes (sorted by key id, then start) into the windows of `n` panes each. Windows
-/// without panes are skipped; with a range `(lo, hi)`, only windows with `lo < start < hi` are kept.
+/// The pane rows ordered by key id, then start: a counting sort by the dense key ids, then each key's
+/// few rows sorted by start (unique per key: they are the group-by's keys).
+fn pane_order(keys: &[u32], starts: &[i64]) -> Vec<u32> {
+    let k = keys.iter().max().map_or(0, |m| *m as usize + 1);
+    let mut next = vec![0u32; k + 1];
+    for &key in keys {
+        next[key as usize + 1] += 1;
+    }
+    for i in 1..=k {
+        next[i] += next[i - 1];
+    }
+    let bounds = next.clone();
+    let mut order = vec![0u32; keys.len()];
+    for (row, &key) in keys.iter().enumerate() {
+        order[next[key as usize] as usize] = row as u32;
+        next[key as usize] += 1;
+    }
+    for w in bounds.windows(2) {
+        order[w[0] as usize..w[1] as usize].sort_unstable_by_key(|&r| starts[r as usize]);
+    }
+    order
+}
+
+/// Merges slide-long panes (in any order) into the windows of `n` panes each. Windows without panes are
+/// skipped; with a range `(lo, hi)`, only windows with `lo < start < hi` are kept.
 fn merge_panes(
-    df: &DataFrame,
+    mut df: DataFrame,
     merge: &[(String, MergeOp)],
     slide: i64,
     n: i64,
     range: Option<(i64, i64)>,
 ) -> PolarsResult<DataFrame> {
-    let mut df = df.clone();
+    // column by column, so that each column's chunks are freed as it is copied
     df.rechunk_mut();
+    polars_ensure!(u32::try_from(df.height()).is_ok(), ComputeError: "{} panes: more than a u32 can index", df.height());
     // partial results never contain nulls (every pane has events; inputs are required fields), so the
     // rechunked columns are plain slices
     let starts = df.column(WINDOW_START)?.as_materialized_series().i64()?.cont_slice()?;
@@ -117,16 +140,19 @@ fn merge_panes(
             Partial::Float(..) => Out::Float(Vec::new()),
         })
         .collect();
-    let height = df.height();
+    let order = pane_order(key_ids, starts);
+    // position i of `order` is pane row order[i]
+    let key = |i: usize| key_ids[order[i] as usize];
+    let pane = |i: usize| starts[order[i] as usize];
+    let height = order.len();
     let size = n * slide;
     let mut seg = 0;
     while seg < height {
         let mut end = seg + 1;
-        while end < height && key_ids[end] == key_ids[seg] {
+        while end < height && key(end) == key(seg) {
             end += 1;
         }
-        // panes seg..end of one key, ascending starts
-        let pane = |i: usize| starts[i];
+        // positions seg..end: the panes of one key, ascending starts
         let mut first = seg; // first pane with start >= w
         let mut w = pane(seg) - (n - 1) * slide;
         while first < end {
@@ -136,23 +162,26 @@ fn merge_panes(
             }
             if last > first && range.is_none_or(|(lo, hi)| w > lo && w < hi) {
                 out_starts.push(w);
-                out_keys.push(key_ids[seg]);
+                out_keys.push(key(seg));
+                let rows = &order[first..last];
                 for (o, p) in outs.iter_mut().zip(&partials) {
                     match (o, p) {
                         (Out::Int(v), Partial::Int(c, op)) => {
-                            let xs = c[first..last].iter().copied();
+                            let mut xs = rows.iter().map(|&r| c[r as usize]);
+                            let x0 = xs.next().unwrap_or_default();
                             v.push(match op {
-                                MergeOp::MinInt => xs.min(),
-                                MergeOp::MaxInt => xs.max(),
-                                _ => Some(xs.sum()),
+                                MergeOp::MinInt => xs.fold(x0, i64::min),
+                                MergeOp::MaxInt => xs.fold(x0, i64::max),
+                                _ => xs.fold(x0, |a, b| a + b),
                             });
                         }
                         (Out::Float(v), Partial::Float(c, op)) => {
-                            let mut xs = c[first..last].iter().copied();
+                            let mut xs = rows.iter().map(|&r| c[r as usize]);
+                            let x0 = xs.next().unwrap_or_default();
                             v.push(match op {
-                                MergeOp::MinFloat => xs.next().map(|x0| xs.fold(x0, f64::min)),
-                                MergeOp::MaxFloat => xs.next().map(|x0| xs.fold(x0, f64::max)),
-                                _ => Some(xs.sum()),
+                                MergeOp::MinFloat => xs.fold(x0, f64::min),
+                                MergeOp::MaxFloat => xs.fold(x0, f64::max),
+                                _ => xs.fold(x0, |a, b| a + b),
                             });
                         }
                         _ => polars_bail!(ComputeError: "pane column types changed"),

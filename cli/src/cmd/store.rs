@@ -16,6 +16,7 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     Init(InitArgs),
+    Compact(CompactArgs),
 }
 
 /// Create or migrate the serving store's tables (idempotent; safe to run concurrently).
@@ -36,10 +37,67 @@ pub struct InitArgs {
     print_roles: bool,
 }
 
+/// Compact a Delta serving table's small files, then delete what nothing references any more.
+///
+/// Every flush of the stream service is a commit, and many commits leave many small Parquet files:
+/// compaction rewrites them into larger ones in one commit (readers see the same rows throughout). The
+/// vacuum then deletes, once older than --retention, the data files no longer in the table and the
+/// checkpoint blobs and progress records that no pipeline's recorded progress names. Postgres needs
+/// neither (autovacuum).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  tidemark store compact --spec pipeline.toml\n  \
+tidemark store compact --spec pipeline.toml --retention 1h --target-size 268435456\n\n\
+--retention must exceed the longest write (a write's files exist before its commit); run it from cron, \
+e.g. hourly, beside the service.")]
+pub struct CompactArgs {
+    /// The pipeline spec (TOML); its `stores.serving` names the store.
+    #[arg(long, value_name = "FILE")]
+    spec: PathBuf,
+    /// Target size of a compacted file in bytes (default: deltalake's, 100 MiB).
+    #[arg(long, value_name = "BYTES")]
+    target_size: Option<u64>,
+    /// Delete only unreferenced files older than this (e.g. 30m, 1h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    retention: std::time::Duration,
+    /// Compact only; delete nothing.
+    #[arg(long)]
+    no_vacuum: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     match &args.command {
         Command::Init(init) => run_init(init),
+        Command::Compact(compact) => run_compact(compact),
     }
+}
+
+fn run_compact(args: &CompactArgs) -> anyhow::Result<ExitCode> {
+    let spec = super::load_valid_spec(&args.spec)?;
+    let StoreLocation::Delta(url) = spec.serving_store() else {
+        return Err(super::user_error(
+            "store compact applies to a Delta serving store; Postgres reclaims space with autovacuum".into(),
+        ));
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = tidemark_store::DeltaStoreConfig::new(url.clone()).build().await?;
+        let (removed, added) = store.optimize(args.target_size).await?;
+        println!("compacted {url}: {removed} files rewritten into {added}");
+        if !args.no_vacuum {
+            let v = store.vacuum(args.retention).await?;
+            println!(
+                "vacuumed: {} data files and {} checkpoint blobs / progress records deleted (older than {})",
+                v.data_files,
+                v.state_objects,
+                humantime::format_duration(args.retention)
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_init(args: &InitArgs) -> anyhow::Result<ExitCode> {
