@@ -70,9 +70,10 @@ pub(crate) fn plan(
     Ok(grouped.with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)))
 }
 
-enum Partial<'a> {
-    Int(&'a [i64], MergeOp),
-    Float(&'a [f64], MergeOp),
+/// A column of partial results in pane order (see [`pane_order`]).
+enum Partial {
+    Int(Vec<i64>, MergeOp),
+    Float(Vec<f64>, MergeOp),
 }
 
 enum Out {
@@ -117,20 +118,33 @@ fn merge_panes(
     polars_ensure!(u32::try_from(df.height()).is_ok(), ComputeError: "{} panes: more than a u32 can index", df.height());
     // partial results never contain nulls (every pane has events; inputs are required fields), so the
     // rechunked columns are plain slices
-    let starts = df.column(WINDOW_START)?.as_materialized_series().i64()?.cont_slice()?;
-    let key_ids = df.column(KEY)?.as_materialized_series().u32()?.cont_slice()?;
-    let partials = merge
-        .iter()
-        .map(|(name, op)| {
-            let s = df.column(name)?.as_materialized_series();
-            Ok(match op {
-                MergeOp::SumFloat | MergeOp::MinFloat | MergeOp::MaxFloat => {
-                    Partial::Float(s.f64()?.cont_slice()?, *op)
-                }
-                _ => Partial::Int(s.i64()?.cont_slice()?, *op),
-            })
-        })
-        .collect::<PolarsResult<Vec<_>>>()?;
+    let (order, key_ids, starts) = {
+        let starts = df.column(WINDOW_START)?.as_materialized_series().i64()?.cont_slice()?;
+        let key_ids = df.column(KEY)?.as_materialized_series().u32()?.cont_slice()?;
+        let order = pane_order(key_ids, starts);
+        let keys: Vec<u32> = order.iter().map(|&r| key_ids[r as usize]).collect();
+        let starts: Vec<i64> = order.iter().map(|&r| starts[r as usize]).collect();
+        (order, keys, starts)
+    };
+    // each column gathered once into pane order (the merge then reads it sequentially, each pane up to
+    // `n` times), its unordered copy dropped before the next
+    let mut partials = Vec::with_capacity(merge.len());
+    for (name, op) in merge {
+        let c = df.drop_in_place(name)?;
+        let s = c.as_materialized_series();
+        partials.push(match op {
+            MergeOp::SumFloat | MergeOp::MinFloat | MergeOp::MaxFloat => {
+                let v = s.f64()?.cont_slice()?;
+                Partial::Float(order.iter().map(|&r| v[r as usize]).collect(), *op)
+            }
+            _ => {
+                let v = s.i64()?.cont_slice()?;
+                Partial::Int(order.iter().map(|&r| v[r as usize]).collect(), *op)
+            }
+        });
+    }
+    drop(df);
+    drop(order);
     let mut out_starts: Vec<i64> = Vec::new();
     let mut out_keys: Vec<u32> = Vec::new();
     let mut outs: Vec<Out> = partials
@@ -140,11 +154,9 @@ fn merge_panes(
             Partial::Float(..) => Out::Float(Vec::new()),
         })
         .collect();
-    let order = pane_order(key_ids, starts);
-    // position i of `order` is pane row order[i]
-    let key = |i: usize| key_ids[order[i] as usize];
-    let pane = |i: usize| starts[order[i] as usize];
-    let height = order.len();
+    let key = |i: usize| key_ids[i];
+    let pane = |i: usize| starts[i];
+    let height = starts.len();
     let size = n * slide;
     let mut seg = 0;
     while seg < height {
@@ -163,11 +175,10 @@ fn merge_panes(
             if last > first && range.is_none_or(|(lo, hi)| w > lo && w < hi) {
                 out_starts.push(w);
                 out_keys.push(key(seg));
-                let rows = &order[first..last];
                 for (o, p) in outs.iter_mut().zip(&partials) {
                     match (o, p) {
                         (Out::Int(v), Partial::Int(c, op)) => {
-                            let mut xs = rows.iter().map(|&r| c[r as usize]);
+                            let mut xs = c[first..last].iter().copied();
                             let x0 = xs.next().unwrap_or_default();
                             v.push(match op {
                                 MergeOp::MinInt => xs.fold(x0, i64::min),
@@ -176,7 +187,7 @@ fn merge_panes(
                             });
                         }
                         (Out::Float(v), Partial::Float(c, op)) => {
-                            let mut xs = rows.iter().map(|&r| c[r as usize]);
+                            let mut xs = c[first..last].iter().copied();
                             let x0 = xs.next().unwrap_or_default();
                             v.push(match op {
                                 MergeOp::MinFloat => xs.fold(x0, f64::min),
