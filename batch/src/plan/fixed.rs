@@ -154,63 +154,45 @@ fn merge_panes(
             Partial::Float(..) => Out::Float(Vec::new()),
         })
         .collect();
-    let key = |i: usize| key_ids[i];
-    let pane = |i: usize| starts[i];
-    let height = starts.len();
-    let size = n * slide;
-    let mut seg = 0;
-    while seg < height {
-        let mut end = seg + 1;
-        while end < height && key(end) == key(seg) {
-            end += 1;
+    // two walks: one counts the windows so that every output column is allocated once, exactly
+    let mut windows = 0usize;
+    walk_windows(&key_ids, &starts, slide, n, range, |_, _, _, _| windows += 1);
+    out_starts.reserve_exact(windows);
+    out_keys.reserve_exact(windows);
+    for o in &mut outs {
+        match o {
+            Out::Int(v) => v.reserve_exact(windows),
+            Out::Float(v) => v.reserve_exact(windows),
         }
-        // positions seg..end: the panes of one key, ascending starts
-        let mut first = seg; // first pane with start >= w
-        let mut w = pane(seg) - (n - 1) * slide;
-        while first < end {
-            let mut last = first; // panes first..last are in [w, w + size)
-            while last < end && pane(last) < w + size {
-                last += 1;
-            }
-            if last > first && range.is_none_or(|(lo, hi)| w > lo && w < hi) {
-                out_starts.push(w);
-                out_keys.push(key(seg));
-                for (o, p) in outs.iter_mut().zip(&partials) {
-                    match (o, p) {
-                        (Out::Int(v), Partial::Int(c, op)) => {
-                            let mut xs = c[first..last].iter().copied();
-                            let x0 = xs.next().unwrap_or_default();
-                            v.push(match op {
-                                MergeOp::MinInt => xs.fold(x0, i64::min),
-                                MergeOp::MaxInt => xs.fold(x0, i64::max),
-                                _ => xs.fold(x0, |a, b| a + b),
-                            });
-                        }
-                        (Out::Float(v), Partial::Float(c, op)) => {
-                            let mut xs = c[first..last].iter().copied();
-                            let x0 = xs.next().unwrap_or_default();
-                            v.push(match op {
-                                MergeOp::MinFloat => xs.fold(x0, f64::min),
-                                MergeOp::MaxFloat => xs.fold(x0, f64::max),
-                                _ => xs.fold(x0, |a, b| a + b),
-                            });
-                        }
-                        _ => polars_bail!(ComputeError: "pane column types changed"),
-                    }
-                }
-            }
-            // next window start: one slide on, or straight to the next pane's first window
-            w += slide;
-            while first < end && pane(first) < w {
-                first += 1;
-            }
-            if first < end && pane(first) - (n - 1) * slide > w {
-                w = pane(first) - (n - 1) * slide;
-            }
-        }
-        seg = end;
     }
-    let windows = out_starts.len();
+    walk_windows(&key_ids, &starts, slide, n, range, |w, key, first, last| {
+        out_starts.push(w);
+        out_keys.push(key);
+        for (o, p) in outs.iter_mut().zip(&partials) {
+            match (o, p) {
+                (Out::Int(v), Partial::Int(c, op)) => {
+                    let mut xs = c[first..last].iter().copied();
+                    let x0 = xs.next().unwrap_or_default();
+                    v.push(match op {
+                        MergeOp::MinInt => xs.fold(x0, i64::min),
+                        MergeOp::MaxInt => xs.fold(x0, i64::max),
+                        _ => xs.fold(x0, |a, b| a + b),
+                    });
+                }
+                (Out::Float(v), Partial::Float(c, op)) => {
+                    let mut xs = c[first..last].iter().copied();
+                    let x0 = xs.next().unwrap_or_default();
+                    v.push(match op {
+                        MergeOp::MinFloat => xs.fold(x0, f64::min),
+                        MergeOp::MaxFloat => xs.fold(x0, f64::max),
+                        _ => xs.fold(x0, |a, b| a + b),
+                    });
+                }
+                // both are built from the same `merge` list
+                _ => unreachable!("a partial and its output have one type"),
+            }
+        }
+    });
     let mut cols: Vec<Column> = vec![Column::new(WINDOW_START.into(), out_starts), Column::new(KEY.into(), out_keys)];
     for ((name, _), o) in merge.iter().zip(outs) {
         cols.push(match o {
@@ -219,4 +201,47 @@ fn merge_panes(
         });
     }
     DataFrame::new(windows, cols)
+}
+
+/// Calls `emit(start, key, first, last)` for every window with panes: `first..last` are the positions of
+/// its panes in `starts` (sorted by key, then start); with a range `(lo, hi)`, only windows with
+/// `lo < start < hi`.
+fn walk_windows(
+    keys: &[u32],
+    starts: &[i64],
+    slide: i64,
+    n: i64,
+    range: Option<(i64, i64)>,
+    mut emit: impl FnMut(i64, u32, usize, usize),
+) {
+    let height = starts.len();
+    let size = n * slide;
+    let mut seg = 0;
+    while seg < height {
+        let mut end = seg + 1;
+        while end < height && keys[end] == keys[seg] {
+            end += 1;
+        }
+        // positions seg..end: the panes of one key, ascending starts
+        let mut first = seg; // first pane with start >= w
+        let mut w = starts[seg] - (n - 1) * slide;
+        while first < end {
+            let mut last = first; // panes first..last are in [w, w + size)
+            while last < end && starts[last] < w + size {
+                last += 1;
+            }
+            if last > first && range.is_none_or(|(lo, hi)| w > lo && w < hi) {
+                emit(w, keys[seg], first, last);
+            }
+            // next window start: one slide on, or straight to the next pane's first window
+            w += slide;
+            while first < end && starts[first] < w {
+                first += 1;
+            }
+            if first < end && starts[first] - (n - 1) * slide > w {
+                w = starts[first] - (n - 1) * slide;
+            }
+        }
+        seg = end;
+    }
 }
