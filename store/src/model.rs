@@ -418,6 +418,72 @@ pub(crate) fn flatten_changes(changes: &[RowChange], now: EventTime) -> Result<V
     Ok(dedup(out))
 }
 
+/// A change of a provisional write, marked for a store that sends each change once: `apply` when it is
+/// its key's winner (exactly the records [`flatten_changes`] keeps), `emit` when it is an emission-log
+/// record (exactly those of [`emission_flats`]: speed upserts and deltas, the first of a repeated (key,
+/// revision, delta)).
+#[derive(Debug, Clone)]
+pub(crate) struct Marked {
+    pub flat: Flat,
+    pub apply: bool,
+    pub emit: bool,
+}
+
+/// [`flatten_changes`] and [`emission_flats`] in one pass, without a second record per firing: every
+/// change once, sorted by key (input order among equal keys), marked.
+pub(crate) fn mark_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<Marked>> {
+    let mut out: Vec<Marked> = Vec::with_capacity(changes.len());
+    for change in changes {
+        let (flat, firing) = match change {
+            RowChange::Upsert(row) => {
+                (Flat::from_row(row, Kind::Row, false)?, matches!(row.origin, Origin::Speed { .. }))
+            }
+            RowChange::Delta(row) => {
+                let Origin::Speed { revision, .. } = row.origin else {
+                    return Err(Error::invalid("delta row", "a late-policy delta must come from the speed layer"));
+                };
+                (Flat::from_row(row, Kind::Delta(revision), false)?, true)
+            }
+            RowChange::Retract { key, revision } => (
+                Flat::tombstone(
+                    key,
+                    Origin::Speed { revision: *revision, pane: Pane::Late, watermark: EventTime::UNIX_EPOCH },
+                    now,
+                )?,
+                false,
+            ),
+        };
+        // `emit` holds "is a firing" until the runs below decide
+        out.push(Marked { flat, apply: false, emit: firing });
+    }
+    out.sort_by(|a, b| cmp_keys(&a.flat, &b.flat));
+    let mut start = 0;
+    while start < out.len() {
+        let mut end = start + 1;
+        while end < out.len() && cmp_keys(&out[start].flat, &out[end].flat).is_eq() {
+            end += 1;
+        }
+        // the winner folds as `dedup` does; a firing emits unless an earlier one of the run has its revision
+        let mut winner = start;
+        let mut fired: Vec<Option<i64>> = Vec::new();
+        for i in start..end {
+            if i > start && out[i].flat.wins_over(&out[winner].flat) {
+                winner = i;
+            }
+            if out[i].emit {
+                if fired.contains(&out[i].flat.revision) {
+                    out[i].emit = false;
+                } else {
+                    fired.push(out[i].flat.revision);
+                }
+            }
+        }
+        out[winner].apply = true;
+        start = end;
+    }
+    Ok(out)
+}
+
 /// The emission-log records of a provisional write: one per speed `Upsert` / `Delta` change (retractions
 /// are not firings), in input order, keeping the first of a repeated (key, revision, delta). The writer
 /// epoch is kept in `batch_epoch` (unused by speed records).

@@ -29,8 +29,8 @@ use tokio_postgres::{Client, NoTls, Transaction};
 use crate::ServingStore;
 use crate::error::{Error, Result};
 use crate::model::{
-    self, ApplyOutcome, AuditEntry, CommitMarker, CorrectionBatch, Emission, Flat, Kind, MetricFilter, SourceProgress,
-    StoredAuditEntry, TopicPartition, WriteOutcome, WriteStats,
+    self, ApplyOutcome, AuditEntry, CommitMarker, CorrectionBatch, Emission, Flat, Kind, Marked, MetricFilter,
+    SourceProgress, StoredAuditEntry, TopicPartition, WriteOutcome, WriteStats,
 };
 
 /// How often a transaction that hit a deadlock or serialization failure is retried.
@@ -129,6 +129,13 @@ CREATE TABLE {s}.emissions (
 CREATE INDEX emissions_window ON {s}.emissions (metric, window_start);
 "#,
     ),
+    (
+        3,
+        "room for HOT updates of serving rows",
+        r#"
+ALTER TABLE {s}.serving_rows SET (fillfactor = 70);
+"#,
+    ),
 ];
 
 /// Postgres' timestamptz covers 4713 BC to 294276 AD; tidemark keeps every stored time within years
@@ -206,49 +213,6 @@ impl ToSql for Jsonb<'_> {
     }
 
     to_sql_checked!();
-}
-
-/// One COPY tuple of a write: a change that goes into the rows or deltas (`apply`), an emission-log record
-/// (`emit`), or both when the record is the change itself (the usual case: each change travels once).
-#[derive(Debug, Clone, Copy)]
-struct Incoming<'a> {
-    flat: &'a Flat,
-    apply: bool,
-    emit: bool,
-}
-
-/// The tuples of a write: every change of `flats` (de-duplicated, sorted by key) to apply, and each
-/// record of `emissions` either folded into the equal change or, when no change equals it (a key repeated
-/// within the write keeps only its winner), as a tuple of its own.
-fn incoming<'a>(flats: &'a [Flat], emissions: &'a [Flat]) -> Vec<Incoming<'a>> {
-    let mut out: Vec<Incoming<'a>> = flats.iter().map(|flat| Incoming { flat, apply: true, emit: false }).collect();
-    for e in emissions {
-        let Kind::Emission { revision, delta } = e.kind else { continue };
-        let kind = if delta { Kind::Delta(revision) } else { Kind::Row };
-        let found = flats.binary_search_by(|f| {
-            f.metric
-                .cmp(&e.metric)
-                .then(f.window_start.cmp(&e.window_start))
-                .then(f.window_end.cmp(&e.window_end))
-                .then_with(|| f.dims.cmp(&e.dims))
-                .then(f.kind.cmp(&kind))
-        });
-        let same = |f: &Flat| {
-            f.values_json == e.values_json
-                && f.events == e.events
-                && f.layer == e.layer
-                && f.revision == e.revision
-                && f.pane == e.pane
-                && f.watermark == e.watermark
-                && f.computed_at == e.computed_at
-                && !f.deleted
-        };
-        match found {
-            Ok(i) if !out[i].emit && same(&flats[i]) => out[i].emit = true,
-            _ => out.push(Incoming { flat: e, apply: false, emit: true }),
-        }
-    }
-    out
 }
 
 /// Counters of a store instance (for contention tests and metrics).
@@ -444,17 +408,11 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Copies the changes `flats` and the emission-log records `emissions` into the session's temp table
-    /// (each change once, see [`incoming`]), merges the changes under precedence and appends the
-    /// emissions with `writer_epoch`. Returns the number of changes that took effect.
-    async fn upsert(
-        &self,
-        tx: &Transaction<'_>,
-        flats: &[Flat],
-        emissions: &[Flat],
-        writer_epoch: Option<i64>,
-    ) -> Result<u64> {
-        if flats.is_empty() && emissions.is_empty() {
+    /// Copies the marked changes into the session's temp table (each change once), merges those to
+    /// `apply` under precedence and appends those to `emit` to the emission log with `writer_epoch`.
+    /// Returns the number of changes that took effect.
+    async fn upsert(&self, tx: &Transaction<'_>, changes: &[Marked], writer_epoch: Option<i64>) -> Result<u64> {
+        if changes.is_empty() {
             return Ok(0);
         }
         tx.batch_execute(
@@ -464,7 +422,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
                 batch_epoch bigint, computed_at timestamptz, deleted boolean, apply boolean, emit boolean)
                 ON COMMIT DELETE ROWS;
              TRUNCATE tidemark_incoming_v2;
-             SET LOCAL work_mem = '128MB';",
+             SET LOCAL work_mem = '256MB';",
         )
         .await
         .map_err(Error::pg("creating the temp table"))?;
@@ -496,15 +454,11 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         ];
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
-        let tuples = incoming(flats, emissions);
-        for t in &tuples {
-            let f = t.flat;
+        for t in changes {
+            let f = &t.flat;
             let layer = model::layer_str(f.layer);
             // -1: a row (or an emission of one); >= 0: a delta (or an emission of one) of that revision
-            let delta_revision = match f.kind {
-                Kind::Emission { delta: false, .. } => -1,
-                _ => f.delta_revision(),
-            };
+            let delta_revision = f.delta_revision();
             let (ws, we, wm, ca) =
                 (PgTime(f.window_start), PgTime(f.window_end), f.watermark.map(PgTime), PgTime(f.computed_at));
             let values = Jsonb(&f.values_json);
@@ -548,7 +502,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         );
         let a = tx.execute(&rows, &[]).await.map_err(Error::pg("merging rows"))?;
         let mut b = 0;
-        if flats.iter().any(|f| matches!(f.kind, Kind::Delta(_))) {
+        if changes.iter().any(|c| c.apply && matches!(c.flat.kind, Kind::Delta(_))) {
             let deltas = self.sql(
                 "INSERT INTO {s}.serving_deltas (metric, window_start, window_end, dims, revision, agg_values, events,
                      pane, watermark, computed_at)
@@ -559,7 +513,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
             );
             b = tx.execute(&deltas, &[]).await.map_err(Error::pg("recording deltas"))?;
         }
-        if !emissions.is_empty() {
+        if changes.iter().any(|c| c.emit) {
             // the emission log: a plain append (a replayed write never gets here: the marker refuses it)
             let epoch = writer_epoch.ok_or_else(|| Error::Corrupt("emissions without a writer epoch".into()))?;
             let log = self.sql(
@@ -574,7 +528,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         Ok(a + b)
     }
 
-    async fn try_write(&self, flats: &[Flat], emissions: &[Flat], progress: &SourceProgress) -> Result<WriteOutcome> {
+    async fn try_write(&self, changes: &[Marked], progress: &SourceProgress) -> Result<WriteOutcome> {
         let epoch = to_i64("writer epoch", progress.writer_epoch)?;
         let seq = to_i64("sequence", progress.sequence)?;
         let offsets = offsets_to_json(&progress.offsets);
@@ -613,7 +567,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         if (epoch, seq) <= (cur_epoch, cur_seq) {
             return Ok(WriteOutcome::AlreadyCommitted);
         }
-        let applied = self.upsert(&tx, flats, emissions, Some(epoch)).await?;
+        let applied = self.upsert(&tx, changes, Some(epoch)).await?;
         tx.execute(
             &self.sql(
                 "UPDATE {s}.progress SET fence_epoch = $2, writer_epoch = $2, sequence = $3, offsets = $4::text::jsonb,
@@ -630,7 +584,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         }));
         tx.commit().await.map_err(Error::pg("committing a write"))?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(WriteOutcome::Committed(WriteStats { offered: flats.len() as u64, applied, retries: 0 }))
+        Ok(WriteOutcome::Committed(WriteStats { offered: 0, applied, retries: 0 }))
     }
 
     async fn try_apply(&self, flats: &[Flat], batch: &CorrectionBatch) -> Result<ApplyOutcome> {
@@ -652,7 +606,8 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
             tx.rollback().await.map_err(Error::pg("rolling back"))?;
             return Ok(ApplyOutcome::AlreadyApplied);
         }
-        let applied = self.upsert(&tx, flats, &[], None).await?;
+        let marked: Vec<Marked> = flats.iter().map(|f| Marked { flat: f.clone(), apply: true, emit: false }).collect();
+        let applied = self.upsert(&tx, &marked, None).await?;
         let insert = tx
             .prepare(&self.sql(&format!(
                 "INSERT INTO {{s}}.corrections_audit (batch_id, seq, run_id, metric, window_start, window_end, dims,
@@ -798,10 +753,9 @@ impl ServingStore for PostgresStore {
 
     async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome> {
         check_progress(progress)?;
-        let flats = model::flatten_changes(changes, crate::now())?;
-        let offered = flats.len() as u64;
-        let emissions = model::emission_flats(changes, progress.writer_epoch)?;
-        let (outcome, retries) = self.retry_transient(|| self.try_write(&flats, &emissions, progress)).await?;
+        let marked = model::mark_changes(changes, crate::now())?;
+        let offered = marked.iter().filter(|m| m.apply).count() as u64;
+        let (outcome, retries) = self.retry_transient(|| self.try_write(&marked, progress)).await?;
         Ok(match outcome {
             WriteOutcome::Committed(mut s) => {
                 s.offered = offered;
@@ -1094,32 +1048,53 @@ mod tests {
     }
 
     #[test]
-    fn each_change_is_copied_once_and_only_a_superseded_firing_travels_alone() {
+    fn each_change_is_copied_once_marked_as_the_winner_and_or_a_firing() {
         let changes = [
             RowChange::Upsert(row("/a", 0, 5)),
             RowChange::Upsert(row("/a", 1, 8)),
+            RowChange::Upsert(row("/a", 1, 9)),
             RowChange::Upsert(row("/b", 0, 7)),
             RowChange::Delta(row("/b", 2, 1)),
             RowChange::Retract { key: row("/c", 0, 0).key, revision: 0 },
         ];
-        let flats = model::flatten_changes(&changes, EventTime::UNIX_EPOCH).expect("flats");
-        let emissions = model::emission_flats(&changes, 3).expect("emissions");
-        assert_eq!((flats.len(), emissions.len()), (4, 4));
-        let tuples = incoming(&flats, &emissions);
-        let summary: Vec<(&str, Option<i64>, bool, bool)> =
-            tuples.iter().map(|t| (t.flat.dims.as_str(), t.flat.revision, t.apply, t.emit)).collect();
+        let marked = model::mark_changes(&changes, EventTime::UNIX_EPOCH).expect("marked");
+        let summary: Vec<(&str, Option<i64>, &str, bool, bool)> = marked
+            .iter()
+            .map(|m| (m.flat.dims.as_str(), m.flat.revision, m.flat.values_json.as_str(), m.apply, m.emit))
+            .collect();
         let dims = |p: &str| Dimensions::new([("page".into(), p.into())]).encode();
         let (a, b, c) = (dims("/a"), dims("/b"), dims("/c"));
         assert_eq!(
             summary,
             vec![
-                (a.as_str(), Some(1), true, true),
-                (b.as_str(), Some(0), true, true),
-                (b.as_str(), Some(2), true, true),
-                (c.as_str(), Some(0), true, false),
-                (a.as_str(), Some(0), false, true),
-            ],
-            "5 tuples for 5 changes (was 8: every firing copied a second time)"
+                (a.as_str(), Some(0), r#"{"n":5}"#, false, true),
+                (a.as_str(), Some(1), r#"{"n":8}"#, true, true),
+                (a.as_str(), Some(1), r#"{"n":9}"#, false, false),
+                (b.as_str(), Some(0), r#"{"n":7}"#, true, true),
+                (b.as_str(), Some(2), r#"{"n":1}"#, true, true),
+                (c.as_str(), Some(0), r#"{}"#, true, false),
+            ]
         );
+        // the same records the two-pass functions keep
+        let winners: Vec<String> = marked.iter().filter(|m| m.apply).map(|m| format!("{:?}", m.flat)).collect();
+        let flats: Vec<String> = model::flatten_changes(&changes, EventTime::UNIX_EPOCH)
+            .expect("flats")
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect();
+        assert_eq!(winners, flats);
+        let mut fired: Vec<(String, Option<i64>, String)> = marked
+            .iter()
+            .filter(|m| m.emit)
+            .map(|m| (m.flat.dims.clone(), m.flat.revision, m.flat.values_json.clone()))
+            .collect();
+        let mut emissions: Vec<(String, Option<i64>, String)> = model::emission_flats(&changes, 1)
+            .expect("emissions")
+            .into_iter()
+            .map(|f| (f.dims, f.revision, f.values_json))
+            .collect();
+        fired.sort();
+        emissions.sort();
+        assert_eq!(fired, emissions);
     }
 }
