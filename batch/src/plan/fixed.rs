@@ -11,15 +11,20 @@
 use polars::prelude::*;
 use tidemark_core::{EventTime, FixedWindows};
 
-use super::keys::KEY;
+use super::keys::{KEY, PACKED, Packing};
 use super::{Aggregation, MergeOp, WINDOW_END, WINDOW_START, time};
 
 /// The plan of a tumbling or hopping metric, grouped by `(window_start, key id)`.
+///
+/// `keys` is the number of key ids and `span` the events' (first, last) time: when (key id, window index)
+/// fits one Int64, the group-bys run on that packed column.
 pub(crate) fn plan(
     events: LazyFrame,
     w: &FixedWindows,
     aggs: Aggregation,
     range: Option<(EventTime, EventTime)>,
+    keys: usize,
+    span: Option<(i64, i64)>,
 ) -> PolarsResult<LazyFrame> {
     let slide = w.slide().as_micros();
     let size = w.size().as_micros();
@@ -28,7 +33,22 @@ pub(crate) fn plan(
     let phase = ((time() - lit(offset)) % lit(slide) + lit(slide)) % lit(slide);
     let last_start = (time() - phase).alias(WINDOW_START);
     let n = w.windows_per_event() as i64;
-    let by = || vec![col(WINDOW_START), col(KEY)];
+    let align = |t: i64| t - (t - offset).rem_euclid(slide);
+    // window starts range from the first event's last window's first start to the last event's last start
+    let packing = span
+        .and_then(|(first, last)| Packing::new(keys, align(first).checked_sub((n - 1) * slide)?, align(last), slide));
+    // group by (window start, key id), packed into one column when possible
+    let group = |lf: LazyFrame, aggs: Vec<Expr>| -> LazyFrame {
+        match packing {
+            Some(p) => lf
+                .with_column(p.pack(col(WINDOW_START)).alias(PACKED))
+                .group_by([col(PACKED)])
+                .agg(aggs)
+                .with_columns(p.unpack(WINDOW_START))
+                .drop(cols([PACKED])),
+            None => lf.group_by([col(WINDOW_START), col(KEY)]).agg(aggs),
+        }
+    };
     let in_range = |lf: LazyFrame| match range {
         // keep windows overlapping [from, to): start < to and start + size > from
         Some((from, to)) => {
@@ -50,7 +70,7 @@ pub(crate) fn plan(
         Some(merge) if n > 1 => {
             // a pane starting at p feeds the windows starting at p - k * slide: keep a superset of the
             // panes that feed windows in range; the merge keeps exactly the windows in range
-            let panes = events.with_column(last_start).group_by(by()).agg(aggs.over_events);
+            let panes = group(events.with_column(last_start), aggs.over_events);
             let panes = match range {
                 Some((from, to)) => panes.filter(
                     col(WINDOW_START)
@@ -65,7 +85,7 @@ pub(crate) fn plan(
             let windows = merge_panes(panes, &merge, slide, n, window_range)?;
             return Ok(windows.lazy().with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)));
         }
-        _ => in_range(copies(events.with_column(last_start))).group_by(by()).agg(aggs.over_events),
+        _ => group(in_range(copies(events.with_column(last_start))), aggs.over_events),
     };
     Ok(grouped.with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)))
 }

@@ -51,6 +51,46 @@ pub(crate) fn intern(events: &DataFrame, dims: &[String], keep: &[String]) -> Po
     Ok(Interned { work, dictionary })
 }
 
+/// Column: a packed (key id, slot) group key, see [`Packing`].
+pub(crate) const PACKED: &str = "__packed";
+
+/// One Int64 group key standing for (key id, slot) where a slot is a time on a grid
+/// (`base + slot * step`): `packed = key * slots + slot`. Grouping and sorting one integer column is much
+/// cheaper than two (polars row-encodes multi-column keys). `None` when the product would not fit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Packing {
+    base: i64,
+    step: i64,
+    slots: i64,
+}
+
+impl Packing {
+    /// A packing for `keys` key ids and grid times `base ..= last` in steps of `step`.
+    pub fn new(keys: usize, base: i64, last: i64, step: i64) -> Option<Packing> {
+        let width = last.checked_sub(base)?;
+        if step <= 0 || width < 0 || width % step != 0 {
+            return None;
+        }
+        let slots = (width / step).checked_add(1)?;
+        let keys = i64::try_from(keys).ok()?.max(1);
+        keys.checked_mul(slots).is_some().then_some(Packing { base, step, slots })
+    }
+
+    /// The packed key of the key id column and a grid time expression.
+    pub fn pack(&self, time: Expr) -> Expr {
+        // every operand is non-negative here: floor division and `%` need no sign care
+        col(KEY).cast(DataType::Int64) * lit(self.slots) + (time - lit(self.base)).floor_div(lit(self.step))
+    }
+
+    /// The [`KEY`] and `time_name` columns back from [`PACKED`].
+    pub fn unpack(&self, time_name: &str) -> [Expr; 2] {
+        [
+            col(PACKED).floor_div(lit(self.slots)).cast(DataType::UInt32).alias(KEY),
+            (lit(self.base) + (col(PACKED) % lit(self.slots)) * lit(self.step)).alias(time_name),
+        ]
+    }
+}
+
 /// Replaces the [`KEY`] column of a result frame with the dimension columns the ids stand for.
 pub(crate) fn restore(result: DataFrame, dictionary: &DataFrame) -> PolarsResult<DataFrame> {
     let ids = result.column(KEY)?.as_materialized_series().u32()?.clone();
@@ -95,5 +135,20 @@ mod tests {
         let empty = intern(&events.head(Some(0)), &[], &["event_time".to_owned()]).expect("intern");
         assert_eq!(empty.work.height(), 0);
         assert_eq!(empty.dictionary.height(), 0);
+    }
+
+    #[test]
+    fn packing_round_trips_and_refuses_what_does_not_fit() {
+        let p = Packing::new(3, 100, 400, 100).expect("3 keys x 4 slots fit");
+        let frame = df!(KEY => [0u32, 2, 1, 2], "t" => [100i64, 400, 200, 100]).expect("frame");
+        let packed = frame.clone().lazy().with_column(p.pack(col("t")).alias(PACKED)).collect().expect("pack");
+        let values: Vec<i64> = packed.column(PACKED).unwrap().i64().unwrap().into_no_null_iter().collect();
+        assert_eq!(values, vec![0, 11, 5, 8], "key * 4 + slot: ordered by key, then time");
+        let back = packed.lazy().drop(cols([KEY, "t"])).with_columns(p.unpack("t")).collect().expect("unpack");
+        assert!(back.column(KEY).unwrap().equals(frame.column(KEY).unwrap()));
+        assert!(back.column("t").unwrap().equals(frame.column("t").unwrap()));
+        assert!(Packing::new(10_000, 0, 253_402_300_799_999_999, 1).is_none(), "10k keys x 1 µs over 10,000 years");
+        assert!(Packing::new(2, 0, 150, 100).is_none(), "the last time is not on the grid");
+        assert!(Packing::new(2, 5, 0, 1).is_none(), "empty span");
     }
 }

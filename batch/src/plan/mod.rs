@@ -212,10 +212,13 @@ pub fn metric_frame(
     let aggs = aggregation(schema, metric)?;
     // the plans group and sort by one integer key column instead of the dimension strings
     let interned = keys::intern(events, &dims, &keep)?;
+    let times = interned.work.column(EVENT_TIME)?.as_materialized_series().i64()?.clone();
+    let span = times.min().zip(times.max());
+    let keys = interned.dictionary.height();
     let lf = interned.work.lazy();
     let out = match metric.window {
-        WindowSpec::Fixed(w) => fixed::plan(lf, &w, aggs, range)?,
-        WindowSpec::Session(s) => session::plan(lf, s, aggs.over_events, range),
+        WindowSpec::Fixed(w) => fixed::plan(lf, &w, aggs, range, keys, span)?,
+        WindowSpec::Session(s) => session::plan(lf, s, aggs.over_events, range, keys, span),
     };
     // polars' streaming engine: measured faster and leaner than the in-memory engine for these group-bys
     // (see benches/plan.rs); de-duplication stays in memory, where it is faster

@@ -5,20 +5,29 @@
 use polars::prelude::*;
 use tidemark_core::{EventTime, SessionWindows};
 
-use super::keys::KEY;
+use super::keys::{KEY, PACKED, Packing};
 use super::{WINDOW_END, WINDOW_START, time};
 
 const LAST: &str = "__last";
 
-/// The plan of a session metric, grouped by `(window_start, key id)`.
+/// The plan of a session metric, grouped by `(window_start, key id)`. `keys` is the number of key ids and
+/// `span` the events' (first, last) time: when (key id, time) fits one Int64, the sort and the group-by
+/// run on that packed column.
 pub(crate) fn plan(
     events: LazyFrame,
     s: SessionWindows,
     mut aggs: Vec<Expr>,
     range: Option<(EventTime, EventTime)>,
+    keys: usize,
+    span: Option<(i64, i64)>,
 ) -> LazyFrame {
+    let packing = span.and_then(|(first, last)| Packing::new(keys, first, last, 1));
     let gap = s.gap().as_micros();
-    let sorted = events.sort_by_exprs([col(KEY), time()], SortMultipleOptions::default().with_maintain_order(true));
+    let order = SortMultipleOptions::default().with_maintain_order(true);
+    let sorted = match packing {
+        Some(p) => events.sort_by_exprs([p.pack(time())], order),
+        None => events.sort_by_exprs([col(KEY), time()], order),
+    };
     let prev = time().shift(lit(1));
     // the first row has no previous row: `prev` is null and `is_null` starts a session
     let starts = prev.clone().is_null().or((time() - prev).gt_eq(lit(gap))).or(col(KEY).neq(col(KEY).shift(lit(1))));
@@ -28,13 +37,17 @@ pub(crate) fn plan(
         .fill_null_with_strategy(FillNullStrategy::Forward(None))
         .alias(WINDOW_START);
     aggs.push(time().max().alias(LAST));
-    let by = [col(WINDOW_START), col(KEY)];
-    let mut out = sorted
-        .with_column(session_start)
-        .group_by(by)
-        .agg(aggs)
-        .with_column((col(LAST) + lit(gap)).alias(WINDOW_END))
-        .drop(cols([LAST]));
+    let with_start = sorted.with_column(session_start);
+    let grouped = match packing {
+        Some(p) => with_start
+            .with_column(p.pack(col(WINDOW_START)).alias(PACKED))
+            .group_by([col(PACKED)])
+            .agg(aggs)
+            .with_columns(p.unpack(WINDOW_START))
+            .drop(cols([PACKED])),
+        None => with_start.group_by([col(WINDOW_START), col(KEY)]).agg(aggs),
+    };
+    let mut out = grouped.with_column((col(LAST) + lit(gap)).alias(WINDOW_END)).drop(cols([LAST]));
     if let Some((from, to)) = range {
         out = out.filter(col(WINDOW_START).lt(lit(to.as_micros())).and(col(WINDOW_END).gt(lit(from.as_micros()))));
     }
