@@ -2,7 +2,9 @@
 //!
 //! 1. [`dedupe_by_id`]: keep the first row of each `event_id` in frame order (with provenance columns the
 //!    frame is first sorted by receive time, source, partition, offset, so the earliest received copy wins).
-//! 2. Window assignment, one file per kind: `fixed` (tumbling and hopping with core's alignment; hopping
+//! 2. Per metric, the dimension values are interned to one `u32` key id (`keys`); grouping and sorting
+//!    run on (key id, window slot or time) packed into one `Int64` column when it fits.
+//!    Window assignment, one file per kind: `fixed` (tumbling and hopping with core's alignment; hopping
 //!    windows are merged from slide-long panes when every aggregate merges) and `session` (sort per key,
 //!    a new session where the gap to the previous event is `>= gap`).
 //! 3. Aggregates chosen so that the finished values equal tidemark-core's accumulators: integer sums are
