@@ -397,25 +397,30 @@ pub(crate) fn date_of(us: i64) -> String {
 /// may not carry one key twice). Order of the input matters only between equal-precedence changes:
 /// the later one is dropped, as the store would refuse it.
 pub(crate) fn flatten_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<Flat>> {
-    let mut out: Vec<Flat> = Vec::with_capacity(changes.len());
-    for change in changes {
-        let flat = match change {
-            RowChange::Upsert(row) => Flat::from_row(row, Kind::Row, false)?,
-            RowChange::Delta(row) => {
-                let Origin::Speed { revision, .. } = row.origin else {
-                    return Err(Error::invalid("delta row", "a late-policy delta must come from the speed layer"));
-                };
-                Flat::from_row(row, Kind::Delta(revision), false)?
-            }
-            RowChange::Retract { key, revision } => Flat::tombstone(
+    let flats = changes.iter().map(|c| flat_of(c, now).map(|(flat, _)| flat)).collect::<Result<Vec<_>>>()?;
+    Ok(dedup(flats))
+}
+
+/// One speed-layer change as a flat record, and whether it is a firing (a speed upsert or delta: an
+/// emission-log record; retractions are not firings).
+fn flat_of(change: &RowChange, now: EventTime) -> Result<(Flat, bool)> {
+    Ok(match change {
+        RowChange::Upsert(row) => (Flat::from_row(row, Kind::Row, false)?, matches!(row.origin, Origin::Speed { .. })),
+        RowChange::Delta(row) => {
+            let Origin::Speed { revision, .. } = row.origin else {
+                return Err(Error::invalid("delta row", "a late-policy delta must come from the speed layer"));
+            };
+            (Flat::from_row(row, Kind::Delta(revision), false)?, true)
+        }
+        RowChange::Retract { key, revision } => (
+            Flat::tombstone(
                 key,
                 Origin::Speed { revision: *revision, pane: Pane::Late, watermark: EventTime::UNIX_EPOCH },
                 now,
             )?,
-        };
-        out.push(flat);
-    }
-    Ok(dedup(out))
+            false,
+        ),
+    })
 }
 
 /// A change of a provisional write, marked for a store that sends each change once: `apply` when it is
@@ -434,25 +439,7 @@ pub(crate) struct Marked {
 pub(crate) fn mark_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<Marked>> {
     let mut out: Vec<Marked> = Vec::with_capacity(changes.len());
     for change in changes {
-        let (flat, firing) = match change {
-            RowChange::Upsert(row) => {
-                (Flat::from_row(row, Kind::Row, false)?, matches!(row.origin, Origin::Speed { .. }))
-            }
-            RowChange::Delta(row) => {
-                let Origin::Speed { revision, .. } = row.origin else {
-                    return Err(Error::invalid("delta row", "a late-policy delta must come from the speed layer"));
-                };
-                (Flat::from_row(row, Kind::Delta(revision), false)?, true)
-            }
-            RowChange::Retract { key, revision } => (
-                Flat::tombstone(
-                    key,
-                    Origin::Speed { revision: *revision, pane: Pane::Late, watermark: EventTime::UNIX_EPOCH },
-                    now,
-                )?,
-                false,
-            ),
-        };
+        let (flat, firing) = flat_of(change, now)?;
         // `emit` holds "is a firing" until the runs below decide
         out.push(Marked { flat, apply: false, emit: firing });
     }
