@@ -101,7 +101,7 @@ pub(crate) async fn select(
             InputFormat::Parquet => {
                 let footer = row_groups::footer(store.as_ref(), &meta, &file.path).await?;
                 let selection = row_groups::select(&footer, schema, lo, hi, received);
-                if selection.runs.iter().all(|(_, n)| *n == 0) && selection.total_rows > 0 {
+                if selection.rows() == 0 && selection.total_rows > 0 {
                     pruned += 1;
                     continue;
                 }

@@ -11,7 +11,7 @@
 use polars::prelude::*;
 use tidemark_core::{EventTime, FixedWindows};
 
-use super::keys::{KEY, PACKED, Packing};
+use super::keys::{KEY, Packing, group_by_key};
 use super::{Aggregation, MergeOp, WINDOW_END, WINDOW_START, time};
 
 /// The plan of a tumbling or hopping metric, grouped by `(window_start, key id)`.
@@ -33,22 +33,12 @@ pub(crate) fn plan(
     let phase = ((time() - lit(offset)) % lit(slide) + lit(slide)) % lit(slide);
     let last_start = (time() - phase).alias(WINDOW_START);
     let n = w.windows_per_event() as i64;
-    let align = |t: i64| t - (t - offset).rem_euclid(slide);
+    let align = |t: i64| Some(w.last_start(EventTime::from_micros(t)?).as_micros());
     // window starts range from the first event's last window's first start to the last event's last start
     let packing = span
-        .and_then(|(first, last)| Packing::new(keys, align(first).checked_sub((n - 1) * slide)?, align(last), slide));
+        .and_then(|(first, last)| Packing::new(keys, align(first)?.checked_sub((n - 1) * slide)?, align(last)?, slide));
     // group by (window start, key id), packed into one column when possible
-    let group = |lf: LazyFrame, aggs: Vec<Expr>| -> LazyFrame {
-        match packing {
-            Some(p) => lf
-                .with_column(p.pack(col(WINDOW_START)).alias(PACKED))
-                .group_by([col(PACKED)])
-                .agg(aggs)
-                .with_columns(p.unpack(WINDOW_START))
-                .drop(cols([PACKED])),
-            None => lf.group_by([col(WINDOW_START), col(KEY)]).agg(aggs),
-        }
-    };
+    let group = |lf: LazyFrame, aggs: Vec<Expr>| group_by_key(lf, packing, WINDOW_START, aggs);
     let in_range = |lf: LazyFrame| match range {
         // keep windows overlapping [from, to): start < to and start + size > from
         Some((from, to)) => {

@@ -91,6 +91,19 @@ impl Packing {
     }
 }
 
+/// Groups `lf` by (`start`, key id), on the packed column when there is a packing.
+pub(crate) fn group_by_key(lf: LazyFrame, packing: Option<Packing>, start: &str, aggs: Vec<Expr>) -> LazyFrame {
+    match packing {
+        Some(p) => lf
+            .with_column(p.pack(col(start)).alias(PACKED))
+            .group_by([col(PACKED)])
+            .agg(aggs)
+            .with_columns(p.unpack(start))
+            .drop(cols([PACKED])),
+        None => lf.group_by([col(start), col(KEY)]).agg(aggs),
+    }
+}
+
 /// Replaces the [`KEY`] column of a result frame with the dimension columns the ids stand for.
 pub(crate) fn restore(result: DataFrame, dictionary: &DataFrame) -> PolarsResult<DataFrame> {
     let ids = result.column(KEY)?.as_materialized_series().u32()?.clone();

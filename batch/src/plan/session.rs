@@ -5,7 +5,7 @@
 use polars::prelude::*;
 use tidemark_core::{EventTime, SessionWindows};
 
-use super::keys::{KEY, PACKED, Packing};
+use super::keys::{KEY, Packing, group_by_key};
 use super::{WINDOW_END, WINDOW_START, time};
 
 const LAST: &str = "__last";
@@ -38,16 +38,9 @@ pub(crate) fn plan(
         .alias(WINDOW_START);
     aggs.push(time().max().alias(LAST));
     let with_start = sorted.with_column(session_start);
-    let grouped = match packing {
-        Some(p) => with_start
-            .with_column(p.pack(col(WINDOW_START)).alias(PACKED))
-            .group_by([col(PACKED)])
-            .agg(aggs)
-            .with_columns(p.unpack(WINDOW_START))
-            .drop(cols([PACKED])),
-        None => with_start.group_by([col(WINDOW_START), col(KEY)]).agg(aggs),
-    };
-    let mut out = grouped.with_column((col(LAST) + lit(gap)).alias(WINDOW_END)).drop(cols([LAST]));
+    let mut out = group_by_key(with_start, packing, WINDOW_START, aggs)
+        .with_column((col(LAST) + lit(gap)).alias(WINDOW_END))
+        .drop(cols([LAST]));
     if let Some((from, to)) = range {
         out = out.filter(col(WINDOW_START).lt(lit(to.as_micros())).and(col(WINDOW_END).gt(lit(from.as_micros()))));
     }
