@@ -434,15 +434,32 @@ pub(crate) struct Marked {
     pub emit: bool,
 }
 
+/// Below this many changes per thread, [`mark_changes`] encodes on the calling thread only.
+const PARALLEL_MIN: usize = 20_000;
+
 /// [`flatten_changes`] and [`emission_flats`] in one pass, without a second record per firing: every
 /// change once, sorted by key (input order among equal keys), marked.
 pub(crate) fn mark_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<Marked>> {
-    let mut out: Vec<Marked> = Vec::with_capacity(changes.len());
-    for change in changes {
-        let (flat, firing) = flat_of(change, now)?;
-        // `emit` holds "is a firing" until the runs below decide
-        out.push(Marked { flat, apply: false, emit: firing });
-    }
+    // `emit` holds "is a firing" until the runs below decide
+    let mark = |c: &[RowChange]| -> Result<Vec<Marked>> {
+        c.iter().map(|change| flat_of(change, now).map(|(flat, emit)| Marked { flat, apply: false, emit })).collect()
+    };
+    // encoding is most of the client's work on a large write and the server waits for it: use the cores
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(changes.len() / PARALLEL_MIN);
+    let mut out = if threads > 1 {
+        let parts: Vec<Result<Vec<Marked>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                changes.chunks(changes.len().div_ceil(threads)).map(|c| scope.spawn(move || mark(c))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut out = Vec::with_capacity(changes.len());
+        for part in parts {
+            out.append(&mut part?);
+        }
+        out
+    } else {
+        mark(changes)?
+    };
     out.sort_by(|a, b| cmp_keys(&a.flat, &b.flat));
     let mut start = 0;
     while start < out.len() {

@@ -101,9 +101,13 @@ fn start() -> Result<TestServer> {
     let data_s = data.to_string_lossy().into_owned();
     run_pg(root, &bin.join("initdb"), &["-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])?;
     let port: u16 = 5432;
-    let opts = format!(
+    let mut opts = format!(
         "-k {dir_s} -c listen_addresses='' -p {port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     );
+    // extra server settings, e.g. for benchmarks: `TIDEMARK_PG_SETTINGS="shared_buffers=2GB max_wal_size=8GB"`
+    for setting in std::env::var("TIDEMARK_PG_SETTINGS").unwrap_or_default().split_whitespace() {
+        opts.push_str(&format!(" -c {setting}"));
+    }
     let log = dir.join("server.log").to_string_lossy().into_owned();
     run_pg(root, &bin.join("pg_ctl"), &["-D", &data_s, "-l", &log, "-o", &opts, "-w", "start"])?;
     // stop the server and delete the directory when this process ends, however it ends
