@@ -1,7 +1,10 @@
 //! [`BatchRun`]: the library entry point the CLI calls. Reads the raw events around `[from, to)`, decodes,
-//! de-duplicates, computes every metric of the spec with the polars plan (in `spawn_blocking`), replaces the
-//! range in the batch view in one Delta commit, and writes a run manifest beside the table
-//! (`_tidemark_runs/<run_id>.json`; also recorded in the commit's info).
+//! de-duplicates, computes every metric of the spec with the polars plan (in `spawn_blocking`), and replaces
+//! the range in the batch view in one Delta commit. The rows stream into that commit as each metric is
+//! computed (Arrow batches of at most 128 Ki rows, two in flight), so memory holds the events and one
+//! metric's frame, never the run's whole output; the commit happens only after the last row was sent. A
+//! run manifest is written beside the table afterwards (`_tidemark_runs/<run_id>.json`; the commit's info
+//! names it).
 //!
 //! Input range: for tumbling and hopping metrics, exactly the extent of the windows overlapping
 //! `[from, to)`. Session windows can chain arbitrarily far, so a session metric starts with a lookaround on
@@ -340,7 +343,6 @@ impl<'a> BatchRun<'a> {
         let progress = Progress::new(self.progress);
         let schema = self.spec.schema().clone();
         let lookaround = self.session_lookaround;
-        let has_sessions = metrics.iter().any(|m| matches!(m.window, WindowSpec::Session(_)));
 
         let mut report = BatchReport {
             run_id: run_id.clone(),
@@ -400,133 +402,49 @@ impl<'a> BatchRun<'a> {
         }
 
         let computed_at = now();
-        let chunks = self.chunks();
-        let mut pinned_version = None;
-        let mut files: BTreeMap<String, InputFile> = BTreeMap::new();
-        let mut dead_letters: BTreeMap<(String, i32, i64), DeadLetter> = BTreeMap::new();
-        let mut summaries: Vec<MetricSummary> = Vec::new();
-        let mut batches = Vec::new();
-        let mut rows = Vec::new();
-        report.read_from = EventTime::MAX;
-        report.read_to = EventTime::MIN;
-        for (ci, &(c_from, c_to, owned)) in chunks.iter().enumerate() {
-            let mut lookaround = self.session_lookaround;
-            let (frames, outcome, duplicates, lo, hi) = loop {
-                let (lo, hi) = Self::read_range(&metrics, c_from, c_to, lookaround);
-                progress.phase(format!(
-                    "chunk {}/{}: reading {} over [{lo}, {hi})",
-                    ci + 1,
-                    chunks.len(),
-                    self.input.url
-                ));
-                let outcome = input::read_events(&self.input, &schema, lo, hi, pinned_version).await?;
-                progress.phase(format!(
-                    "chunk {}/{}: computing {} metrics over {} events from {} files",
-                    ci + 1,
-                    chunks.len(),
-                    metrics.len(),
-                    outcome.counts.decoded_in_range,
-                    outcome.files.len()
-                ));
-                let (frames, duplicates, incomplete) = compute(
-                    outcome.events.clone(),
-                    schema.clone(),
-                    metrics.clone(),
-                    (self.from, self.to),
-                    owned,
-                    (lo, hi),
-                )
-                .await?;
-                if incomplete.is_empty() || !has_sessions {
-                    break (frames, outcome, duplicates, lo, hi);
-                }
-                if lookaround >= self.max_lookaround {
-                    report.warnings.push(format!(
-                        "{} sessions may continue beyond the maximum lookaround of {}, e.g. {}",
-                        incomplete.len(),
-                        self.max_lookaround,
-                        incomplete.iter().take(5).map(|(m, w)| format!("{m} {w}")).collect::<Vec<_>>().join("; ")
-                    ));
-                    break (frames, outcome, duplicates, lo, hi);
-                }
-                lookaround = twice(lookaround).min(self.max_lookaround);
-                tracing::info!(
-                    "{} sessions touch the edge of the read range; widening the lookaround to {lookaround}",
-                    incomplete.len()
-                );
-            };
-            pinned_version = pinned_version.or(outcome.table_version);
-            report.read_from = report.read_from.min(lo);
-            report.read_to = report.read_to.max(hi);
-            report.input_version = outcome.table_version;
-            for f in outcome.files {
-                files.insert(f.path.clone(), f);
-            }
-            report.rows_read += outcome.counts.rows_scanned - outcome.counts.invalid;
-            report.outside_range += outcome.counts.outside_range;
-            report.duplicates += duplicates;
-            report.aggregated += outcome.counts.decoded_in_range - duplicates;
-            for d in outcome.dead_letters {
-                dead_letters.entry((d.at.source.clone(), d.at.partition, d.at.offset)).or_insert(d);
-            }
-            drop(outcome.events);
-            let finished = finish(frames, schema.clone(), run_id.clone(), epoch, computed_at, self.keep_rows).await?;
-            for s in finished.summaries {
-                match summaries.iter_mut().find(|m| m.name == s.name) {
-                    Some(m) => {
-                        m.rows += s.rows;
-                        m.windows += s.windows;
-                    }
-                    None => summaries.push(s),
-                }
-            }
-            batches.extend(finished.batches);
-            rows.extend(finished.rows);
-        }
-        rows.sort_by(|a, b| a.key.cmp(&b.key));
-        report.files = files.into_values().collect();
-        report.bytes = report.files.iter().map(|f| f.bytes).sum();
-        report.dead_letters = dead_letters.into_values().collect();
-        // a chunked run may read a bad row twice; it is one dead letter
-        report.invalid = report.dead_letters.len() as u64;
-        report.rows_read += report.invalid;
-        for d in &report.dead_letters {
-            *report.invalid_by_reason.entry(d.reason).or_default() += 1;
-        }
-        report.metrics = summaries;
-        report.rows_written = report.metrics.iter().map(|m| m.rows).sum();
-        report.windows_written = report.metrics.iter().map(|m| m.windows).sum();
-
-        progress.phase(format!("writing {} rows to {}", report.rows_written, self.batch_view));
         let names: Vec<String> = metrics.iter().map(|m| m.name.clone()).collect();
-        let mut manifest = report.clone();
-        manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let summary = serde_json::json!({
+        // The rows stream into the view's one commit while they are computed, so memory holds one metric's
+        // frame and a few Arrow batches, not the run's output. The commit info carries what is known up
+        // front; the manifest (written after the commit) has the counts.
+        let info = serde_json::json!({
             "run_id": run_id,
             "epoch": epoch,
             "from": self.from,
             "to": self.to,
             "input": self.input.url,
-            "input_version": report.input_version,
-            "rows_read": report.rows_read,
-            "invalid": report.invalid,
-            "duplicates": report.duplicates,
-            "windows_written": report.windows_written,
+            "manifest": format!("{MANIFEST_DIR}/{run_id}.json"),
         });
-        let committed = view::replace_range(
-            &self.batch_view,
-            &names,
+        let (sender, receiver) = tokio::sync::mpsc::channel(IN_FLIGHT_BATCHES);
+        let writer = tokio::spawn(view::replace_range_stream(
+            self.batch_view.clone(),
+            names,
             self.from,
             self.to,
-            batches,
-            vec![("tidemark.batch_run".to_owned(), summary)],
-        )
-        .await?;
+            rows_stream(receiver),
+            vec![("tidemark.batch_run".to_owned(), info)],
+        ));
+        let produced =
+            self.produce(&metrics, &mut report, &progress, sender.clone(), (&run_id, epoch), computed_at).await;
+        let produced = match produced {
+            Ok(rows) => sender.send(Msg::End).await.map(|()| rows).map_err(|_| Stop::WriterGone),
+            Err(e) => Err(e),
+        };
+        // without `End` the stream fails and the writer commits nothing
+        drop(sender);
+        let written = writer.await.map_err(|e| BatchError::Internal(format!("view writer task failed: {e}")))?;
+        let (rows, committed) = match (produced, written) {
+            (Ok(rows), Ok(committed)) => (rows, committed),
+            // the producer's own error explains a failed write best; one that could not send stopped
+            // because the writer failed
+            (Err(Stop::Failed(e)), _) => return Err(*e),
+            (_, Err(e)) => return Err(e),
+            (Err(Stop::WriterGone), Ok(_)) => {
+                return Err(BatchError::Internal("the view writer stopped reading rows".into()));
+            }
+        };
         report.view_version = Some(committed.version);
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        manifest.view_version = report.view_version;
-        manifest.duration_ms = report.duration_ms;
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BatchError::Internal(format!("manifest: {e}")))?;
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| BatchError::Internal(format!("manifest: {e}")))?;
         view::put_beside(&self.batch_view, &format!("{MANIFEST_DIR}/{run_id}.json"), json).await?;
         report.rows = rows;
         progress.done();
@@ -543,99 +461,325 @@ impl<'a> BatchRun<'a> {
     }
 }
 
-type Computed = (Vec<(CompiledMetric, DataFrame)>, u64, Vec<(String, Window)>);
+/// Arrow batches in flight between the computation and the view writer.
+const IN_FLIGHT_BATCHES: usize = 2;
+/// Rows per Arrow batch sent to the view writer.
+const BATCH_ROWS: usize = 131_072;
 
-/// De-duplicates and computes every metric's frame (windows overlapping `range` whose start is in `owned`)
-/// on a blocking thread. Also returns the session windows that may be incomplete given the read range.
-async fn compute(
-    events: DataFrame,
-    schema: EventSchema,
-    metrics: Vec<CompiledMetric>,
+/// What the computation sends the view writer: batches, then `End` once every row was sent.
+enum Msg {
+    Batch(RecordBatch),
+    End,
+}
+
+/// Why production stopped.
+enum Stop {
+    Failed(Box<BatchError>),
+    /// The view writer stopped reading (its own error says why).
+    WriterGone,
+}
+
+impl From<BatchError> for Stop {
+    fn from(e: BatchError) -> Self {
+        Stop::Failed(Box::new(e))
+    }
+}
+
+/// The view writer's input: the batches until `End`; a channel closed before `End` (the computation
+/// failed or was dropped) is an error, so the writer never commits part of a run.
+fn rows_stream(
+    receiver: tokio::sync::mpsc::Receiver<Msg>,
+) -> futures::stream::BoxStream<'static, Result<RecordBatch, view::RowsError>> {
+    use futures::StreamExt;
+    futures::stream::unfold(Some(receiver), |receiver| async move {
+        let mut receiver = receiver?;
+        match receiver.recv().await {
+            Some(Msg::Batch(b)) => Some((Ok(b), Some(receiver))),
+            Some(Msg::End) => None,
+            None => Some((Err("the batch run stopped before all of its rows were computed".into()), None)),
+        }
+    })
+    .boxed()
+}
+
+impl BatchRun<'_> {
+    /// Reads and computes every chunk, sending the rows to the view writer; fills the report's counts.
+    /// Returns the rows when [`BatchRun::keep_rows`] asked for them.
+    async fn produce(
+        &self,
+        metrics: &[CompiledMetric],
+        report: &mut BatchReport,
+        progress: &Progress,
+        sender: tokio::sync::mpsc::Sender<Msg>,
+        (run_id, epoch): (&str, i64),
+        computed_at: EventTime,
+    ) -> Result<Vec<MetricRow>, Stop> {
+        let schema = self.spec.schema().clone();
+        let has_sessions = metrics.iter().any(|m| matches!(m.window, WindowSpec::Session(_)));
+        let chunks = self.chunks();
+        let mut pinned_version = None;
+        let mut files: BTreeMap<String, InputFile> = BTreeMap::new();
+        let mut dead_letters: BTreeMap<(String, i32, i64), DeadLetter> = BTreeMap::new();
+        let mut summaries: Vec<MetricSummary> = Vec::new();
+        let mut rows = Vec::new();
+        report.read_from = EventTime::MAX;
+        report.read_to = EventTime::MIN;
+        for (ci, &(c_from, c_to, owned)) in chunks.iter().enumerate() {
+            let mut lookaround = self.session_lookaround;
+            let (prepared, outcome, lo, hi) = loop {
+                let (lo, hi) = Self::read_range(metrics, c_from, c_to, lookaround);
+                progress.phase(format!(
+                    "chunk {}/{}: reading {} over [{lo}, {hi})",
+                    ci + 1,
+                    chunks.len(),
+                    self.input.url
+                ));
+                let mut outcome = input::read_events(&self.input, &schema, lo, hi, pinned_version).await?;
+                progress.phase(format!(
+                    "chunk {}/{}: computing {} metrics over {} events from {} files",
+                    ci + 1,
+                    chunks.len(),
+                    metrics.len(),
+                    outcome.counts.decoded_in_range,
+                    outcome.files.len()
+                ));
+                let events = std::mem::take(&mut outcome.events);
+                let scope = Scope { range: (self.from, self.to), owned, read: (lo, hi) };
+                let prepared = prepare(events, schema.clone(), metrics.to_vec(), scope).await?;
+                if prepared.incomplete.is_empty() || !has_sessions {
+                    break (prepared, outcome, lo, hi);
+                }
+                if lookaround >= self.max_lookaround {
+                    report.warnings.push(format!(
+                        "{} sessions may continue beyond the maximum lookaround of {}, e.g. {}",
+                        prepared.incomplete.len(),
+                        self.max_lookaround,
+                        prepared
+                            .incomplete
+                            .iter()
+                            .take(5)
+                            .map(|(m, w)| format!("{m} {w}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                    break (prepared, outcome, lo, hi);
+                }
+                lookaround = twice(lookaround).min(self.max_lookaround);
+                tracing::info!(
+                    "{} sessions touch the edge of the read range; widening the lookaround to {lookaround}",
+                    prepared.incomplete.len()
+                );
+            };
+            pinned_version = pinned_version.or(outcome.table_version);
+            report.read_from = report.read_from.min(lo);
+            report.read_to = report.read_to.max(hi);
+            report.input_version = outcome.table_version;
+            for f in outcome.files {
+                files.insert(f.path.clone(), f);
+            }
+            report.rows_read += outcome.counts.rows_scanned - outcome.counts.invalid;
+            report.outside_range += outcome.counts.outside_range;
+            report.duplicates += prepared.duplicates;
+            report.aggregated += outcome.counts.decoded_in_range - prepared.duplicates;
+            for d in outcome.dead_letters {
+                dead_letters.entry((d.at.source.clone(), d.at.partition, d.at.offset)).or_insert(d);
+            }
+            progress.phase(format!("chunk {}/{}: computing and writing to {}", ci + 1, chunks.len(), self.batch_view));
+            let out = Output { run_id: run_id.to_owned(), epoch, computed_at, keep_rows: self.keep_rows };
+            let emitted = emit(prepared, schema.clone(), out, sender.clone()).await?;
+            for s in emitted.summaries {
+                match summaries.iter_mut().find(|m| m.name == s.name) {
+                    Some(m) => {
+                        m.rows += s.rows;
+                        m.windows += s.windows;
+                    }
+                    None => summaries.push(s),
+                }
+            }
+            rows.extend(emitted.rows);
+        }
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        report.files = files.into_values().collect();
+        report.bytes = report.files.iter().map(|f| f.bytes).sum();
+        report.dead_letters = dead_letters.into_values().collect();
+        // a chunked run may read a bad row twice; it is one dead letter
+        report.invalid = report.dead_letters.len() as u64;
+        report.rows_read += report.invalid;
+        for d in &report.dead_letters {
+            *report.invalid_by_reason.entry(d.reason).or_default() += 1;
+        }
+        // keep the spec's order
+        summaries.sort_by_key(|s| metrics.iter().position(|m| m.name == s.name));
+        report.metrics = summaries;
+        report.rows_written = report.metrics.iter().map(|m| m.rows).sum();
+        report.windows_written = report.metrics.iter().map(|m| m.windows).sum();
+        progress.phase(format!("committing {} rows to {}", report.rows_written, self.batch_view));
+        Ok(rows)
+    }
+}
+
+/// Which windows a chunk computes: those overlapping `range` whose start is in `owned`, from events read
+/// over `read`.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
     range: (EventTime, EventTime),
     owned: (EventTime, EventTime),
     read: (EventTime, EventTime),
-) -> Result<Computed, BatchError> {
+}
+
+/// A chunk's de-duplicated events with its session metrics computed (they decide whether the read range
+/// must widen, so nothing of the chunk is sent before they are known to be complete).
+struct Prepared {
+    events: DataFrame,
+    duplicates: u64,
+    metrics: Vec<CompiledMetric>,
+    sessions: Vec<DataFrame>,
+    incomplete: Vec<(String, Window)>,
+    scope: Scope,
+}
+
+/// Keeps the windows whose start is in `owned`.
+fn owned_only(frame: DataFrame, owned: (EventTime, EventTime)) -> Result<DataFrame, BatchError> {
+    if owned == (EventTime::MIN, EventTime::MAX) {
+        return Ok(frame);
+    }
+    let start = polars::prelude::col(plan::WINDOW_START);
+    Ok(frame
+        .lazy()
+        .filter(
+            start
+                .clone()
+                .gt_eq(polars::prelude::lit(owned.0.as_micros()))
+                .and(start.lt(polars::prelude::lit(owned.1.as_micros()))),
+        )
+        .collect()?)
+}
+
+/// De-duplicates and computes the session metrics (and which of their windows may be incomplete given
+/// the read range) on a blocking thread.
+async fn prepare(
+    events: DataFrame,
+    schema: EventSchema,
+    metrics: Vec<CompiledMetric>,
+    scope: Scope,
+) -> Result<Prepared, BatchError> {
     tokio::task::spawn_blocking(move || {
         let (events, duplicates) = plan::dedupe_by_id(events)?;
-        let mut frames = Vec::with_capacity(metrics.len());
+        let mut sessions = Vec::new();
         let mut incomplete = Vec::new();
-        for m in metrics {
-            let frame = plan::metric_frame(&events, &schema, &m, Some(range))?;
-            let frame = if owned == (EventTime::MIN, EventTime::MAX) {
-                frame
-            } else {
-                let start = polars::prelude::col(plan::WINDOW_START);
-                frame
-                    .lazy()
-                    .filter(
-                        start
-                            .clone()
-                            .gt_eq(polars::prelude::lit(owned.0.as_micros()))
-                            .and(start.lt(polars::prelude::lit(owned.1.as_micros()))),
-                    )
-                    .collect()?
-            };
-            if let WindowSpec::Session(s) = m.window {
-                // decoded events are never before 1970, so a read starting there misses nothing earlier
-                let lo_open = read.0 > EventTime::UNIX_EPOCH;
-                let rows = plan::FrameRows::new(&frame, &schema, &m)?;
-                for r in 0..rows.len() {
-                    let w = rows.window(r)?;
-                    let early = lo_open && w.start() < read.0.saturating_add(s.gap());
-                    if early || w.end() > read.1 {
-                        incomplete.push((m.name.clone(), w));
-                    }
+        for m in &metrics {
+            let WindowSpec::Session(s) = m.window else { continue };
+            let frame = owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?;
+            // decoded events are never before 1970, so a read starting there misses nothing earlier
+            let lo_open = scope.read.0 > EventTime::UNIX_EPOCH;
+            let rows = plan::FrameRows::new(&frame, &schema, m)?;
+            for r in 0..rows.len() {
+                let w = rows.window(r)?;
+                let early = lo_open && w.start() < scope.read.0.saturating_add(s.gap());
+                if early || w.end() > scope.read.1 {
+                    incomplete.push((m.name.clone(), w));
                 }
             }
-            frames.push((m, frame));
+            sessions.push(frame);
         }
-        Ok((frames, duplicates, incomplete))
+        Ok(Prepared { events, duplicates, metrics, sessions, incomplete, scope })
     })
     .await
     .map_err(|e| BatchError::Internal(format!("plan task failed: {e}")))?
 }
 
-struct Finished {
-    batches: Vec<RecordBatch>,
-    summaries: Vec<MetricSummary>,
-    rows: Vec<MetricRow>,
-}
-
-/// Turns the frames into the view's Arrow batches (and rows when asked) on a blocking thread.
-async fn finish(
-    frames: Vec<(CompiledMetric, DataFrame)>,
-    schema: EventSchema,
+/// How the rows are stamped.
+struct Output {
     run_id: String,
     epoch: i64,
     computed_at: EventTime,
     keep_rows: bool,
-) -> Result<Finished, BatchError> {
+}
+
+struct Emitted {
+    summaries: Vec<MetricSummary>,
+    rows: Vec<MetricRow>,
+}
+
+/// On a blocking thread: sends the session frames, then computes each fixed-window metric and sends it,
+/// one metric's frame at a time, as the view's Arrow batches of at most [`BATCH_ROWS`] rows.
+async fn emit(
+    prepared: Prepared,
+    schema: EventSchema,
+    out: Output,
+    sender: tokio::sync::mpsc::Sender<Msg>,
+) -> Result<Emitted, Stop> {
     tokio::task::spawn_blocking(move || {
-        let origin = Origin::Batch { run_id: run_id.clone(), epoch };
-        let mut out = Finished { batches: Vec::new(), summaries: Vec::new(), rows: Vec::new() };
-        for (m, frame) in frames {
-            let rows = plan::FrameRows::new(&frame, &schema, &m)?;
+        let Prepared { events, metrics, sessions, scope, .. } = prepared;
+        let origin = Origin::Batch { run_id: out.run_id.clone(), epoch: out.epoch };
+        let mut emitted = Emitted { summaries: Vec::new(), rows: Vec::new() };
+        let mut sessions = sessions.into_iter();
+        let (session_metrics, fixed_metrics): (Vec<_>, Vec<_>) =
+            metrics.iter().partition(|m| matches!(m.window, WindowSpec::Session(_)));
+        for m in session_metrics.into_iter().chain(fixed_metrics) {
+            let frame = match m.window {
+                WindowSpec::Session(_) => {
+                    sessions.next().ok_or_else(|| BatchError::Internal("a session metric was not prepared".into()))?
+                }
+                WindowSpec::Fixed(_) => {
+                    owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?
+                }
+            };
+            let rows = plan::FrameRows::new(&frame, &schema, m)?;
             let mut windows = HashSet::new();
             for r in 0..rows.len() {
                 windows.insert(rows.window(r)?);
             }
-            out.summaries.push(MetricSummary {
+            emitted.summaries.push(MetricSummary {
                 name: m.name.clone(),
                 window: m.window.kind_name().to_owned(),
                 rows: rows.len() as u64,
                 windows: windows.len() as u64,
                 planned_windows: None,
             });
-            if !rows.is_empty() {
-                out.batches.push(view::record_batch_from_frame(&rows, &m.name, &run_id, epoch, computed_at)?);
+            drop(rows);
+            for offset in (0..frame.height()).step_by(BATCH_ROWS) {
+                let part = frame.slice(offset as i64, BATCH_ROWS);
+                let part = plan::FrameRows::new(&part, &schema, m)?;
+                let batch = view::record_batch_from_frame(&part, &m.name, &out.run_id, out.epoch, out.computed_at)?;
+                sender.blocking_send(Msg::Batch(batch)).map_err(|_| Stop::WriterGone)?;
             }
-            if keep_rows {
-                out.rows.extend(plan::rows_from_frame(&frame, &schema, &m, &origin, computed_at)?);
+            if out.keep_rows {
+                emitted.rows.extend(plan::rows_from_frame(&frame, &schema, m, &origin, out.computed_at)?);
             }
         }
-        out.rows.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(emitted)
     })
     .await
-    .map_err(|e| BatchError::Internal(format!("finishing task failed: {e}")))?
+    .map_err(|e| Stop::from(BatchError::Internal(format!("plan task failed: {e}"))))?
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn batch() -> RecordBatch {
+        RecordBatch::new_empty(view::arrow_schema())
+    }
+
+    #[tokio::test]
+    async fn the_rows_stream_ends_only_at_end_and_fails_when_the_producer_stops_early() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Msg::Batch(batch())).await.unwrap();
+        tx.send(Msg::End).await.unwrap();
+        let items: Vec<_> = rows_stream(rx).collect().await;
+        assert_eq!(items.len(), 1);
+        assert!(items[0].is_ok());
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Msg::Batch(batch())).await.unwrap();
+        drop(tx);
+        let items: Vec<_> = rows_stream(rx).collect().await;
+        assert_eq!(items.len(), 2);
+        assert!(items[0].is_ok());
+        let err = items[1].as_ref().map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("stopped before all of its rows"), "{err}");
+    }
 }

@@ -104,6 +104,23 @@ pub async fn replace_range(
     Ok(view(url)?.replace_range(metrics, from, to, batches, commit_metadata).await?)
 }
 
+/// Why a stream of rows failed ([`tidemark_store::batch_view::RowsError`]).
+pub type RowsError = tidemark_store::batch_view::RowsError;
+
+/// Replaces, in one commit, the rows of `metrics` whose window overlaps `[from, to)` with the rows the
+/// stream yields, written while they are produced ([`BatchView::replace_range_stream`]: an `Err` item
+/// fails the write and nothing is committed).
+pub async fn replace_range_stream(
+    url: String,
+    metrics: Vec<String>,
+    from: EventTime,
+    to: EventTime,
+    batches: futures::stream::BoxStream<'static, Result<RecordBatch, RowsError>>,
+    commit_metadata: Vec<(String, serde_json::Value)>,
+) -> Result<Committed, BatchError> {
+    Ok(view(&url)?.replace_range_stream(&metrics, from, to, batches, commit_metadata).await?)
+}
+
 /// Writes `bytes` to `relative` under the table root (e.g. a run manifest), creating folders as needed.
 pub async fn put_beside(url: &str, relative: &str, bytes: Vec<u8>) -> Result<(), BatchError> {
     Ok(view(url)?.put_beside(relative, bytes).await?)

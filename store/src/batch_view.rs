@@ -25,11 +25,19 @@ use std::sync::Arc;
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema as ArrowSchema, TimeUnit as ArrowTimeUnit};
+use deltalake::datafusion::catalog::streaming::StreamingTable;
+use deltalake::datafusion::datasource::provider_as_source;
+use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
+use deltalake::datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use deltalake::datafusion::logical_expr::LogicalPlanBuilder;
+use deltalake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use deltalake::datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::datafusion::prelude::{Expr, col, lit};
 use deltalake::datafusion::scalar::ScalarValue;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use tidemark_core::{AggValue, Dimensions, EventTime, MetricRow, Origin, RowKey, Window};
@@ -139,6 +147,39 @@ pub fn parse_values(text: &str) -> Option<BTreeMap<String, AggValue>> {
     Some(out)
 }
 
+/// Why a stream of rows given to [`BatchView::replace_range_stream`] failed (the producer's own error).
+pub type RowsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The run's rows as a DataFusion partition that can be read once (the write reads its input once).
+struct OnceStream {
+    schema: Arc<ArrowSchema>,
+    stream: std::sync::Mutex<Option<BoxStream<'static, std::result::Result<RecordBatch, RowsError>>>>,
+}
+
+impl std::fmt::Debug for OnceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnceStream")
+    }
+}
+
+impl PartitionStream for OnceStream {
+    fn schema(&self) -> &Arc<ArrowSchema> {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        let stream: BoxStream<'static, DfResult<RecordBatch>> = match taken {
+            Some(s) => s.map_err(DataFusionError::External).boxed(),
+            None => {
+                futures::stream::once(async { Err(DataFusionError::Internal("the run's rows were read twice".into())) })
+                    .boxed()
+            }
+        };
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
 /// What a replace committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewCommit {
@@ -208,6 +249,40 @@ impl BatchView {
         let batches = if batches.is_empty() { vec![RecordBatch::new_empty(arrow_schema())] } else { batches };
         let table = table
             .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(replace_predicate(metrics, from, to))
+            .with_partition_columns([METRIC, DATE])
+            .with_commit_properties(CommitProperties::default().with_metadata(commit_metadata))
+            .await
+            .map_err(Error::delta(&self.url, "replacing a range"))?;
+        let version = table.version().and_then(|v| i64::try_from(v).ok()).unwrap_or(-1);
+        Ok(ViewCommit { version })
+    }
+
+    /// [`replace_range`](Self::replace_range) for rows that come as a stream: each batch is written to the
+    /// table's files as it arrives, so memory holds a few batches, not the run. The stream must yield every
+    /// row of the run and then end: an `Err` item fails the write and **nothing is committed** (a producer
+    /// that stops early must end with an error, never just stop). The one commit happens after the stream
+    /// ends; files written before a failure are never referenced by the log (`vacuum` removes them).
+    pub async fn replace_range_stream(
+        &self,
+        metrics: &[String],
+        from: EventTime,
+        to: EventTime,
+        batches: BoxStream<'static, std::result::Result<RecordBatch, RowsError>>,
+        commit_metadata: Vec<(String, serde_json::Value)>,
+    ) -> Result<ViewCommit> {
+        let table = self.table().await?;
+        let schema = arrow_schema();
+        let source = OnceStream { schema: schema.clone(), stream: std::sync::Mutex::new(Some(batches)) };
+        let provider = StreamingTable::try_new(schema, vec![Arc::new(source)])
+            .map_err(|e| Error::delta(&self.url, "streaming the run's rows")(e.into()))?;
+        let plan = LogicalPlanBuilder::scan("run_rows", provider_as_source(Arc::new(provider)), None)
+            .and_then(LogicalPlanBuilder::build)
+            .map_err(|e| Error::delta(&self.url, "planning the run's rows")(e.into()))?;
+        let table = table
+            .write(Vec::<RecordBatch>::new())
+            .with_input_plan(plan)
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(replace_predicate(metrics, from, to))
             .with_partition_columns([METRIC, DATE])

@@ -271,6 +271,63 @@ async fn batch_view_replaces_ranges_and_reads_them_back() {
     assert_eq!((runs[1].from, runs[1].to, runs[1].view_version), (common::t(0), common::t(150), Some(1)));
 }
 
+/// A streamed replace writes batches as they come and commits once at the end; a stream that fails
+/// part-way (after some of its batches were written) commits nothing: the view keeps its version and rows.
+#[tokio::test]
+async fn a_streamed_replace_commits_all_of_its_rows_or_nothing() {
+    use futures::StreamExt;
+    use tidemark_core::{EventTime, Origin};
+    use tidemark_store::{BatchView, MetricFilter, batch_view};
+
+    let dir = tempfile::tempdir().unwrap();
+    let view = BatchView::open(&format!("file://{}", dir.path().join("view").display())).unwrap();
+    let rows = |epoch: i64, pages: &[&str]| {
+        let mut out: Vec<_> = pages.iter().map(|p| common::batch_row(&common::key("views", 1, p), epoch, 7)).collect();
+        out.iter_mut().for_each(|r| r.origin = Origin::Batch { run_id: format!("run-{epoch}"), epoch });
+        out
+    };
+    let metrics = vec!["views".to_owned()];
+    let first = rows(1, &["/a", "/b"]);
+    let c1 = view
+        .replace_range(
+            &metrics,
+            common::t(0),
+            common::t(600),
+            vec![batch_view::to_record_batch(&first).unwrap()],
+            vec![],
+        )
+        .await
+        .unwrap();
+    // two batches, then a failure: nothing of it becomes visible
+    let (x, y) = (rows(2, &["/a"]), rows(2, &["/c"]));
+    let items: Vec<Result<_, batch_view::RowsError>> = vec![
+        Ok(batch_view::to_record_batch(&x).unwrap()),
+        Ok(batch_view::to_record_batch(&y).unwrap()),
+        Err("the producer failed".into()),
+    ];
+    let err = view
+        .replace_range_stream(&metrics, common::t(0), common::t(600), futures::stream::iter(items).boxed(), vec![])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the producer failed"), "{err}");
+    let table = deltalake::open_table(url::Url::from_directory_path(dir.path().join("view")).unwrap()).await.unwrap();
+    assert_eq!(table.version(), Some(c1.version as u64), "no commit");
+    let mut read = view.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap();
+    read.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(read, first);
+    // the same stream without the failure replaces the range in one commit
+    let items: Vec<Result<_, batch_view::RowsError>> =
+        vec![Ok(batch_view::to_record_batch(&x).unwrap()), Ok(batch_view::to_record_batch(&y).unwrap())];
+    let c2 = view
+        .replace_range_stream(&metrics, common::t(0), common::t(600), futures::stream::iter(items).boxed(), vec![])
+        .await
+        .unwrap();
+    assert_eq!(c2.version, c1.version + 1);
+    let mut read = view.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await.unwrap();
+    read.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(read, [x, y].concat());
+}
+
 fn files_under(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
