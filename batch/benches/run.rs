@@ -114,7 +114,7 @@ fn generate(dir: &std::path::Path, n: u64, days: i64) -> i64 {
     let hours = days * 24;
     let mut i: u64 = 0;
     for h in 0..hours {
-        let end = (n as i128 * i128::from(h + 1) / i128::from(hours)) as u64;
+        let end = (i128::from(n) * i128::from(h + 1) / i128::from(hours)) as u64;
         let (mut ids, mut ts, mut users, mut lat, mut bytes) = (vec![], vec![], vec![], vec![], vec![]);
         while i < end {
             // roughly in time order with up to 10 s of disorder; 1% re-delivered ids
