@@ -10,71 +10,13 @@ use tidemark_batch::frame::EventFrameBuilder;
 use tidemark_batch::plan;
 use tidemark_core::{Event, EventTime, Num, Origin, PipelineSpec};
 
-const SPEC: &str = r#"
-version = 1
-name = "bench"
-[source]
-type = "file"
-path = "/dev/null"
-[event]
-id = "id"
-time = { field = "ts", format = "epoch_us" }
-dimensions = ["user"]
-values = { latency = "int", bytes = "float" }
-[[metrics]]
-name = "tumbling_1m"
-dimensions = ["user"]
-window = { type = "tumbling", size = "1m" }
-aggregates = [
-  { name = "n", fn = "count" }, { name = "sum", fn = "sum", field = "latency" },
-  { name = "min", fn = "min", field = "latency" }, { name = "max", fn = "max", field = "latency" },
-  { name = "mean", fn = "mean", field = "latency" }, { name = "bytes", fn = "sum", field = "bytes" },
-]
-[[metrics]]
-name = "hopping_5m_1m"
-dimensions = ["user"]
-window = { type = "hopping", size = "5m", slide = "1m" }
-aggregates = [
-  { name = "n", fn = "count" }, { name = "sum", fn = "sum", field = "latency" },
-  { name = "min", fn = "min", field = "latency" }, { name = "max", fn = "max", field = "latency" },
-  { name = "mean", fn = "mean", field = "latency" }, { name = "bytes", fn = "sum", field = "bytes" },
-]
-[[metrics]]
-name = "session_30s"
-dimensions = ["user"]
-window = { type = "session", gap = "30s" }
-aggregates = [
-  { name = "n", fn = "count" }, { name = "sum", fn = "sum", field = "latency" },
-  { name = "min", fn = "min", field = "latency" }, { name = "max", fn = "max", field = "latency" },
-  { name = "mean", fn = "mean", field = "latency" }, { name = "bytes", fn = "sum", field = "bytes" },
-]
-[stores]
-raw_archive = "/tmp/tidemark-bench/raw"
-serving = "/tmp/tidemark-bench/serving"
-dead_letter = "/tmp/tidemark-bench/dead"
-batch_view = "/tmp/tidemark-bench/view"
-"#;
+mod common;
+use common::{Rng, SPEC};
 
 fn vm_hwm_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 fn main() {

@@ -245,18 +245,8 @@ impl BatchView {
         batches: Vec<RecordBatch>,
         commit_metadata: Vec<(String, serde_json::Value)>,
     ) -> Result<ViewCommit> {
-        let table = self.table().await?;
-        let batches = if batches.is_empty() { vec![RecordBatch::new_empty(arrow_schema())] } else { batches };
-        let table = table
-            .write(batches)
-            .with_save_mode(SaveMode::Overwrite)
-            .with_replace_where(replace_predicate(metrics, from, to))
-            .with_partition_columns([METRIC, DATE])
-            .with_commit_properties(CommitProperties::default().with_metadata(commit_metadata))
-            .await
-            .map_err(Error::delta(&self.url, "replacing a range"))?;
-        let version = table.version().and_then(|v| i64::try_from(v).ok()).unwrap_or(-1);
-        Ok(ViewCommit { version })
+        let batches = futures::stream::iter(batches.into_iter().map(Ok)).boxed();
+        self.replace_range_stream(metrics, from, to, batches, commit_metadata).await
     }
 
     /// [`replace_range`](Self::replace_range) for rows that come as a stream: each batch is written to the
