@@ -725,25 +725,24 @@ async fn emit(
                     owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?
                 }
             };
-            let rows = plan::FrameRows::new(&frame, &schema, m)?;
+            // one pass over the rows: each slice counts its windows and goes to the writer
             let mut windows = HashSet::new();
-            for r in 0..rows.len() {
-                windows.insert(rows.window(r)?);
+            for offset in (0..frame.height()).step_by(BATCH_ROWS) {
+                let part = frame.slice(offset as i64, BATCH_ROWS);
+                let part = plan::FrameRows::new(&part, &schema, m)?;
+                for r in 0..part.len() {
+                    windows.insert(part.window(r)?);
+                }
+                let batch = view::record_batch_from_frame(&part, &m.name, &out.run_id, out.epoch, out.computed_at)?;
+                sender.blocking_send(Msg::Batch(batch)).map_err(|_| Stop::WriterGone)?;
             }
             emitted.summaries.push(MetricSummary {
                 name: m.name.clone(),
                 window: m.window.kind_name().to_owned(),
-                rows: rows.len() as u64,
+                rows: frame.height() as u64,
                 windows: windows.len() as u64,
                 planned_windows: None,
             });
-            drop(rows);
-            for offset in (0..frame.height()).step_by(BATCH_ROWS) {
-                let part = frame.slice(offset as i64, BATCH_ROWS);
-                let part = plan::FrameRows::new(&part, &schema, m)?;
-                let batch = view::record_batch_from_frame(&part, &m.name, &out.run_id, out.epoch, out.computed_at)?;
-                sender.blocking_send(Msg::Batch(batch)).map_err(|_| Stop::WriterGone)?;
-            }
             if out.keep_rows {
                 emitted.rows.extend(plan::rows_from_frame(&frame, &schema, m, &origin, out.computed_at)?);
             }
