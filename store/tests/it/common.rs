@@ -696,8 +696,7 @@ pub async fn sigkill_atomicity(
             }
         }
         report.kills += 1;
-        let progress = checker.load_progress("crash").await.unwrap();
-        let rows = checker.read_range(&MetricFilter::one("crash"), t(0), t(1_000_000)).await.unwrap();
+        let (progress, rows) = consistent_read(checker.as_ref()).await;
         let Some(progress) = progress else {
             assert!(rows.is_empty(), "rows without progress: {rows:?}");
             continue;
@@ -719,6 +718,23 @@ pub async fn sigkill_atomicity(
         report.final_offset = g;
     }
     report
+}
+
+/// Progress and rows as of one moment. A server-side store (Postgres) may still finish the killed
+/// child's last transaction after the kill (its COMMIT was already sent), so that write can land between
+/// two separate reads; the reads count only when progress did not move around the row read (#3: CI saw
+/// rows of write 19 beside progress 18 when the commit landed between the two reads).
+async fn consistent_read(store: &dyn ServingStore) -> (Option<SourceProgress>, Vec<MetricRow>) {
+    for _ in 0..100 {
+        let before = store.load_progress("crash").await.unwrap();
+        let rows = store.read_range(&MetricFilter::one("crash"), t(0), t(1_000_000)).await.unwrap();
+        let after = store.load_progress("crash").await.unwrap();
+        if before == after {
+            return (after, rows);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the committed progress kept moving after the writer was killed");
 }
 
 /// An early pane written before any watermark exists carries `EventTime::MIN`; a drained engine's rows
