@@ -11,6 +11,10 @@ use tidemark_batch::plan;
 use tidemark_core::{Event, EventTime, Num, Origin, PipelineSpec};
 
 mod common;
+
+// the allocator `tidemark` itself uses (cli/src/main.rs)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{Rng, SPEC};
 
 fn vm_hwm_kib() -> Option<u64> {

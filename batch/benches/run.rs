@@ -2,8 +2,10 @@
 //! `TIDEMARK_BENCH_DAYS`), 10k skewed keys, 1% re-delivered ids, landed as hourly Parquet files (event
 //! fields as columns), then a [`BatchRun`] over the whole range into a Delta batch view with the plan
 //! bench's three metrics (1-min tumbling, 5-min/1-min hopping, 30-s-gap sessions; count/sum/min/max/mean).
-//! One run per entry of `TIDEMARK_BENCH_CHUNKS` (default `0,6h`; `0` = unchunked), each into a fresh view.
-//! Prints wall time, events/s, rows written and the run's peak RSS (VmHWM, reset before each run through
+//! One run per entry of `TIDEMARK_BENCH_RUNS` (comma-separated `CHUNK:PART_EVENTS`, default `0:-,0:max`:
+//! `CHUNK` `0` = unchunked, else a duration like `6h`; `PART_EVENTS` `-` = the default
+//! [`DEFAULT_PART_EVENTS`](tidemark_batch::run::DEFAULT_PART_EVENTS), `max` = never split, else a number),
+//! each into a fresh view. Prints wall time, events/s, rows written, parts, spilled bytes and the run's peak RSS (VmHWM, reset before each run through
 //! `/proc/self/clear_refs`). Run: `cargo bench -p tidemark-batch --bench run`. `TIDEMARK_BENCH_DIR` puts
 //! the files somewhere other than a temp dir (100M events take about 2.5 GB of Parquet).
 
@@ -16,6 +18,10 @@ use tidemark_batch::{BatchRun, InputSource};
 use tidemark_core::{Duration, EventTime, PipelineSpec};
 
 mod common;
+
+// the allocator `tidemark` itself uses (cli/src/main.rs)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{Rng, SPEC};
 
 const HOUR_US: i64 = 3_600_000_000;
@@ -91,7 +97,7 @@ fn generate(dir: &std::path::Path, n: u64, days: i64) -> i64 {
 async fn main() {
     let n: u64 = std::env::var("TIDEMARK_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
     let days: i64 = std::env::var("TIDEMARK_BENCH_DAYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let chunks = std::env::var("TIDEMARK_BENCH_CHUNKS").unwrap_or_else(|_| "0,6h".to_owned());
+    let runs = std::env::var("TIDEMARK_BENCH_RUNS").unwrap_or_else(|_| "0:-,0:max".to_owned());
     let spec = PipelineSpec::parse(SPEC, "bench.toml", None).unwrap_or_else(|e| panic!("{e}"));
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = std::env::var("TIDEMARK_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().into());
@@ -109,14 +115,21 @@ async fn main() {
     );
     let from = EventTime::from_micros(t0).expect("t0");
     let to = EventTime::from_micros(t0 + days * DAY_US).expect("t1");
-    for (i, chunk) in chunks.split(',').map(str::trim).enumerate() {
+    for (i, entry) in runs.split(',').map(str::trim).enumerate() {
+        let (chunk, part_events) = entry.split_once(':').unwrap_or((entry, "-"));
         let view = root.join(format!("view-{i}"));
         let mut run = BatchRun::new(&spec, from, to)
             .input(InputSource::parquet(format!("file://{}", events_dir.display())))
             .batch_view(format!("file://{}", view.display()))
+            .spill_dir(&root)
             .progress(false);
         if chunk != "0" {
             run = run.chunk(chunk.parse::<Duration>().unwrap_or_else(|e| panic!("chunk {chunk:?}: {e}")));
+        }
+        match part_events {
+            "-" => {}
+            "max" => run = run.part_events(u64::MAX),
+            n => run = run.part_events(n.parse().unwrap_or_else(|e| panic!("part events {n:?}: {e}"))),
         }
         reset_peak();
         let before = vm_hwm_mib();
@@ -124,12 +137,14 @@ async fn main() {
         let report = run.run().await.expect("batch run");
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "run chunk={chunk:<4} {secs:>8.2} s  {:>10.0} events/s  {} rows written, {} duplicates, {} invalid  \
-             peak RSS {:.0} MiB (at start {:.0} MiB)",
+            "run chunk={chunk:<4} part_events={part_events:<9} {secs:>8.2} s  {:>10.0} events/s  {} rows written, \
+             {} duplicates, {} invalid, {} part(s), {:.0} MiB spilled  peak RSS {:.0} MiB (at start {:.0} MiB)",
             n as f64 / secs,
             report.rows_written,
             report.duplicates,
             report.invalid,
+            report.parts,
+            report.spilled_bytes as f64 / 1048576.0,
             vm_hwm_mib(),
             before
         );

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod input;
 pub mod plan;
 pub mod run;
+mod spill;
 pub mod view;
 
 pub use error::BatchError;

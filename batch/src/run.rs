@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Instant;
 
 use deltalake::arrow::array::RecordBatch;
@@ -28,6 +29,7 @@ use tidemark_core::{
 use crate::error::BatchError;
 use crate::input::{self, DeadLetter, InputFile, InputSource};
 use crate::plan;
+use crate::spill::{self, Spill, part_name};
 use crate::view;
 
 /// Folder under the batch view's root that holds run manifests.
@@ -49,7 +51,15 @@ pub struct BatchRun<'a> {
     progress: bool,
     keep_rows: bool,
     chunk: Option<Duration>,
+    part_events: u64,
+    spill_dir: Option<std::path::PathBuf>,
 }
+
+/// The default of [`BatchRun::part_events`].
+pub const DEFAULT_PART_EVENTS: u64 = 2_000_000;
+/// Input bytes per event assumed where the input has no row counts (JSON Lines): a low guess, so the
+/// estimate errs towards more parts.
+const BYTES_PER_EVENT_GUESS: u64 = 64;
 
 /// One metric's part of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +122,12 @@ pub struct BatchReport {
     pub rows_written: u64,
     /// Distinct (metric, window) pairs written.
     pub windows_written: u64,
+    /// Parts the events were split into (the largest over chunks and read attempts; 1: all in memory).
+    #[serde(default)]
+    pub parts: u64,
+    /// Bytes spilled to the temporary directory (0 with one part).
+    #[serde(default)]
+    pub spilled_bytes: u64,
     /// The batch view's version after the run's commit.
     pub view_version: Option<i64>,
     /// Wall-clock duration in milliseconds.
@@ -205,6 +221,8 @@ impl<'a> BatchRun<'a> {
             progress: true,
             keep_rows: false,
             chunk: None,
+            part_events: DEFAULT_PART_EVENTS,
+            spill_dir: None,
         }
     }
 
@@ -268,6 +286,22 @@ impl<'a> BatchRun<'a> {
         self
     }
 
+    /// The most events a run computes at once (default [`DEFAULT_PART_EVENTS`]). A read range estimated
+    /// to hold more (from the input's row counts, or its bytes where it has none) is split into parts: by
+    /// event id for de-duplication, then per metric by its dimension values, spilled to a temporary
+    /// directory as compressed Parquet and computed one part at a time. Every copy of an id and every event
+    /// of a key land in one part, so the result equals an unsplit run; memory holds about one part.
+    pub fn part_events(mut self, events: u64) -> Self {
+        self.part_events = events.max(1);
+        self
+    }
+
+    /// Where parts are spilled (default: the system's temporary directory); removed when the run ends.
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.spill_dir = Some(dir.into());
+        self
+    }
+
     /// Show a spinner on a terminal (default on; plain log lines otherwise).
     pub fn progress(mut self, on: bool) -> Self {
         self.progress = on;
@@ -310,6 +344,14 @@ impl<'a> BatchRun<'a> {
                 (bounds[i], bounds[i + 1], (own_lo, own_hi))
             })
             .collect()
+    }
+
+    /// How many parts a read of `[lo, hi)` is split into: its estimated events (row counts where the input
+    /// has them, else bytes / [`BYTES_PER_EVENT_GUESS`]) over [`BatchRun::part_events`].
+    async fn parts_for(&self, schema: &EventSchema, lo: EventTime, hi: EventTime) -> Result<usize, BatchError> {
+        let plan = input::plan_read(&self.input, schema, lo, hi).await?;
+        let events: u64 = plan.files.iter().map(|f| f.rows.unwrap_or(f.bytes / BYTES_PER_EVENT_GUESS)).sum();
+        Ok(usize::try_from(events.div_ceil(self.part_events)).unwrap_or(usize::MAX).max(1))
     }
 
     /// The event-time range to read for the windows of `[from, to)`.
@@ -366,6 +408,8 @@ impl<'a> BatchRun<'a> {
             metrics: Vec::new(),
             rows_written: 0,
             windows_written: 0,
+            parts: 0,
+            spilled_bytes: 0,
             view_version: None,
             duration_ms: 0,
             warnings: Vec::new(),
@@ -534,18 +578,20 @@ impl BatchRun<'_> {
                     chunks.len(),
                     self.input.url
                 ));
-                let mut outcome = input::read_events(&self.input, &schema, lo, hi, pinned_version).await?;
+                let parts = self.parts_for(&schema, lo, hi).await?;
+                let spill = std::sync::Arc::new(spill::Spill::new(parts, self.spill_dir.as_deref())?);
+                let outcome = input::read_events(&self.input, &schema, lo, hi, pinned_version, &spill).await?;
                 progress.phase(format!(
-                    "chunk {}/{}: computing {} metrics over {} events from {} files",
+                    "chunk {}/{}: computing {} metrics over {} events from {} files in {parts} part(s)",
                     ci + 1,
                     chunks.len(),
                     metrics.len(),
                     outcome.counts.decoded_in_range,
                     outcome.files.len()
                 ));
-                let events = std::mem::take(&mut outcome.events);
                 let scope = Scope { range: (self.from, self.to), owned, read: (lo, hi) };
-                let prepared = prepare(events, schema.clone(), metrics.to_vec(), scope).await?;
+                let prepared = prepare(spill, schema.clone(), metrics.to_vec(), scope).await?;
+                report.parts = report.parts.max(parts as u64);
                 if prepared.incomplete.is_empty() || !has_sessions {
                     break (prepared, outcome, lo, hi);
                 }
@@ -587,6 +633,7 @@ impl BatchRun<'_> {
             progress.phase(format!("chunk {}/{}: computing and writing to {}", ci + 1, chunks.len(), self.batch_view));
             let out = Output { run_id: run_id.to_owned(), epoch, computed_at, keep_rows: self.keep_rows };
             let emitted = emit(prepared, schema.clone(), out, sender.clone()).await?;
+            report.spilled_bytes += emitted.spilled_bytes;
             for s in emitted.summaries {
                 match summaries.iter_mut().find(|m| m.name == s.name) {
                     Some(m) => {
@@ -627,15 +674,25 @@ struct Scope {
     read: (EventTime, EventTime),
 }
 
-/// A chunk's de-duplicated events with its session metrics computed (they decide whether the read range
-/// must widen, so nothing of the chunk is sent before they are known to be complete).
+/// A chunk's de-duplicated events, split per metric by key in the spill, with its session metrics computed
+/// (they decide whether the read range must widen, so nothing of the chunk is sent before they are known
+/// to be complete).
 struct Prepared {
-    events: DataFrame,
+    spill: Arc<Spill>,
     duplicates: u64,
     metrics: Vec<CompiledMetric>,
-    sessions: Vec<DataFrame>,
     incomplete: Vec<(String, Window)>,
     scope: Scope,
+}
+
+/// Spill name of metric `i`'s events (parts by key).
+fn metric_events(i: usize) -> String {
+    format!("events{i}")
+}
+
+/// Spill name of session metric `i`'s computed rows (parts by key).
+fn metric_rows(i: usize) -> String {
+    format!("rows{i}")
 }
 
 /// Keeps the windows whose start is in `owned`.
@@ -655,34 +712,48 @@ fn owned_only(frame: DataFrame, owned: (EventTime, EventTime)) -> Result<DataFra
         .collect()?)
 }
 
-/// De-duplicates and computes the session metrics (and which of their windows may be incomplete given
-/// the read range) on a blocking thread.
+/// On a blocking thread: de-duplicates each raw part, splits every metric's columns of the result by the
+/// metric's key, and computes the session metrics part by part (noting which of their windows may be
+/// incomplete given the read range).
 async fn prepare(
-    events: DataFrame,
+    spill: Arc<Spill>,
     schema: EventSchema,
     metrics: Vec<CompiledMetric>,
     scope: Scope,
 ) -> Result<Prepared, BatchError> {
     tokio::task::spawn_blocking(move || {
-        let (events, duplicates) = plan::dedupe_by_id(events)?;
-        let mut sessions = Vec::new();
-        let mut incomplete = Vec::new();
-        for m in &metrics {
-            let WindowSpec::Session(s) = m.window else { continue };
-            let frame = owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?;
-            // decoded events are never before 1970, so a read starting there misses nothing earlier
-            let lo_open = scope.read.0 > EventTime::UNIX_EPOCH;
-            let rows = plan::FrameRows::new(&frame, &schema, m)?;
-            for r in 0..rows.len() {
-                let w = rows.window(r)?;
-                let early = lo_open && w.start() < scope.read.0.saturating_add(s.gap());
-                if early || w.end() > scope.read.1 {
-                    incomplete.push((m.name.clone(), w));
-                }
+        let mut duplicates = 0;
+        for b in 0..spill.parts() {
+            let Some(raw) = spill.take(&part_name(input::RAW, b))? else { continue };
+            let (events, dropped) = plan::dedupe_by_id(raw)?;
+            duplicates += dropped;
+            for (i, m) in metrics.iter().enumerate() {
+                let (dims, columns) = plan::metric_columns(m);
+                let dims: Vec<&str> = dims.iter().map(String::as_str).collect();
+                spill.put_by_key(&metric_events(i), events.select(columns)?, &dims)?;
             }
-            sessions.push(frame);
         }
-        Ok(Prepared { events, duplicates, metrics, sessions, incomplete, scope })
+        let mut incomplete = Vec::new();
+        // decoded events are never before 1970, so a read starting there misses nothing earlier
+        let lo_open = scope.read.0 > EventTime::UNIX_EPOCH;
+        for (i, m) in metrics.iter().enumerate() {
+            let WindowSpec::Session(s) = m.window else { continue };
+            for j in 0..spill.parts() {
+                let Some(events) = spill.take(&part_name(&metric_events(i), j))? else { continue };
+                let frame = owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?;
+                drop(events);
+                let rows = plan::FrameRows::new(&frame, &schema, m)?;
+                for r in 0..rows.len() {
+                    let w = rows.window(r)?;
+                    let early = lo_open && w.start() < scope.read.0.saturating_add(s.gap());
+                    if early || w.end() > scope.read.1 {
+                        incomplete.push((m.name.clone(), w));
+                    }
+                }
+                spill.put(&part_name(&metric_rows(i), j), frame)?;
+            }
+        }
+        Ok(Prepared { spill, duplicates, metrics, incomplete, scope })
     })
     .await
     .map_err(|e| BatchError::Internal(format!("plan task failed: {e}")))?
@@ -699,10 +770,11 @@ struct Output {
 struct Emitted {
     summaries: Vec<MetricSummary>,
     rows: Vec<MetricRow>,
+    spilled_bytes: u64,
 }
 
-/// On a blocking thread: sends the session frames, then computes each fixed-window metric and sends it,
-/// one metric's frame at a time, as the view's Arrow batches of at most [`BATCH_ROWS`] rows.
+/// On a blocking thread: sends the session rows, then computes each fixed-window metric part by part and
+/// sends it, one part's frame at a time, as the view's Arrow batches of at most [`BATCH_ROWS`] rows.
 async fn emit(
     prepared: Prepared,
     schema: EventSchema,
@@ -710,43 +782,49 @@ async fn emit(
     sender: tokio::sync::mpsc::Sender<Msg>,
 ) -> Result<Emitted, Stop> {
     tokio::task::spawn_blocking(move || {
-        let Prepared { events, metrics, sessions, scope, .. } = prepared;
+        let Prepared { spill, metrics, scope, .. } = prepared;
         let origin = Origin::Batch { run_id: out.run_id.clone(), epoch: out.epoch };
-        let mut emitted = Emitted { summaries: Vec::new(), rows: Vec::new() };
-        let mut sessions = sessions.into_iter();
-        let (session_metrics, fixed_metrics): (Vec<_>, Vec<_>) =
-            metrics.iter().partition(|m| matches!(m.window, WindowSpec::Session(_)));
-        for m in session_metrics.into_iter().chain(fixed_metrics) {
-            let frame = match m.window {
-                WindowSpec::Session(_) => {
-                    sessions.next().ok_or_else(|| BatchError::Internal("a session metric was not prepared".into()))?
-                }
-                WindowSpec::Fixed(_) => {
-                    owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?
-                }
-            };
-            // one pass over the rows: each slice counts its windows and goes to the writer
+        let mut emitted = Emitted { summaries: Vec::new(), rows: Vec::new(), spilled_bytes: 0 };
+        let (sessions, fixed): (Vec<_>, Vec<_>) =
+            metrics.iter().enumerate().partition(|(_, m)| matches!(m.window, WindowSpec::Session(_)));
+        for (i, m) in sessions.into_iter().chain(fixed) {
             let mut windows = HashSet::new();
-            for offset in (0..frame.height()).step_by(BATCH_ROWS) {
-                let part = frame.slice(offset as i64, BATCH_ROWS);
-                let part = plan::FrameRows::new(&part, &schema, m)?;
-                for r in 0..part.len() {
-                    windows.insert(part.window(r)?);
+            let mut rows = 0;
+            for j in 0..spill.parts() {
+                let frame = match m.window {
+                    WindowSpec::Session(_) => spill.take(&part_name(&metric_rows(i), j))?,
+                    WindowSpec::Fixed(_) => match spill.take(&part_name(&metric_events(i), j))? {
+                        Some(events) => {
+                            Some(owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?)
+                        }
+                        None => None,
+                    },
+                };
+                let Some(frame) = frame else { continue };
+                // one pass over the rows: each slice counts its windows and goes to the writer
+                for offset in (0..frame.height()).step_by(BATCH_ROWS) {
+                    let part = frame.slice(offset as i64, BATCH_ROWS);
+                    let part = plan::FrameRows::new(&part, &schema, m)?;
+                    for r in 0..part.len() {
+                        windows.insert(part.window(r)?);
+                    }
+                    let batch = view::record_batch_from_frame(&part, &m.name, &out.run_id, out.epoch, out.computed_at)?;
+                    sender.blocking_send(Msg::Batch(batch)).map_err(|_| Stop::WriterGone)?;
                 }
-                let batch = view::record_batch_from_frame(&part, &m.name, &out.run_id, out.epoch, out.computed_at)?;
-                sender.blocking_send(Msg::Batch(batch)).map_err(|_| Stop::WriterGone)?;
+                rows += frame.height() as u64;
+                if out.keep_rows {
+                    emitted.rows.extend(plan::rows_from_frame(&frame, &schema, m, &origin, out.computed_at)?);
+                }
             }
             emitted.summaries.push(MetricSummary {
                 name: m.name.clone(),
                 window: m.window.kind_name().to_owned(),
-                rows: frame.height() as u64,
+                rows,
                 windows: windows.len() as u64,
                 planned_windows: None,
             });
-            if out.keep_rows {
-                emitted.rows.extend(plan::rows_from_frame(&frame, &schema, m, &origin, out.computed_at)?);
-            }
         }
+        emitted.spilled_bytes = spill.bytes_written();
         Ok(emitted)
     })
     .await

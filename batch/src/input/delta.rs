@@ -12,8 +12,9 @@ use tidemark_core::archive;
 use tidemark_core::{EventSchema, EventTime};
 
 use super::files::decode_archive_frame;
-use super::{Decoder, InputFile, ReadOutcome, merge, parse_location};
+use super::{Decoder, InputFile, ReadOutcome, finish_into, merge, parse_location};
 use crate::error::BatchError;
+use crate::spill::Spill;
 
 /// A data file of the archive chosen for reading.
 #[derive(Debug, Clone)]
@@ -101,6 +102,7 @@ pub(crate) async fn read(
     lo: EventTime,
     hi: EventTime,
     version: Option<i64>,
+    spill: &Arc<Spill>,
 ) -> Result<ReadOutcome, BatchError> {
     let (table, (files, version)) = open_and_list(url, schema, lo, hi, version).await?;
     let store: Arc<dyn ObjectStore> = table.object_store();
@@ -115,15 +117,15 @@ pub(crate) async fn read(
             .await
             .map_err(|e| BatchError::store(&location, e))?;
         let schema = schema.clone();
+        let spill = spill.clone();
         let part = tokio::task::spawn_blocking(move || {
             let mut d = Decoder::new(&schema, lo, hi);
             decode_archive_frame(bytes, &location, &mut d, None, None)?;
-            let df = d.builder.finish()?;
-            Ok::<_, BatchError>((df, d.counts, d.dead_letters))
+            finish_into(d, &spill)
         })
         .await
         .map_err(|e| BatchError::Internal(format!("decoding task failed: {e}")))??;
         parts.push(part);
     }
-    merge(parts, schema, files.into_iter().map(|f| f.file).collect(), Some(version))
+    Ok(merge(parts, files.into_iter().map(|f| f.file).collect(), Some(version)))
 }

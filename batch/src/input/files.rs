@@ -18,8 +18,11 @@ use polars::prelude::*;
 use tidemark_core::archive;
 use tidemark_core::{EventSchema, EventTime, SourceCoordinates};
 
-use super::{Decoder, InputFile, InputFormat, InputSource, ReadOutcome, merge, parse_location, row_groups};
+use super::{
+    Decoder, InputFile, InputFormat, InputSource, ReadOutcome, finish_into, merge, parse_location, row_groups,
+};
 use crate::error::BatchError;
+use crate::spill::Spill;
 
 fn extension_matches(format: InputFormat, name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -124,6 +127,7 @@ pub(crate) async fn read(
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
+    spill: &Arc<Spill>,
 ) -> Result<ReadOutcome, BatchError> {
     let (store, _, _) = open(&source.url)?;
     let files = select(source, schema, lo, hi).await?;
@@ -141,6 +145,7 @@ pub(crate) async fn read(
         let location = f.file.path.clone();
         let runs = f.selection.as_ref().filter(|s| !s.is_whole()).map(|s| s.runs.clone());
         let lines = source.format == InputFormat::JsonLines;
+        let spill = spill.clone();
         let part = tokio::task::spawn_blocking(move || {
             let mut d = Decoder::new(&schema, lo, hi);
             match (lines, runs) {
@@ -152,14 +157,13 @@ pub(crate) async fn read(
                     }
                 }
             }
-            let df = d.builder.finish()?;
-            Ok::<_, BatchError>((df, d.counts, d.dead_letters))
+            finish_into(d, &spill)
         })
         .await
         .map_err(|e| BatchError::Internal(format!("decoding task failed: {e}")))??;
         parts.push(part);
     }
-    merge(parts, schema, files.into_iter().map(|f| f.file).collect(), None)
+    Ok(merge(parts, files.into_iter().map(|f| f.file).collect(), None))
 }
 
 fn decode_lines(bytes: &[u8], location: &str, received: EventTime, d: &mut Decoder<'_>) {

@@ -16,12 +16,17 @@ mod row_groups;
 
 use std::collections::BTreeMap;
 
-use polars::prelude::DataFrame;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tidemark_core::{EventSchema, EventTime, ReasonCode, SourceCoordinates};
 
 use crate::error::BatchError;
-use crate::frame::EventFrameBuilder;
+use crate::frame::{EVENT_ID, EventFrameBuilder};
+use crate::spill::Spill;
+
+/// Spill name of the decoded events, split by event id (parts `raw/{b}`).
+pub(crate) const RAW: &str = "raw";
 
 /// What the raw events look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,12 +109,10 @@ pub struct ReadCounts {
     pub invalid_by_reason: BTreeMap<ReasonCode, u64>,
 }
 
-/// Everything read: the events frame (with provenance, not yet de-duplicated), the files, the counts and
+/// Everything read besides the events (those went into the spill's raw parts): the files, the counts and
 /// the dead letters.
 #[derive(Debug)]
 pub struct ReadOutcome {
-    /// Decoded events in range, with provenance columns.
-    pub events: DataFrame,
     /// Files read.
     pub files: Vec<InputFile>,
     /// Delta table version read, for the archive.
@@ -192,16 +195,15 @@ impl<'a> Decoder<'a> {
 }
 
 /// Merges per-file results in file order.
+/// Adds up the counts and dead letters of the files read.
 pub(crate) fn merge(
-    parts: Vec<(DataFrame, ReadCounts, Vec<DeadLetter>)>,
-    schema: &EventSchema,
+    parts: Vec<(ReadCounts, Vec<DeadLetter>)>,
     files: Vec<InputFile>,
     table_version: Option<i64>,
-) -> Result<ReadOutcome, BatchError> {
+) -> ReadOutcome {
     let mut counts = ReadCounts::default();
     let mut dead_letters = Vec::new();
-    let mut frames = Vec::with_capacity(parts.len());
-    for (df, c, d) in parts {
+    for (c, d) in parts {
         counts.rows_scanned += c.rows_scanned;
         counts.decoded_in_range += c.decoded_in_range;
         counts.outside_range += c.outside_range;
@@ -210,28 +212,29 @@ pub(crate) fn merge(
             *counts.invalid_by_reason.entry(r).or_default() += n;
         }
         dead_letters.extend(d);
-        frames.push(df);
     }
-    let mut events = EventFrameBuilder::new(schema, true).finish()?;
-    for f in &frames {
-        events.vstack_mut(f)?;
-    }
-    events.rechunk_mut();
-    Ok(ReadOutcome { events, files, table_version, counts, dead_letters })
+    ReadOutcome { files, table_version, counts, dead_letters }
 }
 
-/// Reads the events of `source` whose event time lies in `[lo, hi)`; a Delta archive at `version` if
-/// given (else its latest version).
-pub async fn read_events(
+/// Finishes a file's decoded events and puts them into the spill's raw parts (by event id), on the
+/// decoding thread.
+pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, Vec<DeadLetter>), BatchError> {
+    let df = d.builder.finish()?;
+    spill.put_by_key(RAW, df, &[EVENT_ID])?;
+    Ok((d.counts, d.dead_letters))
+}
+
+pub(crate) async fn read_events(
     source: &InputSource,
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
     version: Option<i64>,
+    spill: &Arc<Spill>,
 ) -> Result<ReadOutcome, BatchError> {
     match source.format {
-        InputFormat::DeltaArchive => delta::read(&source.url, schema, lo, hi, version).await,
-        InputFormat::JsonLines | InputFormat::Parquet => files::read(source, schema, lo, hi).await,
+        InputFormat::DeltaArchive => delta::read(&source.url, schema, lo, hi, version, spill).await,
+        InputFormat::JsonLines | InputFormat::Parquet => files::read(source, schema, lo, hi, spill).await,
     }
 }
 

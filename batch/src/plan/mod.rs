@@ -193,6 +193,19 @@ fn aggregation(schema: &EventSchema, metric: &CompiledMetric) -> Result<Aggregat
     Ok(Aggregation { over_events, merge })
 }
 
+/// The metric's dimension columns (in the metric's order) and every column its plan reads: the time, those
+/// dimensions and the aggregates' inputs.
+pub(crate) fn metric_columns(metric: &CompiledMetric) -> (Vec<String>, Vec<String>) {
+    let dims: Vec<String> = metric.dims.iter().map(|(_, i)| frame::dim_column(*i)).collect();
+    let mut all = vec![EVENT_TIME.to_owned()];
+    for c in dims.iter().cloned().chain(metric.aggregates.iter().filter_map(|a| input_column(a.input))) {
+        if !all.contains(&c) {
+            all.push(c);
+        }
+    }
+    (dims, all)
+}
+
 /// Computes one metric's rows as a frame: `window_start`, `window_end` (µs), the metric's `dim{i}` columns,
 /// `__events` and the aggregate components. Only windows overlapping `[from, to)` are kept when a range is
 /// given. The events must already be de-duplicated.

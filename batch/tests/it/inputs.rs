@@ -242,6 +242,69 @@ async fn a_chunked_run_equals_an_unchunked_run() {
     assert_eq!(chunked.view_version, Some(0), "all chunks in one commit");
 }
 
+/// Issue 4: a run split into parts (by event id to de-duplicate, then by each metric's key, spilled to
+/// disk) gives the rows of a run held in memory, also when copies of an id disagree about their dimensions
+/// (so an id's copies fall under different keys) and when combined with chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_4_a_run_split_into_spilled_parts_equals_a_run_in_memory() {
+    let mut rng = Rng::new(seed("issue_4_a_run_split_into_spilled_parts_equals_a_run_in_memory"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rows = raw_rows(&mut rng, 3000);
+    let first_offset = rows.iter().map(|r| r.offset).max().unwrap_or(0) + 1;
+    let valid: Vec<RawRow> = rows.iter().filter(|r| r.event_id.starts_with("ev-")).take(60).cloned().collect();
+    for (offset, (n, r)) in (first_offset..).zip(valid.into_iter().enumerate()) {
+        let mut payload: serde_json::Value = serde_json::from_str(&r.payload).expect("json");
+        payload["user"] = format!("u{}", 30 + n % 5).into();
+        payload["page"] = "/other".into();
+        payload["k"] = "c".into();
+        // half of these copies arrive first and win, half arrive later and lose
+        let ingest_us = if n % 2 == 0 { r.ingest_us - 1 } else { r.ingest_us + 1_000_000 };
+        rows.push(RawRow { payload: payload.to_string(), ingest_us, offset, ..r });
+    }
+    write_archive(&dir.path().join("raw"), &rows, 3).await;
+    let spec = spec(&three_metrics(), &dir.path().display().to_string());
+    let from = EventTime::from_micros(T0 + 20 * 60_000_000 + 500_000).expect("t");
+    let to = EventTime::from_micros(T0 + 65 * 60_000_000).expect("t");
+    let spill = tempfile::tempdir().expect("tempdir");
+    let run = |part_events: Option<u64>, chunk: Option<Duration>, view: &str| {
+        let mut r = BatchRun::new(&spec, from, to)
+            .input(InputSource::delta(file_url(&dir.path().join("raw"))))
+            .batch_view(file_url(&dir.path().join(view)))
+            .session_lookaround(Duration::from_secs(90))
+            .spill_dir(spill.path())
+            .progress(false)
+            .keep_rows(true);
+        if let Some(n) = part_events {
+            r = r.part_events(n);
+        }
+        if let Some(c) = chunk {
+            r = r.chunk(c);
+        }
+        r.run()
+    };
+    let whole = run(None, None, "view-memory").await.expect("run");
+    assert_eq!((whole.parts, whole.spilled_bytes), (1, 0), "{whole:?}");
+    let expected = expected_rows(&spec, &rows, from, to);
+    assert_rows_match(&spec, &expected, &whole.rows, "memory vs core");
+    for (part_events, chunk) in [(400, None), (1000, Some(Duration::from_secs(420)))] {
+        let split = run(Some(part_events), chunk, &format!("view-{part_events}")).await.expect("run");
+        let context = format!("{part_events} events per part, chunk {chunk:?}");
+        assert!(split.parts >= 2 && split.spilled_bytes > 0, "{context}: not split: {split:?}");
+        check_accounting(&split);
+        assert_rows_match(&spec, &whole.rows, &split.rows, &context);
+        assert_eq!(split.rows_written, whole.rows_written, "{context}");
+        assert_eq!(split.windows_written, whole.windows_written, "{context}");
+        assert_eq!(split.metrics, whole.metrics, "{context}");
+        assert_eq!(split.dead_letters, whole.dead_letters, "{context}");
+        if chunk.is_none() {
+            assert_eq!((split.duplicates, split.aggregated), (whole.duplicates, whole.aggregated), "{context}");
+        }
+        assert_eq!(split.view_version, Some(0), "{context}: one commit");
+    }
+    // every spill directory is gone once its run ended
+    assert_eq!(std::fs::read_dir(spill.path()).expect("spill dir").count(), 0);
+}
+
 /// Parquet as Firehose lands it: the event's fields as columns, no payload column. Rows `bad[0]` and
 /// `bad[1]` are made invalid (a null int: `null_field`; a NaN float: `non_finite`); `group_rows` sets the
 /// row-group size.

@@ -41,9 +41,17 @@ pub struct Args {
     /// Format of --input.
     #[arg(long, value_enum)]
     input_format: Option<InputFormatArg>,
-    /// Compute the range in chunks of this length (less memory; still one commit), e.g. "1h".
+    /// Compute the range in chunks of this length (still one commit), e.g. "1h".
     #[arg(long, value_name = "DURATION")]
     chunk: Option<Duration>,
+    /// The most events computed at once: a larger read is split by event id and by each metric's key into
+    /// parts spilled to --spill-dir and computed one at a time (same result; memory holds about one part).
+    #[arg(long, value_name = "N", default_value_t = tidemark_batch::run::DEFAULT_PART_EVENTS)]
+    part_events: u64,
+    /// Where parts are spilled (a temporary directory created and removed by the run); default the
+    /// system's temporary directory ($TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
     /// Only these metrics (comma-separated names); default all.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     metrics: Vec<String>,
@@ -94,6 +102,10 @@ async fn execute(spec: &ValidSpec, args: &Args) -> anyhow::Result<(BatchReport, 
     }
     if let Some(chunk) = args.chunk {
         run = run.chunk(chunk);
+    }
+    run = run.part_events(args.part_events);
+    if let Some(dir) = &args.spill_dir {
+        run = run.spill_dir(dir);
     }
     if !args.metrics.is_empty() {
         run = run.metrics(args.metrics.clone());
@@ -151,6 +163,9 @@ fn print_table(r: &BatchReport, stored: Option<usize>, spec: &ValidSpec) {
     if !r.dry_run {
         let version = r.view_version.map(|v| format!(" (view version {v})")).unwrap_or_default();
         println!("written    {} rows, {} windows{version} in {} ms", r.rows_written, r.windows_written, r.duration_ms);
+        if r.parts > 1 {
+            println!("split      {} parts, {} bytes spilled", r.parts, r.spilled_bytes);
+        }
     }
     if let Some(n) = stored {
         println!("dead letters: {} ({n} new) in {}", r.dead_letters.len(), spec.spec().stores.dead_letter);
