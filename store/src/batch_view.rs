@@ -55,6 +55,9 @@ pub const DATE: &str = "date";
 pub const MANIFEST_DIR: &str = "_tidemark_runs";
 
 const UTC: &str = "UTC";
+/// Rows per Parquet row group of the view's files: the writer holds a row group per open partition
+/// (metric, date) until it is full, so this bounds a run's write buffers.
+const ROW_GROUP_ROWS: usize = 131_072;
 
 /// The Arrow schema of the batch view (partition columns included).
 pub fn arrow_schema() -> Arc<ArrowSchema> {
@@ -276,6 +279,11 @@ impl BatchView {
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(replace_predicate(metrics, from, to))
             .with_partition_columns([METRIC, DATE])
+            .with_writer_properties(
+                deltalake::parquet::file::properties::WriterProperties::builder()
+                    .set_max_row_group_size(ROW_GROUP_ROWS)
+                    .build(),
+            )
             .with_commit_properties(CommitProperties::default().with_metadata(commit_metadata))
             .await
             .map_err(Error::delta(&self.url, "replacing a range"))?;
