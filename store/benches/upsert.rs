@@ -131,6 +131,10 @@ async fn bench_delta() {
 
 #[tokio::main]
 async fn main() {
+    // the numbers depend on what ran just before: right after two cores were busy for a minute (a build,
+    // or a plain busy loop) this machine measured 1M-row Postgres writes ~20% slower
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start (1, 5, 15 min): {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let which = std::env::args().nth(1).unwrap_or_default();
     if which.is_empty() || which == "--bench" || which == "postgres" {
         bench_postgres().await;

@@ -150,6 +150,17 @@ DROP INDEX IF EXISTS {s}.emissions_window;
 CREATE INDEX emissions_window_brin ON {s}.emissions USING brin (window_start);
 "#,
     ),
+    (
+        5,
+        "a BRIN index for range reads of serving rows",
+        // Rows are inserted roughly in window order (the speed layer writes windows as they open; updates are
+        // HOT, in place), so a BRIN index serves the range reads; the b-tree cost every new row a second
+        // index insertion. Point lookups and single-metric ranges use the primary key.
+        r#"
+DROP INDEX IF EXISTS {s}.serving_rows_window;
+CREATE INDEX serving_rows_window_brin ON {s}.serving_rows USING brin (window_start);
+"#,
+    ),
 ];
 
 /// Postgres' timestamptz covers 4713 BC to 294276 AD; tidemark keeps every stored time within years

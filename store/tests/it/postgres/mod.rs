@@ -26,7 +26,7 @@ async fn migrations_are_versioned_and_idempotent() {
     ra.unwrap();
     rb.unwrap();
     a.init().await.unwrap();
-    assert_eq!(a.migrations().await.unwrap(), vec![1, 2, 3, 4]);
+    assert_eq!(a.migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
 }
 
 #[tokio::test]
@@ -154,7 +154,7 @@ async fn open_by_spec_location_and_init() {
     let marker = store.claim_writer("spec").await.unwrap();
     assert_eq!(marker.writer_epoch, 1);
     let direct = PostgresStore::connect(&db.conninfo, tidemark_store::DEFAULT_SCHEMA).await.unwrap();
-    assert_eq!(direct.migrations().await.unwrap(), vec![1, 2, 3, 4]);
+    assert_eq!(direct.migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
     assert_eq!(direct.committed_marker("spec").await.unwrap(), Some(marker));
 }
 
