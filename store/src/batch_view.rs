@@ -281,7 +281,7 @@ impl BatchView {
             .with_partition_columns([METRIC, DATE])
             .with_writer_properties(
                 deltalake::parquet::file::properties::WriterProperties::builder()
-                    .set_max_row_group_size(ROW_GROUP_ROWS)
+                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
                     .build(),
             )
             .with_commit_properties(CommitProperties::default().with_metadata(commit_metadata))
