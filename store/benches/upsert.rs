@@ -4,7 +4,8 @@
 //! Environment: `TIDEMARK_BENCH_PG_ROWS` (default `100000,1000000`), `TIDEMARK_BENCH_DELTA_TABLE`
 //! (default `1000000` rows, 100 daily partitions), `TIDEMARK_BENCH_DELTA_MERGE` (rows merged into 10% of the
 //! partitions, default `100000`), `TIDEMARK_BENCH_DELTA_SIZES` (table sizes for the growth series,
-//! default `100000,300000,1000000`).
+//! default `100000,300000,1000000`), `TIDEMARK_BENCH_IDLE_WAIT` (seconds to wait for a 1-min load average
+//! below 1 before measuring, default 180).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -129,12 +130,32 @@ async fn bench_delta() {
     }
 }
 
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// Waits (at most `TIDEMARK_BENCH_IDLE_WAIT` seconds, default 180; 0 skips) until the 1-minute load
+/// average is below 1. Right after both cores were busy for a minute (a build, or a plain busy loop) this
+/// machine measured 1M-row Postgres writes ~20% slower, so numbers taken then describe the machine's
+/// state, not the store. The load at the start is printed either way.
+fn wait_for_idle() {
+    let limit: u64 = std::env::var("TIDEMARK_BENCH_IDLE_WAIT").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
+    let started = Instant::now();
+    while let Some(load) = load_average() {
+        if load < 1.0 || started.elapsed().as_secs() >= limit {
+            println!(
+                "1-min load average {load:.2} at the start (waited {:.0} s for < 1, at most {limit} s)",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    // the numbers depend on what ran just before: right after two cores were busy for a minute (a build,
-    // or a plain busy loop) this machine measured 1M-row Postgres writes ~20% slower
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at start (1, 5, 15 min): {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    wait_for_idle();
     let which = std::env::args().nth(1).unwrap_or_default();
     if which.is_empty() || which == "--bench" || which == "postgres" {
         bench_postgres().await;
