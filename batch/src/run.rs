@@ -2,7 +2,8 @@
 //! de-duplicates, computes every metric of the spec with the polars plan (in `spawn_blocking`), and replaces
 //! the range in the batch view in one Delta commit. The rows stream into that commit as each metric is
 //! computed (Arrow batches of at most 128 Ki rows, two in flight), so memory holds the events and one
-//! metric's frame, never the run's whole output; the commit happens only after the last row was sent. A
+//! metric's frame, never the run's whole output; a large read is split into key-hashed parts spilled to
+//! disk ([`BatchRun::part_events`]), so it holds one part's. The commit happens only after the last row. A
 //! run manifest is written beside the table afterwards (`_tidemark_runs/<run_id>.json`; the commit's info
 //! names it).
 //!
@@ -29,7 +30,7 @@ use tidemark_core::{
 use crate::error::BatchError;
 use crate::input::{self, DeadLetter, InputFile, InputSource};
 use crate::plan;
-use crate::spill::{self, Spill, part_name};
+use crate::spill::{Spill, part_name};
 use crate::view;
 
 /// Folder under the batch view's root that holds run manifests.
@@ -579,7 +580,7 @@ impl BatchRun<'_> {
                     self.input.url
                 ));
                 let parts = self.parts_for(&schema, lo, hi).await?;
-                let spill = std::sync::Arc::new(spill::Spill::new(parts, self.spill_dir.as_deref())?);
+                let spill = Arc::new(Spill::new(parts, self.spill_dir.as_deref())?);
                 let outcome = input::read_events(&self.input, &schema, lo, hi, pinned_version, &spill).await?;
                 progress.phase(format!(
                     "chunk {}/{}: computing {} metrics over {} events from {} files in {parts} part(s)",
