@@ -3,8 +3,9 @@
 //! A run larger than [`crate::BatchRun::part_events`] splits its events into `parts` parts twice:
 //! - by a hash of the event id while reading (`raw/{b}`), so every copy of an id lands in one part and
 //!   de-duplication per part keeps exactly the copy a whole-range de-duplication keeps;
-//! - per metric, by a hash of the metric's dimension values (`m{i}/{j}`), so every event of a key lands
-//!   in one part; every window kind computes per key, so the union of the parts' rows is the metric's rows.
+//! - per metric, by a hash of the metric's dimension values (`events{i}/{j}`; a session metric's computed
+//!   rows wait in `rows{i}/{j}`), so every event of a key lands in one part; every window kind computes
+//!   per key, so the union of the parts' rows is the metric's rows.
 //!
 //! With one part everything stays in memory and nothing is hashed. With more, each put frame is written
 //! as an LZ4-compressed Parquet file in a temporary directory that is removed when the [`Spill`] drops

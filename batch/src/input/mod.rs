@@ -224,6 +224,8 @@ pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, 
     Ok((d.counts, d.dead_letters))
 }
 
+/// Reads the events of `source` whose event time lies in `[lo, hi)` (a Delta archive at `version` if
+/// given, else its latest version) into the spill's raw parts; returns everything else read.
 pub(crate) async fn read_events(
     source: &InputSource,
     schema: &EventSchema,
