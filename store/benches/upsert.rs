@@ -13,6 +13,10 @@ use std::time::Instant;
 use tidemark_core::{AggValue, Dimensions, EventTime, MetricRow, Origin, Pane, RowChange, RowKey, Window};
 use tidemark_store::{DeltaStoreConfig, PostgresStore, ServingStore, SourceProgress, TopicPartition, WriteOutcome};
 
+// the allocator `tidemark` itself uses (cli/src/main.rs)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DAY: i64 = 86_400;
 const PARTITIONS: i64 = 100;
 

@@ -128,14 +128,28 @@ impl Error {
     }
 }
 
-/// Connection loss, serialization failures and deadlocks are worth a retry; constraint violations and
-/// syntax errors are not.
+/// Connection loss, serialization failures, deadlocks and a concurrent insert of the same serving row are
+/// worth a retry; other constraint violations and syntax errors are not.
 fn postgres_retryable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         None => true,
         Some(code) => {
             let c = code.code();
-            c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("53") || c == "57P01"
+            c.starts_with("08") || c.starts_with("53") || c == "57P01" || postgres_conflict(e)
         }
     }
+}
+
+/// A conflict with a concurrent transaction that a new attempt resolves: a serialization failure, a
+/// deadlock, or a serving row whose key another writer inserted after this write's snapshot (a new attempt
+/// finds the row and updates it under precedence).
+pub(crate) fn postgres_conflict(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "40001" || c.code() == "40P01") || concurrent_insert(e)
+}
+
+/// A unique violation of `serving_rows`' primary key: only the `MERGE` inserts there without `ON CONFLICT`,
+/// and it inserts only keys absent from its snapshot, so another writer inserted the key since.
+pub(crate) fn concurrent_insert(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "23505")
+        && e.as_db_error().and_then(|d| d.constraint()) == Some("serving_rows_pkey")
 }

@@ -446,7 +446,7 @@ pub(crate) fn mark_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<
     };
     // encoding is most of the client's work on a large write and the server waits for it: use the cores
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(changes.len() / PARALLEL_MIN);
-    let mut out = if threads > 1 {
+    let out = if threads > 1 {
         let parts: Vec<Result<Vec<Marked>>> = std::thread::scope(|scope| {
             let handles: Vec<_> =
                 changes.chunks(changes.len().div_ceil(threads)).map(|c| scope.spawn(move || mark(c))).collect();
@@ -460,7 +460,7 @@ pub(crate) fn mark_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<
     } else {
         mark(changes)?
     };
-    out.sort_by(|a, b| cmp_keys(&a.flat, &b.flat));
+    let mut out = sorted_by_key(out);
     let mut start = 0;
     while start < out.len() {
         let mut end = start + 1;
@@ -486,6 +486,44 @@ pub(crate) fn mark_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<
         start = end;
     }
     Ok(out)
+}
+
+/// `marked` in key order (ties in input order). A flush is often in key order already. Otherwise metric
+/// names and dimension keys are ranked (hashed, and only the distinct ones sorted), the records' keys
+/// sorted as integers, and the records moved once: sorting the ~200-byte records by their strings took
+/// 0.4–0.9 s for 1M changes, mostly cache misses and moves.
+fn sorted_by_key(marked: Vec<Marked>) -> Vec<Marked> {
+    if marked.is_sorted_by(|a, b| cmp_keys(&a.flat, &b.flat).is_le()) {
+        return marked;
+    }
+    let metrics = Ranks::of(marked.iter().map(|m| m.flat.metric.as_str()));
+    let dims = Ranks::of(marked.iter().map(|m| m.flat.dims.as_str()));
+    let mut keys: Vec<(u32, i64, i64, u32, Kind, usize)> = marked
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let f = &m.flat;
+            (metrics.rank(&f.metric), f.window_start, f.window_end, dims.rank(&f.dims), f.kind, i)
+        })
+        .collect();
+    keys.sort_unstable();
+    let mut slots: Vec<Option<Marked>> = marked.into_iter().map(Some).collect();
+    keys.into_iter().filter_map(|k| slots[k.5].take()).collect()
+}
+
+/// The rank of each distinct string of a set in byte order.
+struct Ranks<'a>(std::collections::HashMap<&'a str, u32>);
+
+impl<'a> Ranks<'a> {
+    fn of(items: impl Iterator<Item = &'a str>) -> Self {
+        let mut distinct: Vec<&str> = items.collect::<std::collections::HashSet<_>>().into_iter().collect();
+        distinct.sort_unstable();
+        Ranks(distinct.into_iter().zip(0u32..).collect())
+    }
+
+    fn rank(&self, s: &str) -> u32 {
+        self.0.get(s).copied().unwrap_or(u32::MAX)
+    }
 }
 
 /// The emission-log records of a provisional write: one per speed `Upsert` / `Delta` change (retractions
@@ -737,6 +775,38 @@ mod tests {
             }
             proptest::prop_assert_eq!(fold(&changes), sequential.clone());
             proptest::prop_assert_eq!(fold(&shuffled), sequential);
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast key sort orders exactly as a stable sort by `cmp_keys` does (ties in input order), for
+        /// keys that differ in metric, window, dimensions (multi-byte, shared prefixes) and kind.
+        #[test]
+        fn sorted_by_key_is_a_stable_sort_by_key(
+            raw in proptest::collection::vec((0usize..3, 0i64..3, 0usize..5, 0u32..3), 0..60),
+        ) {
+            const METRICS: [&str; 3] = ["views", "view", "vïews"];
+            const DIMS: [&str; 5] = ["", "page=/a", "page=/a&x=1", "page=/é", "page=/b"];
+            let marked: Vec<Marked> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &(m, w, d, k))| {
+                    let RowChange::Upsert(mut row) = speed(1, 0) else { unreachable!() };
+                    row.key.metric = METRICS[m].into();
+                    row.key.window =
+                        Window::new(EventTime::from_secs(w * 60).unwrap(), EventTime::from_secs(w * 60 + 60).unwrap())
+                            .unwrap();
+                    let kind = if k == 0 { Kind::Row } else { Kind::Delta(k) };
+                    let mut flat = Flat::from_row(&row, kind, false).unwrap();
+                    flat.dims = DIMS[d].into();
+                    flat.events = i as i64;
+                    Marked { flat, apply: false, emit: false }
+                })
+                .collect();
+            let mut expected: Vec<i64> = (0..marked.len() as i64).collect();
+            expected.sort_by(|&a, &b| cmp_keys(&marked[a as usize].flat, &marked[b as usize].flat));
+            let got: Vec<i64> = sorted_by_key(marked).iter().map(|m| m.flat.events).collect();
+            proptest::prop_assert_eq!(got, expected);
         }
     }
 
