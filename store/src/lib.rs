@@ -7,7 +7,7 @@
 //! carry their origin, so a stale speed write cannot bring back a row the reconciler deleted.
 //!
 //! - [`ServingStore`]: the contract, with its guarantees in doc comments.
-//! - [`PostgresStore`]: tokio-postgres (Postgres ≥ 15), COPY into a temp table, `MERGE .. WHEN MATCHED AND <precedence>`.
+//! - [`PostgresStore`]: tokio-postgres (Postgres ≥ 15), COPY into a temp table, then `MERGE` under precedence.
 //! - [`DeltaStore`]: deltalake MERGE at an object_store URL, progress as Delta app transactions.
 //! - [`DeadLetterStore`]: append-only, idempotent dead letters under an object_store URL.
 //! - [`RawArchive`]: the raw event archive (Delta), appended exactly once per Kafka partition.
