@@ -58,9 +58,6 @@ pub struct BatchRun<'a> {
 
 /// The default of [`BatchRun::part_events`].
 pub const DEFAULT_PART_EVENTS: u64 = 2_000_000;
-/// Input bytes per event assumed where the input has no row counts (JSON Lines): a low guess, so the
-/// estimate errs towards more parts.
-const BYTES_PER_EVENT_GUESS: u64 = 64;
 
 /// One metric's part of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,12 +344,10 @@ impl<'a> BatchRun<'a> {
             .collect()
     }
 
-    /// How many parts a read of `[lo, hi)` is split into: its estimated events (row counts where the input
-    /// has them, else bytes / [`BYTES_PER_EVENT_GUESS`]) over [`BatchRun::part_events`].
-    async fn parts_for(&self, schema: &EventSchema, lo: EventTime, hi: EventTime) -> Result<usize, BatchError> {
-        let plan = input::plan_read(&self.input, schema, lo, hi).await?;
-        let events: u64 = plan.files.iter().map(|f| f.rows.unwrap_or(f.bytes / BYTES_PER_EVENT_GUESS)).sum();
-        Ok(usize::try_from(events.div_ceil(self.part_events)).unwrap_or(usize::MAX).max(1))
+    /// The spill of a read estimated to decode `events` events: ⌈events / [`BatchRun::part_events`]⌉ parts.
+    fn spill_for(&self, events: u64) -> Result<Arc<Spill>, BatchError> {
+        let parts = usize::try_from(events.div_ceil(self.part_events)).unwrap_or(usize::MAX).max(1);
+        Ok(Arc::new(Spill::new(parts, self.spill_dir.as_deref())?))
     }
 
     /// The event-time range to read for the windows of `[from, to)`.
@@ -579,9 +574,10 @@ impl BatchRun<'_> {
                     chunks.len(),
                     self.input.url
                 ));
-                let parts = self.parts_for(&schema, lo, hi).await?;
-                let spill = Arc::new(Spill::new(parts, self.spill_dir.as_deref())?);
-                let outcome = input::read_events(&self.input, &schema, lo, hi, pinned_version, &spill).await?;
+                let spill_for = Box::new(|events| self.spill_for(events));
+                let (outcome, spill) =
+                    input::read_events(&self.input, &schema, lo, hi, pinned_version, spill_for).await?;
+                let parts = spill.parts();
                 progress.phase(format!(
                     "chunk {}/{}: computing {} metrics over {} events from {} files in {parts} part(s)",
                     ci + 1,

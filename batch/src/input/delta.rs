@@ -12,7 +12,7 @@ use tidemark_core::archive;
 use tidemark_core::{EventSchema, EventTime};
 
 use super::files::decode_archive_frame;
-use super::{Decoder, InputFile, ReadOutcome, finish_into, merge, parse_location};
+use super::{Decoder, InputFile, ReadOutcome, SpillFor, estimated_events, finish_into, merge, parse_location};
 use crate::error::BatchError;
 use crate::spill::Spill;
 
@@ -102,9 +102,10 @@ pub(crate) async fn read(
     lo: EventTime,
     hi: EventTime,
     version: Option<i64>,
-    spill: &Arc<Spill>,
-) -> Result<ReadOutcome, BatchError> {
+    spill_for: SpillFor<'_>,
+) -> Result<(ReadOutcome, Arc<Spill>), BatchError> {
     let (table, (files, version)) = open_and_list(url, schema, lo, hi, version).await?;
+    let spill = spill_for(estimated_events(files.iter().map(|f| &f.file)))?;
     let store: Arc<dyn ObjectStore> = table.object_store();
     let mut parts = Vec::with_capacity(files.len());
     for f in &files {
@@ -127,5 +128,5 @@ pub(crate) async fn read(
         .map_err(|e| BatchError::Internal(format!("decoding task failed: {e}")))??;
         parts.push(part);
     }
-    Ok(merge(parts, files.into_iter().map(|f| f.file).collect(), Some(version)))
+    Ok((merge(parts, files.into_iter().map(|f| f.file).collect(), Some(version)), spill))
 }

@@ -19,7 +19,8 @@ use tidemark_core::archive;
 use tidemark_core::{EventSchema, EventTime, SourceCoordinates};
 
 use super::{
-    Decoder, InputFile, InputFormat, InputSource, ReadOutcome, finish_into, merge, parse_location, row_groups,
+    Decoder, InputFile, InputFormat, InputSource, ReadOutcome, SpillFor, estimated_events, finish_into, merge,
+    parse_location, row_groups,
 };
 use crate::error::BatchError;
 use crate::spill::Spill;
@@ -127,10 +128,11 @@ pub(crate) async fn read(
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
-    spill: &Arc<Spill>,
-) -> Result<ReadOutcome, BatchError> {
+    spill_for: SpillFor<'_>,
+) -> Result<(ReadOutcome, Arc<Spill>), BatchError> {
     let (store, _, _) = open(&source.url)?;
     let files = select(source, schema, lo, hi).await?;
+    let spill = spill_for(estimated_events(files.iter().map(|f| &f.file)))?;
     let mut parts = Vec::with_capacity(files.len());
     for f in &files {
         let bytes = store
@@ -163,7 +165,7 @@ pub(crate) async fn read(
         .map_err(|e| BatchError::Internal(format!("decoding task failed: {e}")))??;
         parts.push(part);
     }
-    Ok(merge(parts, files.into_iter().map(|f| f.file).collect(), None))
+    Ok((merge(parts, files.into_iter().map(|f| f.file).collect(), None), spill))
 }
 
 fn decode_lines(bytes: &[u8], location: &str, received: EventTime, d: &mut Decoder<'_>) {

@@ -224,19 +224,34 @@ pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, 
     Ok((d.counts, d.dead_letters))
 }
 
+/// Input bytes per event assumed where the input has no row counts (JSON Lines): a low guess, so the
+/// estimate errs towards more parts.
+const BYTES_PER_EVENT_GUESS: u64 = 64;
+
+/// The events a read of `files` is expected to decode: their row counts where known (Parquet footers, the
+/// Delta log), else bytes / [`BYTES_PER_EVENT_GUESS`].
+pub(crate) fn estimated_events<'a>(files: impl IntoIterator<Item = &'a InputFile>) -> u64 {
+    files.into_iter().map(|f| f.rows.unwrap_or(f.bytes / BYTES_PER_EVENT_GUESS)).sum()
+}
+
+/// Makes the spill a read decodes into, from the read's [`estimated_events`] (known once the input is
+/// listed, which the read does once).
+pub(crate) type SpillFor<'a> = Box<dyn FnOnce(u64) -> Result<Arc<Spill>, BatchError> + Send + 'a>;
+
 /// Reads the events of `source` whose event time lies in `[lo, hi)` (a Delta archive at `version` if
-/// given, else its latest version) into the spill's raw parts; returns everything else read.
+/// given, else its latest version) into the raw parts of the spill `spill_for` makes from the listing;
+/// returns that spill and everything else read.
 pub(crate) async fn read_events(
     source: &InputSource,
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
     version: Option<i64>,
-    spill: &Arc<Spill>,
-) -> Result<ReadOutcome, BatchError> {
+    spill_for: SpillFor<'_>,
+) -> Result<(ReadOutcome, Arc<Spill>), BatchError> {
     match source.format {
-        InputFormat::DeltaArchive => delta::read(&source.url, schema, lo, hi, version, spill).await,
-        InputFormat::JsonLines | InputFormat::Parquet => files::read(source, schema, lo, hi, spill).await,
+        InputFormat::DeltaArchive => delta::read(&source.url, schema, lo, hi, version, spill_for).await,
+        InputFormat::JsonLines | InputFormat::Parquet => files::read(source, schema, lo, hi, spill_for).await,
     }
 }
 
