@@ -608,6 +608,8 @@ impl BatchRun<'_> {
                     break (prepared, outcome, lo, hi);
                 }
                 lookaround = twice(lookaround).min(self.max_lookaround);
+                // this attempt's spill is dropped; what it wrote still counts
+                report.spilled_bytes += prepared.spill.bytes_written();
                 tracing::info!(
                     "{} sessions touch the edge of the read range; widening the lookaround to {lookaround}",
                     prepared.incomplete.len()

@@ -305,6 +305,56 @@ async fn issue_4_a_run_split_into_spilled_parts_equals_a_run_in_memory() {
     assert_eq!(std::fs::read_dir(spill.path()).expect("spill dir").count(), 0);
 }
 
+/// A read whose sessions touch its edge is widened and read again; the spills of the abandoned reads count
+/// in `spilled_bytes` too (stop 16 counted only the last read's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_4_spilled_bytes_count_the_reads_a_widening_abandoned() {
+    let mut rng = Rng::new(seed("issue_4_spilled_bytes_count_the_reads_a_widening_abandoned"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = raw_rows(&mut rng, 3000);
+    write_archive(&dir.path().join("raw"), &rows, 3).await;
+    let sessions_only = format!(
+        r#"
+[[metrics]]
+name = "user_sessions"
+dimensions = ["user"]
+window = {{ type = "session", gap = "30s" }}
+{ALL_AGGREGATES}
+"#
+    );
+    let spec = spec(&sessions_only, &dir.path().display().to_string());
+    let from = EventTime::from_micros(T0 + 20 * 60_000_000).expect("t");
+    let to = EventTime::from_micros(T0 + 40 * 60_000_000).expect("t");
+    let spill = tempfile::tempdir().expect("tempdir");
+    let run = |lookaround: Duration, view: &str| {
+        BatchRun::new(&spec, from, to)
+            .input(InputSource::delta(file_url(&dir.path().join("raw"))))
+            .batch_view(file_url(&dir.path().join(view)))
+            .session_lookaround(lookaround)
+            .max_lookaround(Duration::from_secs(256))
+            .spill_dir(spill.path())
+            .part_events(400)
+            .progress(false)
+            .run()
+    };
+    let widened = run(Duration::from_secs(1), "view-widened").await.expect("run");
+    // only sessions widen this spec's read: its range is the lookaround around [from, to)
+    let last = Duration::from_micros(from.as_micros() - widened.read_from.as_micros()).expect("lookaround");
+    assert!(last > Duration::from_secs(1), "no read was widened: {widened:?}");
+    let direct = run(last, "view-direct").await.expect("run");
+    assert_eq!((direct.read_from, direct.read_to), (widened.read_from, widened.read_to));
+    assert!(direct.parts >= 2 && direct.spilled_bytes > 0, "not split: {direct:?}");
+    // the last reads are the same; the abandoned ones (each at least a few hundred events) come on top
+    assert!(
+        widened.spilled_bytes > direct.spilled_bytes + direct.spilled_bytes / 4,
+        "abandoned reads not counted: {} vs {}",
+        widened.spilled_bytes,
+        direct.spilled_bytes
+    );
+    assert_eq!(widened.rows_written, direct.rows_written);
+    assert_eq!(std::fs::read_dir(spill.path()).expect("spill dir").count(), 0);
+}
+
 /// Parquet as Firehose lands it: the event's fields as columns, no payload column. Rows `bad[0]` and
 /// `bad[1]` are made invalid (a null int: `null_field`; a NaN float: `non_finite`); `group_rows` sets the
 /// row-group size.
