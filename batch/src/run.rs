@@ -123,7 +123,8 @@ pub struct BatchReport {
     /// Parts the events were split into (the largest over chunks and read attempts; 1: all in memory).
     #[serde(default)]
     pub parts: u64,
-    /// Bytes spilled to the temporary directory (0 with one part).
+    /// Bytes spilled to the temporary directory by every read of the run, those a session widening
+    /// abandoned included (0 with one part).
     #[serde(default)]
     pub spilled_bytes: u64,
     /// The batch view's version after the run's commit.
