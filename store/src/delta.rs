@@ -1039,9 +1039,13 @@ impl ServingStore for DeltaStore {
 
     async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome> {
         check_progress(progress)?;
-        let mut flats = model::flatten_changes(changes, crate::now())?;
+        let (mut flats, emissions) = model::encode(changes.len(), || {
+            Ok::<_, Error>((
+                model::flatten_changes(changes, crate::now())?,
+                model::emission_flats(changes, progress.writer_epoch)?,
+            ))
+        })?;
         let offered = flats.len() as u64;
-        let emissions = model::emission_flats(changes, progress.writer_epoch)?;
         let n_emissions = emissions.len();
         flats.extend(emissions);
         let version = txn_version(progress.writer_epoch, progress.sequence);
@@ -1150,7 +1154,7 @@ impl ServingStore for DeltaStore {
     }
 
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome> {
-        let flats = model::flatten_corrections(batch, crate::now())?;
+        let flats = model::encode(batch.changes.len(), || model::flatten_corrections(batch, crate::now()))?;
         let applied_at = crate::now().as_micros();
         let meta =
             serde_json::json!({ "correction_batch": batch.id, "run_id": batch.run_id, "applied_at": applied_at });

@@ -437,6 +437,16 @@ pub(crate) struct Marked {
 /// Below this many changes per thread, [`mark_changes`] encodes on the calling thread only.
 const PARALLEL_MIN: usize = 20_000;
 
+/// Runs the encoding `f` of `n` changes from async code. On a multi-thread tokio runtime a large input
+/// (1M changes: 0.6–2 s) runs in `block_in_place`, so that the worker's other tasks move to another worker
+/// meanwhile; a small input, or any input on a current-thread runtime (where `block_in_place` is not
+/// allowed), runs inline.
+pub(crate) fn encode<T>(n: usize, f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread && n >= PARALLEL_MIN { tokio::task::block_in_place(f) } else { f() }
+}
+
 /// [`flatten_changes`] and [`emission_flats`] in one pass, without a second record per firing: every
 /// change once, sorted by key (input order among equal keys), marked.
 pub(crate) fn mark_changes(changes: &[RowChange], now: EventTime) -> Result<Vec<Marked>> {
@@ -808,6 +818,27 @@ mod tests {
             let got: Vec<i64> = sorted_by_key(marked).iter().map(|m| m.flat.events).collect();
             proptest::prop_assert_eq!(got, expected);
         }
+    }
+
+    /// While a large encoding runs, the tasks queued on its worker still run (`block_in_place` hands the
+    /// worker's queue to another thread); here the encoding waits for such a task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_encoding_does_not_hold_up_its_workers_tasks() {
+        // on a worker (the test's own body runs outside the workers); a task spawned there is queued on it
+        let ran_meanwhile = tokio::spawn(async {
+            let (tx, rx) = std::sync::mpsc::channel();
+            tokio::spawn(async move { tx.send(()).ok() });
+            encode(PARALLEL_MIN, || rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok())
+        });
+        assert!(ran_meanwhile.await.expect("joined"), "the task queued on the encoding's worker waited for it");
+        // a current-thread runtime cannot hand its worker over: encodings run inline there
+        let inline = tokio::task::spawn_blocking(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(async { encode(PARALLEL_MIN, || 7) })
+        });
+        assert_eq!(inline.await.expect("joined"), 7);
     }
 
     #[test]

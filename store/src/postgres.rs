@@ -836,7 +836,7 @@ impl ServingStore for PostgresStore {
 
     async fn write_provisional(&self, changes: &[RowChange], progress: &SourceProgress) -> Result<WriteOutcome> {
         check_progress(progress)?;
-        let marked = model::mark_changes(changes, crate::now())?;
+        let marked = model::encode(changes.len(), || model::mark_changes(changes, crate::now()))?;
         let offered = marked.iter().filter(|m| m.apply).count() as u64;
         let (outcome, retries) = self.retry_transient(|| self.try_write(&marked, progress)).await?;
         Ok(match outcome {
@@ -955,7 +955,7 @@ impl ServingStore for PostgresStore {
     }
 
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome> {
-        let flats = model::flatten_corrections(batch, crate::now())?;
+        let flats = model::encode(batch.changes.len(), || model::flatten_corrections(batch, crate::now()))?;
         let (outcome, retries) = self.retry_transient(|| self.try_apply(&flats, batch)).await?;
         Ok(match outcome {
             ApplyOutcome::Applied(mut s) => {
