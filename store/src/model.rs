@@ -72,7 +72,9 @@ pub struct WriteStats {
     pub offered: u64,
     /// Changes that took effect (inserted or replaced a row, or recorded a delta).
     pub applied: u64,
-    /// Commit attempts that lost a race and were re-planned (Delta) or retried (Postgres deadlock).
+    /// Times the write lost a race with a concurrent writer and was redone: commits re-planned (Delta);
+    /// transactions retried after a deadlock or serialization failure, and `MERGE`s re-run after a
+    /// concurrent insert of one of their keys (Postgres).
     pub retries: u32,
 }
 

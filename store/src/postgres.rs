@@ -464,10 +464,10 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
 
     /// Copies the marked changes into the session's temp table (each change once), merges those to
     /// `apply` under precedence and appends those to `emit` to the emission log with `writer_epoch`.
-    /// Returns the number of changes that took effect.
-    async fn upsert(&self, tx: &Transaction<'_>, changes: &[Marked], writer_epoch: Option<i64>) -> Result<u64> {
+    /// Returns the number of changes that took effect and how often the `MERGE` was re-run.
+    async fn upsert(&self, tx: &Transaction<'_>, changes: &[Marked], writer_epoch: Option<i64>) -> Result<(u64, u32)> {
         if changes.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         tx.batch_execute(
             "CREATE TEMP TABLE IF NOT EXISTS tidemark_incoming_v2 (
@@ -608,7 +608,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
             );
             tx.execute(&log, &[&epoch]).await.map_err(Error::pg("recording emissions"))?;
         }
-        Ok(a + b)
+        Ok((a + b, attempts - 1))
     }
 
     async fn try_write(&self, changes: &[Marked], progress: &SourceProgress) -> Result<WriteOutcome> {
@@ -650,7 +650,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         if (epoch, seq) <= (cur_epoch, cur_seq) {
             return Ok(WriteOutcome::AlreadyCommitted);
         }
-        let applied = self.upsert(&tx, changes, Some(epoch)).await?;
+        let (applied, reruns) = self.upsert(&tx, changes, Some(epoch)).await?;
         tx.execute(
             &self.sql(
                 "UPDATE {s}.progress SET fence_epoch = $2, writer_epoch = $2, sequence = $3, offsets = $4::text::jsonb,
@@ -667,7 +667,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         }));
         tx.commit().await.map_err(Error::pg("committing a write"))?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(WriteOutcome::Committed(WriteStats { offered: 0, applied, retries: 0 }))
+        Ok(WriteOutcome::Committed(WriteStats { offered: 0, applied, retries: reruns }))
     }
 
     async fn try_apply(&self, flats: &[Flat], batch: &CorrectionBatch) -> Result<ApplyOutcome> {
@@ -690,7 +690,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
             return Ok(ApplyOutcome::AlreadyApplied);
         }
         let marked: Vec<Marked> = flats.iter().map(|f| Marked { flat: f.clone(), apply: true, emit: false }).collect();
-        let applied = self.upsert(&tx, &marked, None).await?;
+        let (applied, reruns) = self.upsert(&tx, &marked, None).await?;
         let insert = tx
             .prepare(&self.sql(&format!(
                 "INSERT INTO {{s}}.corrections_audit (batch_id, seq, run_id, metric, window_start, window_end, dims,
@@ -720,7 +720,7 @@ CREATE TRIGGER guard_batch_rows BEFORE INSERT OR UPDATE ON {s}.serving_rows
         }));
         tx.commit().await.map_err(Error::pg("committing corrections"))?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(ApplyOutcome::Applied(WriteStats { offered: flats.len() as u64, applied, retries: 0 }))
+        Ok(ApplyOutcome::Applied(WriteStats { offered: flats.len() as u64, applied, retries: reruns }))
     }
 
     async fn read(
@@ -842,7 +842,7 @@ impl ServingStore for PostgresStore {
         Ok(match outcome {
             WriteOutcome::Committed(mut s) => {
                 s.offered = offered;
-                s.retries = retries;
+                s.retries += retries;
                 WriteOutcome::Committed(s)
             }
             other => other,
@@ -959,7 +959,7 @@ impl ServingStore for PostgresStore {
         let (outcome, retries) = self.retry_transient(|| self.try_apply(&flats, batch)).await?;
         Ok(match outcome {
             ApplyOutcome::Applied(mut s) => {
-                s.retries = retries;
+                s.retries += retries;
                 ApplyOutcome::Applied(s)
             }
             other => other,

@@ -118,6 +118,9 @@ pub struct Metrics {
     step_totals: Mutex<BTreeMap<FlushStep, StepTotals>>,
     /// Row changes written to the serving store.
     pub rows_written: Counter,
+    /// Times a serving-store write lost a race with a concurrent writer and was redone inside the store
+    /// ([`tidemark_store::WriteStats::retries`]).
+    pub store_retries: Counter,
     /// Events appended to the raw archive (not counting replays the archive skipped).
     pub archived: Counter,
     /// Bytes of consumed records not yet covered by a committed flush.
@@ -161,6 +164,7 @@ impl Metrics {
             flush_steps: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             step_totals: Mutex::new(BTreeMap::new()),
             rows_written: Counter::default(),
+            store_retries: Counter::default(),
             archived: Counter::default(),
             in_flight_bytes: Gauge::default(),
             paused: Gauge::default(),
@@ -194,6 +198,11 @@ impl Metrics {
         registry.register("flushes", "Flushes committed", m.flushes.clone());
         registry.register("flush_step_seconds", "Time spent in each step of a flush", m.flush_steps.clone());
         registry.register("rows_written", "Row changes written to the serving store", m.rows_written.clone());
+        registry.register(
+            "store_retries",
+            "Serving-store writes redone after a race with a concurrent writer",
+            m.store_retries.clone(),
+        );
         registry.register("archived", "Events appended to the raw archive", m.archived.clone());
         registry.register("in_flight_bytes", "Consumed bytes not yet committed", m.in_flight_bytes.clone());
         registry.register("paused", "1 while the source is paused (backpressure)", m.paused.clone());

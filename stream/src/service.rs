@@ -636,7 +636,10 @@ async fn side_outputs(flush: &Flush, sinks: &Sinks, metrics: &Metrics) -> Result
 async fn write_rows(flush: &Flush, sinks: &Sinks, metrics: &Metrics) -> Result<u64, Error> {
     let t = Instant::now();
     let rows = match sinks.store.write_provisional(&flush.changes, &flush.progress).await? {
-        WriteOutcome::Committed(stats) => stats.applied,
+        WriteOutcome::Committed(stats) => {
+            metrics.store_retries.inc_by(u64::from(stats.retries));
+            stats.applied
+        }
         WriteOutcome::AlreadyCommitted => 0,
     };
     metrics.observe_step(FlushStep::Rows, t.elapsed());

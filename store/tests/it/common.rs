@@ -366,6 +366,8 @@ pub struct RaceReport {
     pub refused: u64,
     /// Pairs of writes by different writers to a common key whose commit intervals overlapped in time.
     pub overlapping_pairs: usize,
+    /// Redone after a race, as the writes reported it (`WriteStats::retries`).
+    pub retries: u64,
 }
 
 /// Deterministic xorshift so that failures can be reproduced from the printed seed.
@@ -451,6 +453,7 @@ pub async fn precedence_race<S: ServingStore + 'static>(
             tasks.push(tokio::spawn(async move {
                 let mut log = Vec::new();
                 let mut refused = 0u64;
+                let mut retries = 0u64;
                 for (i, ops) in writes.into_iter().enumerate() {
                     let start = Instant::now();
                     let keyof = |k: usize| key(&metric, 5, &format!("/k{k}"));
@@ -466,7 +469,10 @@ pub async fn precedence_race<S: ServingStore + 'static>(
                             .collect();
                         let p = progress(&format!("race-{w}"), epoch, first_seq + i as u64 + 1, i as i64);
                         match store.write_provisional(&changes, &p).await.unwrap() {
-                            WriteOutcome::Committed(s) => refused += s.offered - s.applied,
+                            WriteOutcome::Committed(s) => {
+                                refused += s.offered - s.applied;
+                                retries += u64::from(s.retries);
+                            }
                             WriteOutcome::AlreadyCommitted => panic!("fresh sequence reported as replay"),
                         }
                     } else {
@@ -499,20 +505,24 @@ pub async fn precedence_race<S: ServingStore + 'static>(
                                 audit: vec![],
                             };
                             match store.apply_corrections(&batch).await.unwrap() {
-                                ApplyOutcome::Applied(s) => refused += s.offered - s.applied,
+                                ApplyOutcome::Applied(s) => {
+                                    refused += s.offered - s.applied;
+                                    retries += u64::from(s.retries);
+                                }
                                 ApplyOutcome::AlreadyApplied => panic!("fresh batch reported as applied"),
                             }
                         }
                     }
                     log.push((start, Instant::now(), ops));
                 }
-                (w, log, refused)
+                (w, log, refused, retries)
             }));
         }
         let mut logs = Vec::new();
         for task in tasks {
-            let (w, log, refused) = task.await.unwrap();
+            let (w, log, refused, retries) = task.await.unwrap();
             report.refused += refused;
+            report.retries += retries;
             report.writes += log.len();
             if w < speed.len() {
                 seqs[w] += log.len() as u64;

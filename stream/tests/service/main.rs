@@ -190,6 +190,8 @@ async fn file_to_delta_store_matches_the_engine_and_accounts_balance() {
     assert_eq!(series("tidemark_duplicates_total"), 10);
     assert_eq!(series("tidemark_late_routed_total"), 30);
     assert_eq!(consumed, series("tidemark_aggregated_total") + 30 + 5 + 10);
+    // one writer, so no write lost a race
+    assert!(text.lines().any(|l| l == "tidemark_store_retries_total 0"), "{text}");
 
     let dead = DeadLetterStore::open(&format!("file://{}", dir.path().join("dead").display())).unwrap();
     assert_eq!(dead.list().await.unwrap().len(), 5);

@@ -141,6 +141,8 @@ async fn precedence_holds_under_concurrent_writers() {
     // every round starts on new keys that all writers insert at once: the path where a merge finds its
     // key inserted by another writer since its snapshot must have run (and kept precedence)
     assert!(merge_retries > 0, "no concurrent insert of the same key happened");
+    // the writes report them too (those of attempts a deadlock then rolled back are not theirs to report)
+    assert!(report.retries > 0 && report.retries <= retries + merge_retries, "{report:?}");
     assert!(report.rounds >= 50);
     assert!(report.overlapping_pairs > 0, "the writers never overlapped: no contention was tested");
     assert!(report.refused > 0, "no stale write was ever refused: no contention on keys");
