@@ -695,6 +695,17 @@ fn metric_rows(i: usize) -> String {
     format!("rows{i}")
 }
 
+/// A metric's rows from (a part of) its events: the windows overlapping the run's range whose start the
+/// chunk owns.
+fn metric_rows_in_scope(
+    events: &DataFrame,
+    schema: &EventSchema,
+    metric: &CompiledMetric,
+    scope: &Scope,
+) -> Result<DataFrame, BatchError> {
+    owned_only(plan::metric_frame(events, schema, metric, Some(scope.range))?, scope.owned)
+}
+
 /// Keeps the windows whose start is in `owned`.
 fn owned_only(frame: DataFrame, owned: (EventTime, EventTime)) -> Result<DataFrame, BatchError> {
     if owned == (EventTime::MIN, EventTime::MAX) {
@@ -723,14 +734,14 @@ async fn prepare(
 ) -> Result<Prepared, BatchError> {
     tokio::task::spawn_blocking(move || {
         let mut duplicates = 0;
+        let columns: Vec<(Vec<String>, Vec<String>)> = metrics.iter().map(plan::metric_columns).collect();
         for b in 0..spill.parts() {
             let Some(raw) = spill.take(&part_name(input::RAW, b))? else { continue };
             let (events, dropped) = plan::dedupe_by_id(raw)?;
             duplicates += dropped;
-            for (i, m) in metrics.iter().enumerate() {
-                let (dims, columns) = plan::metric_columns(m);
+            for (i, (dims, columns)) in columns.iter().enumerate() {
                 let dims: Vec<&str> = dims.iter().map(String::as_str).collect();
-                spill.put_by_key(&metric_events(i), events.select(columns)?, &dims)?;
+                spill.put_by_key(&metric_events(i), events.select(columns.iter().cloned())?, &dims)?;
             }
         }
         let mut incomplete = Vec::new();
@@ -740,7 +751,7 @@ async fn prepare(
             let WindowSpec::Session(s) = m.window else { continue };
             for j in 0..spill.parts() {
                 let Some(events) = spill.take(&part_name(&metric_events(i), j))? else { continue };
-                let frame = owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?;
+                let frame = metric_rows_in_scope(&events, &schema, m, &scope)?;
                 drop(events);
                 let rows = plan::FrameRows::new(&frame, &schema, m)?;
                 for r in 0..rows.len() {
@@ -793,12 +804,10 @@ async fn emit(
             for j in 0..spill.parts() {
                 let frame = match m.window {
                     WindowSpec::Session(_) => spill.take(&part_name(&metric_rows(i), j))?,
-                    WindowSpec::Fixed(_) => match spill.take(&part_name(&metric_events(i), j))? {
-                        Some(events) => {
-                            Some(owned_only(plan::metric_frame(&events, &schema, m, Some(scope.range))?, scope.owned)?)
-                        }
-                        None => None,
-                    },
+                    WindowSpec::Fixed(_) => spill
+                        .take(&part_name(&metric_events(i), j))?
+                        .map(|events| metric_rows_in_scope(&events, &schema, m, &scope))
+                        .transpose()?,
                 };
                 let Some(frame) = frame else { continue };
                 // one pass over the rows: each slice counts its windows and goes to the writer

@@ -194,8 +194,7 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// Merges per-file results in file order.
-/// Adds up the counts and dead letters of the files read.
+/// Adds up the counts and dead letters of the files read, in file order.
 pub(crate) fn merge(
     parts: Vec<(ReadCounts, Vec<DeadLetter>)>,
     files: Vec<InputFile>,
