@@ -8,7 +8,7 @@ use std::sync::Arc;
 use deltalake::ObjectStore;
 use deltalake::Path;
 use object_store::ObjectStoreExt;
-use tidemark_core::archive;
+use tidemark_core::raw_archive;
 use tidemark_core::{EventSchema, EventTime};
 
 use super::files::decode_archive_frame;
@@ -28,7 +28,7 @@ fn date_of(t: EventTime) -> String {
 }
 
 fn stat_time(stats: &serde_json::Value, which: &str) -> Option<i64> {
-    let s = stats.get(which)?.get(archive::EVENT_TIME)?.as_str()?;
+    let s = stats.get(which)?.get(raw_archive::EVENT_TIME)?.as_str()?;
     EventTime::parse_rfc3339(s).map(EventTime::as_micros)
 }
 
@@ -70,7 +70,7 @@ async fn open_and_list(
                 "the file has a deletion vector, which the batch layer does not read yet",
             ));
         }
-        if let Some(Some(date)) = f.partition_values_map().get(archive::INGEST_DATE)
+        if let Some(Some(date)) = f.partition_values_map().get(raw_archive::INGEST_DATE)
             && *date < min_date
         {
             continue;

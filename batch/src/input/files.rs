@@ -15,7 +15,7 @@ use std::sync::Arc;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use polars::prelude::*;
-use tidemark_core::archive;
+use tidemark_core::raw_archive;
 use tidemark_core::{EventSchema, EventTime, SourceCoordinates};
 
 use super::{
@@ -289,7 +289,7 @@ pub(crate) fn decode_archive_frame<B: AsRef<[u8]> + Send + Sync>(
     let df = ParquetReader::new(Cursor::new(bytes)).with_slice(rows).finish()?;
     let first_row = rows.map_or(0, |(first, _)| first as i64);
     let flat: Vec<Vec<u8>>;
-    let payload: Box<dyn Iterator<Item = Option<&[u8]>> + '_> = match df.column(archive::PAYLOAD) {
+    let payload: Box<dyn Iterator<Item = Option<&[u8]>> + '_> = match df.column(raw_archive::PAYLOAD) {
         Ok(payload) => match payload.dtype() {
             DataType::String => Box::new(payload.as_materialized_series().str()?.iter().map(|s| s.map(str::as_bytes))),
             DataType::Binary => Box::new(payload.as_materialized_series().binary()?.iter()),
@@ -302,21 +302,21 @@ pub(crate) fn decode_archive_frame<B: AsRef<[u8]> + Send + Sync>(
             flat = flat_rows_as_json(&df, d.schema, location)?;
             Box::new(flat.iter().map(|p| Some(p.as_slice())))
         }
-        Err(_) => return Err(BatchError::shape(location, format!("no {:?} column", archive::PAYLOAD))),
+        Err(_) => return Err(BatchError::shape(location, format!("no {:?} column", raw_archive::PAYLOAD))),
     };
-    let received = time_column_us(&df, archive::INGEST_TIME, location)?;
+    let received = time_column_us(&df, raw_archive::INGEST_TIME, location)?;
     if received.is_none() && fallback_received.is_none() {
-        return Err(BatchError::shape(location, format!("no {:?} column", archive::INGEST_TIME)));
+        return Err(BatchError::shape(location, format!("no {:?} column", raw_archive::INGEST_TIME)));
     }
-    let source = match df.column(archive::SOURCE) {
+    let source = match df.column(raw_archive::SOURCE) {
         Ok(c) => Some(c.as_materialized_series().str()?.clone()),
         Err(_) => None,
     };
-    let partition = match df.column(archive::PARTITION) {
+    let partition = match df.column(raw_archive::PARTITION) {
         Ok(c) => Some(c.cast(&DataType::Int32)?.as_materialized_series().i32()?.clone()),
         Err(_) => None,
     };
-    let offset = match df.column(archive::OFFSET) {
+    let offset = match df.column(raw_archive::OFFSET) {
         Ok(c) => Some(c.cast(&DataType::Int64)?.as_materialized_series().i64()?.clone()),
         Err(_) => None,
     };

@@ -32,7 +32,7 @@ pub(crate) const RAW: &str = "raw";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputFormat {
-    /// The raw archive Delta table the stream service writes (schema in `tidemark_core::archive`).
+    /// The raw archive Delta table the stream service writes (schema in `tidemark_core::raw_archive`).
     DeltaArchive,
     /// `*.jsonl` / `*.ndjson` / `*.json` files under a prefix, one event per line.
     JsonLines,

@@ -15,7 +15,7 @@ use deltalake::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader}
 use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnDescriptor;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use tidemark_core::{EventSchema, EventTime, MAX_EVENT_TIME_US, TimeFormat, archive};
+use tidemark_core::{EventSchema, EventTime, MAX_EVENT_TIME_US, TimeFormat, raw_archive};
 
 use crate::error::BatchError;
 
@@ -128,8 +128,8 @@ pub(crate) fn select(
     let total_rows = groups.iter().map(|g| u64::try_from(g.num_rows()).unwrap_or(0)).sum();
     let fields = md.file_metadata().schema_descr();
     let top = |name: &str| (0..fields.num_columns()).find(|&i| fields.column(i).path().parts() == [name.to_owned()]);
-    let time = if top(archive::PAYLOAD).is_some() {
-        top(archive::EVENT_TIME).map(|i| (i, None))
+    let time = if top(raw_archive::PAYLOAD).is_some() {
+        top(raw_archive::EVENT_TIME).map(|i| (i, None))
     } else {
         top(&schema.time_field).map(|i| (i, Some(schema.time_format)))
     };
