@@ -16,6 +16,6 @@ pub mod run;
 mod spill;
 pub mod view;
 
-pub use error::BatchError;
+pub use error::Error;
 pub use input::{DeadLetter, InputFile, InputFormat, InputSource};
 pub use run::{BatchReport, BatchRun, MetricSummary};

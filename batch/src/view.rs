@@ -12,7 +12,7 @@ use deltalake::datafusion::prelude::Expr as DfExpr;
 use tidemark_core::{AggValue, EventTime, MetricRow};
 use tidemark_store::{BatchView, MetricFilter};
 
-use crate::error::BatchError;
+use crate::error::Error;
 use crate::input::parse_location;
 use crate::plan::FrameRows;
 
@@ -21,7 +21,7 @@ pub use tidemark_store::batch_view::{DATE, METRIC, arrow_schema, date_of};
 const UTC: &str = "UTC";
 
 /// The rows as one Arrow batch.
-pub fn to_record_batch(rows: &[MetricRow]) -> Result<RecordBatch, BatchError> {
+pub fn to_record_batch(rows: &[MetricRow]) -> Result<RecordBatch, Error> {
     Ok(tidemark_store::batch_view::to_record_batch(rows)?)
 }
 
@@ -33,7 +33,7 @@ pub fn record_batch_from_frame(
     run_id: &str,
     epoch: i64,
     computed_at: EventTime,
-) -> Result<RecordBatch, BatchError> {
+) -> Result<RecordBatch, Error> {
     let n = rows.len();
     let mut dims = StringBuilder::with_capacity(n, n * 16);
     let mut values = StringBuilder::with_capacity(n, n * 96);
@@ -55,12 +55,12 @@ pub fn record_batch_from_frame(
             if i > 0 {
                 json.push(b',');
             }
-            serde_json::to_writer(&mut json, name).map_err(|e| BatchError::Internal(format!("values: {e}")))?;
+            serde_json::to_writer(&mut json, name).map_err(|e| Error::Internal(format!("values: {e}")))?;
             json.push(b':');
-            serde_json::to_writer(&mut json, &v).map_err(|e| BatchError::Internal(format!("values: {e}")))?;
+            serde_json::to_writer(&mut json, &v).map_err(|e| Error::Internal(format!("values: {e}")))?;
         }
         json.push(b'}');
-        values.append_value(std::str::from_utf8(&json).map_err(|e| BatchError::Internal(format!("values: {e}")))?);
+        values.append_value(std::str::from_utf8(&json).map_err(|e| Error::Internal(format!("values: {e}")))?);
     }
     let ts = |v: Vec<i64>| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from(v).with_timezone(UTC)) };
     let cols: Vec<ArrayRef> = vec![
@@ -86,7 +86,7 @@ pub fn replace_predicate(metrics: &[String], from: EventTime, to: EventTime) -> 
 /// What a replace committed.
 pub type Committed = tidemark_store::ViewCommit;
 
-fn view(url: &str) -> Result<BatchView, BatchError> {
+fn view(url: &str) -> Result<BatchView, Error> {
     let parsed = parse_location(url)?;
     Ok(BatchView::open(parsed.as_str())?)
 }
@@ -100,7 +100,7 @@ pub async fn replace_range(
     to: EventTime,
     batches: Vec<RecordBatch>,
     commit_metadata: Vec<(String, serde_json::Value)>,
-) -> Result<Committed, BatchError> {
+) -> Result<Committed, Error> {
     Ok(view(url)?.replace_range(metrics, from, to, batches, commit_metadata).await?)
 }
 
@@ -117,12 +117,12 @@ pub async fn replace_range_stream(
     to: EventTime,
     batches: futures::stream::BoxStream<'static, Result<RecordBatch, RowsError>>,
     commit_metadata: Vec<(String, serde_json::Value)>,
-) -> Result<Committed, BatchError> {
+) -> Result<Committed, Error> {
     Ok(view(&url)?.replace_range_stream(&metrics, from, to, batches, commit_metadata).await?)
 }
 
 /// Writes `bytes` to `relative` under the table root (e.g. a run manifest), creating folders as needed.
-pub async fn put_beside(url: &str, relative: &str, bytes: Vec<u8>) -> Result<(), BatchError> {
+pub async fn put_beside(url: &str, relative: &str, bytes: Vec<u8>) -> Result<(), Error> {
     Ok(view(url)?.put_beside(relative, bytes).await?)
 }
 
@@ -132,7 +132,7 @@ pub fn parse_values(text: &str) -> Option<BTreeMap<String, AggValue>> {
 }
 
 /// Reads every row of the batch view (for tests, the reconciler and inspection), sorted by key.
-pub async fn read_view(url: &str) -> Result<Vec<MetricRow>, BatchError> {
+pub async fn read_view(url: &str) -> Result<Vec<MetricRow>, Error> {
     let mut rows = view(url)?.read_range(&MetricFilter::All, EventTime::MIN, EventTime::MAX).await?;
     rows.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(rows)

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tidemark_core::{EventSchema, EventTime, ReasonCode, SourceCoordinates};
 
-use crate::error::BatchError;
+use crate::error::Error;
 use crate::frame::{EVENT_ID, EventFrameBuilder};
 use crate::spill::Spill;
 
@@ -217,7 +217,7 @@ pub(crate) fn merge(
 
 /// Finishes a file's decoded events and puts them into the spill's raw parts (by event id), on the
 /// decoding thread.
-pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, Vec<DeadLetter>), BatchError> {
+pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, Vec<DeadLetter>), Error> {
     let df = d.builder.finish()?;
     spill.put_by_key(RAW, df, &[EVENT_ID])?;
     Ok((d.counts, d.dead_letters))
@@ -235,7 +235,7 @@ pub(crate) fn estimated_events<'a>(files: impl IntoIterator<Item = &'a InputFile
 
 /// Makes the spill a read decodes into, from the read's [`estimated_events`] (known once the input is
 /// listed, which the read does once).
-pub(crate) type SpillFor<'a> = Box<dyn FnOnce(u64) -> Result<Arc<Spill>, BatchError> + Send + 'a>;
+pub(crate) type SpillFor<'a> = Box<dyn FnOnce(u64) -> Result<Arc<Spill>, Error> + Send + 'a>;
 
 /// Reads the events of `source` whose event time lies in `[lo, hi)` (a Delta archive at `version` if
 /// given, else its latest version) into the raw parts of the spill `spill_for` makes from the listing;
@@ -247,7 +247,7 @@ pub(crate) async fn read_events(
     hi: EventTime,
     version: Option<i64>,
     spill_for: SpillFor<'_>,
-) -> Result<(ReadOutcome, Arc<Spill>), BatchError> {
+) -> Result<(ReadOutcome, Arc<Spill>), Error> {
     match source.format {
         InputFormat::DeltaArchive => delta::read(&source.url, schema, lo, hi, version, spill_for).await,
         InputFormat::JsonLines | InputFormat::Parquet => files::read(source, schema, lo, hi, spill_for).await,
@@ -260,7 +260,7 @@ pub async fn plan_read(
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
-) -> Result<InputPlan, BatchError> {
+) -> Result<InputPlan, Error> {
     match source.format {
         InputFormat::DeltaArchive => {
             let (files, version) = delta::list(&source.url, schema, lo, hi).await?;
@@ -274,8 +274,8 @@ pub async fn plan_read(
 }
 
 /// Parses a `file://`, `s3://` or `memory://` URL, or an absolute path, into a URL.
-pub(crate) fn parse_location(url: &str) -> Result<url::Url, BatchError> {
-    let unsupported = |reason: &str| BatchError::UnsupportedLocation { url: url.to_owned(), reason: reason.to_owned() };
+pub(crate) fn parse_location(url: &str) -> Result<url::Url, Error> {
+    let unsupported = |reason: &str| Error::UnsupportedLocation { url: url.to_owned(), reason: reason.to_owned() };
     if url.starts_with('/') {
         return url::Url::from_directory_path(url).map_err(|()| unsupported("not an absolute path"));
     }
