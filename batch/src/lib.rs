@@ -17,5 +17,5 @@ mod spill;
 pub mod view;
 
 pub use error::Error;
-pub use input::{DeadLetter, InputFile, InputFormat, InputSource};
+pub use input::{InputFile, InputFormat, InputSource, UndecodableRow};
 pub use run::{BatchReport, BatchRun, MetricSummary};

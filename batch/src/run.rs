@@ -28,7 +28,7 @@ use tidemark_core::{
 };
 
 use crate::error::Error;
-use crate::input::{self, DeadLetter, InputFile, InputSource};
+use crate::input::{self, InputFile, InputSource, UndecodableRow};
 use crate::plan;
 use crate::spill::{Spill, part_name};
 use crate::view;
@@ -139,7 +139,7 @@ pub struct BatchReport {
     pub rows: Vec<MetricRow>,
     /// The undecodable rows, for the dead-letter store.
     #[serde(skip)]
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<UndecodableRow>,
 }
 
 struct Progress(Option<ProgressBar>);
@@ -560,7 +560,7 @@ impl BatchRun<'_> {
         let chunks = self.chunks();
         let mut pinned_version = None;
         let mut files: BTreeMap<String, InputFile> = BTreeMap::new();
-        let mut dead_letters: BTreeMap<(String, i32, i64), DeadLetter> = BTreeMap::new();
+        let mut dead_letters: BTreeMap<(String, i32, i64), UndecodableRow> = BTreeMap::new();
         let mut summaries: Vec<MetricSummary> = Vec::new();
         let mut rows = Vec::new();
         report.read_from = EventTime::MAX;

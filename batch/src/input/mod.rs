@@ -8,7 +8,8 @@
 //! the stream layer accepted).
 //!
 //! Rows are kept when their decoded event time lies in the requested range; rows outside it (read because
-//! a whole file was read) are counted, never dropped silently. Undecodable rows become [`DeadLetter`]s.
+//! a whole file was read) are counted, never dropped silently. Undecodable rows are kept, with
+//! their reason, as [`UndecodableRow`]s for the dead-letter store.
 
 pub mod delta;
 pub mod files;
@@ -77,9 +78,10 @@ pub struct InputFile {
     pub rows: Option<u64>,
 }
 
-/// A row that could not be decoded: what the dead-letter store keeps.
+/// A row that could not be decoded, with what the dead-letter store keeps of it (the CLI stores it as a
+/// `tidemark_store::DeadLetter`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
+pub struct UndecodableRow {
     /// Where the row is.
     pub at: SourceCoordinates,
     /// Reason code (the same as the stream layer's).
@@ -120,7 +122,7 @@ pub struct ReadOutcome {
     /// Counts.
     pub counts: ReadCounts,
     /// Undecodable rows.
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<UndecodableRow>,
 }
 
 /// What a dry run reports about the input without reading rows.
@@ -151,7 +153,7 @@ pub(crate) struct Decoder<'a> {
     pub hi: EventTime,
     pub builder: EventFrameBuilder,
     pub counts: ReadCounts,
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<UndecodableRow>,
 }
 
 impl<'a> Decoder<'a> {
@@ -181,7 +183,7 @@ impl<'a> Decoder<'a> {
             Err(err) => {
                 self.counts.invalid += 1;
                 *self.counts.invalid_by_reason.entry(err.reason).or_default() += 1;
-                self.dead_letters.push(DeadLetter {
+                self.dead_letters.push(UndecodableRow {
                     at: at(),
                     reason: err.reason,
                     field: err.field,
@@ -196,7 +198,7 @@ impl<'a> Decoder<'a> {
 
 /// Adds up the counts and dead letters of the files read, in file order.
 pub(crate) fn merge(
-    parts: Vec<(ReadCounts, Vec<DeadLetter>)>,
+    parts: Vec<(ReadCounts, Vec<UndecodableRow>)>,
     files: Vec<InputFile>,
     table_version: Option<i64>,
 ) -> ReadOutcome {
@@ -217,7 +219,7 @@ pub(crate) fn merge(
 
 /// Finishes a file's decoded events and puts them into the spill's raw parts (by event id), on the
 /// decoding thread.
-pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, Vec<DeadLetter>), Error> {
+pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, Vec<UndecodableRow>), Error> {
     let df = d.builder.finish()?;
     spill.put_by_key(RAW, df, &[EVENT_ID])?;
     Ok((d.counts, d.dead_letters))
