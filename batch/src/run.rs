@@ -26,15 +26,13 @@ use tidemark_core::{
     CompiledMetric, Duration, EventSchema, EventTime, FixedWindows, MetricRow, Origin, ReasonCode, ValidSpec, Window,
     WindowSpec,
 };
+use tidemark_store::batch_view::{MANIFEST_DIR, RowsError};
 
 use crate::error::Error;
 use crate::input::{self, InputFile, InputSource, UndecodableRow};
 use crate::plan;
 use crate::spill::{Spill, part_name};
 use crate::view;
-
-/// Folder under the batch view's root that holds run manifests.
-pub const MANIFEST_DIR: &str = tidemark_store::batch_view::MANIFEST_DIR;
 
 /// A batch run over `[from, to)`, configured as a builder and executed with [`BatchRun::run`].
 #[derive(Debug, Clone)]
@@ -456,14 +454,11 @@ impl<'a> BatchRun<'a> {
             "manifest": format!("{MANIFEST_DIR}/{run_id}.json"),
         });
         let (sender, receiver) = tokio::sync::mpsc::channel(IN_FLIGHT_BATCHES);
-        let writer = tokio::spawn(view::replace_range_stream(
-            self.batch_view.clone(),
-            names,
-            self.from,
-            self.to,
-            rows_stream(receiver),
-            vec![("tidemark.batch_run".to_owned(), info)],
-        ));
+        let (view_url, from, to, batches) = (self.batch_view.clone(), self.from, self.to, rows_stream(receiver));
+        let writer = tokio::spawn(async move {
+            let metadata = vec![("tidemark.batch_run".to_owned(), info)];
+            Ok::<_, Error>(view::open(&view_url)?.replace_range_stream(&names, from, to, batches, metadata).await?)
+        });
         let produced =
             self.produce(&metrics, &mut report, &progress, sender.clone(), (&run_id, epoch), computed_at).await;
         let produced = match produced {
@@ -486,7 +481,7 @@ impl<'a> BatchRun<'a> {
         report.view_version = Some(committed.version);
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
-        view::put_beside(&self.batch_view, &format!("{MANIFEST_DIR}/{run_id}.json"), json).await?;
+        view::open(&self.batch_view)?.put_beside(&format!("{MANIFEST_DIR}/{run_id}.json"), json).await?;
         report.rows = rows;
         progress.done();
         tracing::info!(
@@ -530,7 +525,7 @@ impl From<Error> for Stop {
 /// failed or was dropped) is an error, so the writer never commits part of a run.
 fn rows_stream(
     receiver: tokio::sync::mpsc::Receiver<Msg>,
-) -> futures::stream::BoxStream<'static, Result<RecordBatch, view::RowsError>> {
+) -> futures::stream::BoxStream<'static, Result<RecordBatch, RowsError>> {
     use futures::StreamExt;
     futures::stream::unfold(Some(receiver), |receiver| async move {
         let mut receiver = receiver?;
@@ -847,7 +842,7 @@ mod tests {
     use super::*;
 
     fn batch() -> RecordBatch {
-        RecordBatch::new_empty(view::arrow_schema())
+        RecordBatch::new_empty(tidemark_store::batch_view::arrow_schema())
     }
 
     #[tokio::test]
