@@ -11,8 +11,8 @@
 //! a whole file was read) are counted, never dropped silently. Undecodable rows are kept, with
 //! their reason, as [`UndecodableRow`]s for the dead-letter store.
 
-pub mod delta;
-pub mod files;
+mod delta;
+mod files;
 mod row_groups;
 
 use std::collections::BTreeMap;
