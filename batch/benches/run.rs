@@ -4,7 +4,7 @@
 //! bench's three metrics (1-min tumbling, 5-min/1-min hopping, 30-s-gap sessions; count/sum/min/max/mean).
 //! One run per entry of `TIDEMARK_BENCH_RUNS` (comma-separated `CHUNK:PART_EVENTS`, default `0:-,0:max`:
 //! `CHUNK` `0` = unchunked, else a duration like `6h`; `PART_EVENTS` `-` = the default
-//! [`DEFAULT_PART_EVENTS`](tidemark_batch::run::DEFAULT_PART_EVENTS), `max` = never split, else a number),
+//! [`DEFAULT_PART_EVENTS`](tidemark_batch::DEFAULT_PART_EVENTS), `max` = never split, else a number),
 //! each into a fresh view. Prints wall time, events/s, rows written, parts, spilled bytes and the run's peak RSS (VmHWM, reset before each run through
 //! `/proc/self/clear_refs`). Run: `cargo bench -p tidemark-batch --bench run`. `TIDEMARK_BENCH_DIR` puts
 //! the files somewhere other than a temp dir (100M events take about 2.5 GB of Parquet).

@@ -2,10 +2,10 @@
 
 use tidemark_core::Actor;
 
-/// Errors of tidemark-batch. Each says who must act ([`BatchError::actor`]) and whether retrying the same
-/// call can succeed ([`BatchError::retryable`]).
+/// Errors of tidemark-batch. Each says who must act ([`Error::actor`]) and whether retrying the same
+/// call can succeed ([`Error::retryable`]).
 #[derive(Debug, thiserror::Error)]
-pub enum BatchError {
+pub enum Error {
     /// The run was asked for something impossible (empty range, unknown metric, bad URL).
     #[error("invalid batch run: {0}")]
     InvalidRequest(String),
@@ -66,26 +66,24 @@ pub enum BatchError {
     Internal(String),
 }
 
-impl BatchError {
+impl Error {
     /// Who must act.
     pub fn actor(&self) -> tidemark_core::Actor {
         match self {
-            BatchError::InvalidRequest(_) | BatchError::UnsupportedLocation { .. } | BatchError::InputShape { .. } => {
-                Actor::User
-            }
-            BatchError::ObjectStore { source, .. } => match source {
+            Error::InvalidRequest(_) | Error::UnsupportedLocation { .. } | Error::InputShape { .. } => Actor::User,
+            Error::ObjectStore { source, .. } => match source {
                 object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. } => Actor::User,
                 _ => Actor::External,
             },
-            BatchError::Delta { source, .. } => match source {
+            Error::Delta { source, .. } => match source {
                 deltalake::DeltaTableError::NotATable(_) | deltalake::DeltaTableError::InvalidTableLocation(_) => {
                     Actor::User
                 }
                 _ => Actor::External,
             },
-            BatchError::Io { .. } => Actor::External,
-            BatchError::View(e) => e.actor(),
-            BatchError::Polars(_) | BatchError::Arrow(_) | BatchError::Internal(_) => Actor::Internal,
+            Error::Io { .. } => Actor::External,
+            Error::View(e) => e.actor(),
+            Error::Polars(_) | Error::Arrow(_) | Error::Internal(_) => Actor::Internal,
         }
     }
 
@@ -95,14 +93,14 @@ impl BatchError {
     }
 
     pub(crate) fn delta(location: &str, source: deltalake::DeltaTableError) -> Self {
-        BatchError::Delta { location: location.to_owned(), source }
+        Error::Delta { location: location.to_owned(), source }
     }
 
     pub(crate) fn store(location: impl Into<String>, source: object_store::Error) -> Self {
-        BatchError::ObjectStore { location: location.into(), source }
+        Error::ObjectStore { location: location.into(), source }
     }
 
     pub(crate) fn shape(location: impl Into<String>, reason: impl Into<String>) -> Self {
-        BatchError::InputShape { location: location.into(), reason: reason.into() }
+        Error::InputShape { location: location.into(), reason: reason.into() }
     }
 }

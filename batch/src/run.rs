@@ -26,15 +26,13 @@ use tidemark_core::{
     CompiledMetric, Duration, EventSchema, EventTime, FixedWindows, MetricRow, Origin, ReasonCode, ValidSpec, Window,
     WindowSpec,
 };
+use tidemark_store::batch_view::{MANIFEST_DIR, RowsError};
 
-use crate::error::BatchError;
-use crate::input::{self, DeadLetter, InputFile, InputSource};
+use crate::error::Error;
+use crate::input::{self, InputFile, InputSource, UndecodableRow};
 use crate::plan;
 use crate::spill::{Spill, part_name};
 use crate::view;
-
-/// Folder under the batch view's root that holds run manifests.
-pub const MANIFEST_DIR: &str = tidemark_store::batch_view::MANIFEST_DIR;
 
 /// A batch run over `[from, to)`, configured as a builder and executed with [`BatchRun::run`].
 #[derive(Debug, Clone)]
@@ -139,7 +137,7 @@ pub struct BatchReport {
     pub rows: Vec<MetricRow>,
     /// The undecodable rows, for the dead-letter store.
     #[serde(skip)]
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<UndecodableRow>,
 }
 
 struct Progress(Option<ProgressBar>);
@@ -307,7 +305,7 @@ impl<'a> BatchRun<'a> {
         self
     }
 
-    fn selected(&self) -> Result<Vec<CompiledMetric>, BatchError> {
+    fn selected(&self) -> Result<Vec<CompiledMetric>, Error> {
         match &self.metrics {
             None => Ok(self.spec.metrics().to_vec()),
             Some(names) => names
@@ -316,7 +314,7 @@ impl<'a> BatchRun<'a> {
                     self.spec
                         .metric(n)
                         .cloned()
-                        .ok_or_else(|| BatchError::InvalidRequest(format!("the spec has no metric {n:?}")))
+                        .ok_or_else(|| Error::InvalidRequest(format!("the spec has no metric {n:?}")))
                 })
                 .collect(),
         }
@@ -346,7 +344,7 @@ impl<'a> BatchRun<'a> {
     }
 
     /// The spill of a read estimated to decode `events` events: ⌈events / [`BatchRun::part_events`]⌉ parts.
-    fn spill_for(&self, events: u64) -> Result<Arc<Spill>, BatchError> {
+    fn spill_for(&self, events: u64) -> Result<Arc<Spill>, Error> {
         let parts = usize::try_from(events.div_ceil(self.part_events)).unwrap_or(usize::MAX).max(1);
         Ok(Arc::new(Spill::new(parts, self.spill_dir.as_deref())?))
     }
@@ -371,10 +369,10 @@ impl<'a> BatchRun<'a> {
     }
 
     /// Executes the run.
-    pub async fn run(self) -> Result<BatchReport, BatchError> {
+    pub async fn run(self) -> Result<BatchReport, Error> {
         let started = Instant::now();
         if self.from >= self.to {
-            return Err(BatchError::InvalidRequest(format!("--from {} must be before --to {}", self.from, self.to)));
+            return Err(Error::InvalidRequest(format!("--from {} must be before --to {}", self.from, self.to)));
         }
         let metrics = self.selected()?;
         let epoch = now().as_micros();
@@ -456,14 +454,11 @@ impl<'a> BatchRun<'a> {
             "manifest": format!("{MANIFEST_DIR}/{run_id}.json"),
         });
         let (sender, receiver) = tokio::sync::mpsc::channel(IN_FLIGHT_BATCHES);
-        let writer = tokio::spawn(view::replace_range_stream(
-            self.batch_view.clone(),
-            names,
-            self.from,
-            self.to,
-            rows_stream(receiver),
-            vec![("tidemark.batch_run".to_owned(), info)],
-        ));
+        let (view_url, from, to, batches) = (self.batch_view.clone(), self.from, self.to, rows_stream(receiver));
+        let writer = tokio::spawn(async move {
+            let metadata = vec![("tidemark.batch_run".to_owned(), info)];
+            Ok::<_, Error>(view::open(&view_url)?.replace_range_stream(&names, from, to, batches, metadata).await?)
+        });
         let produced =
             self.produce(&metrics, &mut report, &progress, sender.clone(), (&run_id, epoch), computed_at).await;
         let produced = match produced {
@@ -472,7 +467,7 @@ impl<'a> BatchRun<'a> {
         };
         // without `End` the stream fails and the writer commits nothing
         drop(sender);
-        let written = writer.await.map_err(|e| BatchError::Internal(format!("view writer task failed: {e}")))?;
+        let written = writer.await.map_err(|e| Error::Internal(format!("view writer task failed: {e}")))?;
         let (rows, committed) = match (produced, written) {
             (Ok(rows), Ok(committed)) => (rows, committed),
             // the producer's own error explains a failed write best; one that could not send stopped
@@ -480,13 +475,13 @@ impl<'a> BatchRun<'a> {
             (Err(Stop::Failed(e)), _) => return Err(*e),
             (_, Err(e)) => return Err(e),
             (Err(Stop::WriterGone), Ok(_)) => {
-                return Err(BatchError::Internal("the view writer stopped reading rows".into()));
+                return Err(Error::Internal("the view writer stopped reading rows".into()));
             }
         };
         report.view_version = Some(committed.version);
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let json = serde_json::to_vec_pretty(&report).map_err(|e| BatchError::Internal(format!("manifest: {e}")))?;
-        view::put_beside(&self.batch_view, &format!("{MANIFEST_DIR}/{run_id}.json"), json).await?;
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
+        view::open(&self.batch_view)?.put_beside(&format!("{MANIFEST_DIR}/{run_id}.json"), json).await?;
         report.rows = rows;
         progress.done();
         tracing::info!(
@@ -515,13 +510,13 @@ enum Msg {
 
 /// Why production stopped.
 enum Stop {
-    Failed(Box<BatchError>),
+    Failed(Box<Error>),
     /// The view writer stopped reading (its own error says why).
     WriterGone,
 }
 
-impl From<BatchError> for Stop {
-    fn from(e: BatchError) -> Self {
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
         Stop::Failed(Box::new(e))
     }
 }
@@ -530,7 +525,7 @@ impl From<BatchError> for Stop {
 /// failed or was dropped) is an error, so the writer never commits part of a run.
 fn rows_stream(
     receiver: tokio::sync::mpsc::Receiver<Msg>,
-) -> futures::stream::BoxStream<'static, Result<RecordBatch, view::RowsError>> {
+) -> futures::stream::BoxStream<'static, Result<RecordBatch, RowsError>> {
     use futures::StreamExt;
     futures::stream::unfold(Some(receiver), |receiver| async move {
         let mut receiver = receiver?;
@@ -560,7 +555,7 @@ impl BatchRun<'_> {
         let chunks = self.chunks();
         let mut pinned_version = None;
         let mut files: BTreeMap<String, InputFile> = BTreeMap::new();
-        let mut dead_letters: BTreeMap<(String, i32, i64), DeadLetter> = BTreeMap::new();
+        let mut dead_letters: BTreeMap<(String, i32, i64), UndecodableRow> = BTreeMap::new();
         let mut summaries: Vec<MetricSummary> = Vec::new();
         let mut rows = Vec::new();
         report.read_from = EventTime::MAX;
@@ -702,12 +697,12 @@ fn metric_rows_in_scope(
     schema: &EventSchema,
     metric: &CompiledMetric,
     scope: &Scope,
-) -> Result<DataFrame, BatchError> {
+) -> Result<DataFrame, Error> {
     owned_only(plan::metric_frame(events, schema, metric, Some(scope.range))?, scope.owned)
 }
 
 /// Keeps the windows whose start is in `owned`.
-fn owned_only(frame: DataFrame, owned: (EventTime, EventTime)) -> Result<DataFrame, BatchError> {
+fn owned_only(frame: DataFrame, owned: (EventTime, EventTime)) -> Result<DataFrame, Error> {
     if owned == (EventTime::MIN, EventTime::MAX) {
         return Ok(frame);
     }
@@ -731,7 +726,7 @@ async fn prepare(
     schema: EventSchema,
     metrics: Vec<CompiledMetric>,
     scope: Scope,
-) -> Result<Prepared, BatchError> {
+) -> Result<Prepared, Error> {
     tokio::task::spawn_blocking(move || {
         let mut duplicates = 0;
         let columns: Vec<(Vec<String>, Vec<String>)> = metrics.iter().map(plan::metric_columns).collect();
@@ -767,7 +762,7 @@ async fn prepare(
         Ok(Prepared { spill, duplicates, metrics, incomplete, scope })
     })
     .await
-    .map_err(|e| BatchError::Internal(format!("plan task failed: {e}")))?
+    .map_err(|e| Error::Internal(format!("plan task failed: {e}")))?
 }
 
 /// How the rows are stamped.
@@ -837,7 +832,7 @@ async fn emit(
         Ok(emitted)
     })
     .await
-    .map_err(|e| Stop::from(BatchError::Internal(format!("plan task failed: {e}"))))?
+    .map_err(|e| Stop::from(Error::Internal(format!("plan task failed: {e}"))))?
 }
 
 #[cfg(test)]
@@ -847,7 +842,7 @@ mod tests {
     use super::*;
 
     fn batch() -> RecordBatch {
-        RecordBatch::new_empty(view::arrow_schema())
+        RecordBatch::new_empty(tidemark_store::batch_view::arrow_schema())
     }
 
     #[tokio::test]

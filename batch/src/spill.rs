@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use polars::prelude::*;
 
-use crate::error::BatchError;
+use crate::error::Error;
 
 /// Where the parts are kept.
 enum Place {
@@ -37,14 +37,14 @@ pub(crate) struct Spill {
     written: AtomicU64,
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BatchError {
-    move |source| BatchError::Io { context: context.into(), source }
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { context: context.into(), source }
 }
 
 impl Spill {
     /// `parts` parts; more than one spills to a new temporary directory under `dir` (default: the
     /// system's temporary directory).
-    pub fn new(parts: usize, dir: Option<&Path>) -> Result<Self, BatchError> {
+    pub fn new(parts: usize, dir: Option<&Path>) -> Result<Self, Error> {
         let parts = parts.max(1);
         let place = if parts == 1 {
             Place::Memory(Mutex::new(BTreeMap::new()))
@@ -76,14 +76,14 @@ impl Spill {
     }
 
     /// Appends `df` under `name`.
-    pub fn put(&self, name: &str, mut df: DataFrame) -> Result<(), BatchError> {
+    pub fn put(&self, name: &str, mut df: DataFrame) -> Result<(), Error> {
         if df.height() == 0 {
             return Ok(());
         }
         match &self.place {
             Place::Memory(m) => {
                 m.lock()
-                    .map_err(|_| BatchError::Internal("spill lock poisoned".into()))?
+                    .map_err(|_| Error::Internal("spill lock poisoned".into()))?
                     .entry(name.to_owned())
                     .or_default()
                     .push(df);
@@ -104,13 +104,11 @@ impl Spill {
     }
 
     /// Everything put under `name`, as one frame in put order (`None` if nothing was), and forgets it.
-    pub fn take(&self, name: &str) -> Result<Option<DataFrame>, BatchError> {
+    pub fn take(&self, name: &str) -> Result<Option<DataFrame>, Error> {
         let frames = match &self.place {
-            Place::Memory(m) => m
-                .lock()
-                .map_err(|_| BatchError::Internal("spill lock poisoned".into()))?
-                .remove(name)
-                .unwrap_or_default(),
+            Place::Memory(m) => {
+                m.lock().map_err(|_| Error::Internal("spill lock poisoned".into()))?.remove(name).unwrap_or_default()
+            }
             Place::Disk(root) => {
                 let dir = Self::dir_of(root.path(), name);
                 let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
@@ -145,7 +143,7 @@ impl Spill {
 
     /// Splits `df` by a hash of the values of `key` (string columns; none: everything is part 0) and
     /// appends part `j` under `{prefix}/{j}`.
-    pub fn put_by_key(&self, prefix: &str, df: DataFrame, key: &[&str]) -> Result<(), BatchError> {
+    pub fn put_by_key(&self, prefix: &str, df: DataFrame, key: &[&str]) -> Result<(), Error> {
         if self.parts == 1 {
             return self.put(&part_name(prefix, 0), df);
         }
@@ -172,7 +170,7 @@ pub(crate) fn part_name(prefix: &str, j: usize) -> String {
 
 /// The part of each row: a hash of its values in the `key` columns (nulls hash apart from every string),
 /// modulo `parts`. The hasher has fixed keys, so a value lands in the same part wherever it occurs.
-fn part_ids(df: &DataFrame, key: &[&str], parts: usize) -> Result<Vec<u32>, BatchError> {
+fn part_ids(df: &DataFrame, key: &[&str], parts: usize) -> Result<Vec<u32>, Error> {
     let state = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
     let mut hashers: Vec<std::collections::hash_map::DefaultHasher> =
         (0..df.height()).map(|_| state.build_hasher()).collect();

@@ -26,7 +26,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         .find_map(|e| {
             e.downcast_ref::<tidemark_core::Error>()
                 .map(tidemark_core::Error::actor)
-                .or_else(|| e.downcast_ref::<tidemark_batch::BatchError>().map(tidemark_batch::BatchError::actor))
+                .or_else(|| e.downcast_ref::<tidemark_batch::Error>().map(tidemark_batch::Error::actor))
                 .or_else(|| e.downcast_ref::<tidemark_store::Error>().map(tidemark_store::Error::actor))
                 .or_else(|| e.downcast_ref::<tidemark_stream::Error>().map(tidemark_stream::Error::actor))
                 .or_else(|| e.downcast_ref::<tidemark_reconcile::Error>().map(tidemark_reconcile::Error::actor))

@@ -5,17 +5,18 @@
 //! no clock (callers pass "now").
 
 pub mod aggregate;
-pub mod archive;
+pub mod coordinates;
 pub mod decode;
 pub mod dims;
 pub mod error;
+pub mod raw_archive;
 pub mod row;
 pub mod spec;
 pub mod time;
 pub mod window;
 
 pub use aggregate::{Accumulator, AggValue, AggregateFn, DistinctKey, InputRef, MetricAccumulator, Num, Tolerance};
-pub use archive::SourceCoordinates;
+pub use coordinates::SourceCoordinates;
 pub use decode::{DecodeError, Event, EventSchema, ReasonCode};
 pub use decode::{MAX_EVENT_TIME_US, TimeFormat, ValueType};
 pub use dims::Dimensions;

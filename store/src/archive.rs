@@ -1,4 +1,4 @@
-//! The raw event archive: the Delta table (schema in [`tidemark_core::archive`]) the stream service
+//! The raw event archive: the Delta table (schema in [`tidemark_core::raw_archive`]) the stream service
 //! appends every decoded event to, and the batch layer recomputes metrics from.
 //!
 //! Exactly once per Kafka partition: each [`RawArchive::append`] is one Delta commit carrying, for every
@@ -23,7 +23,7 @@ use deltalake::datafusion::prelude::{Expr, col, lit};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{DataType, StructField, Transaction};
 use deltalake::protocol::SaveMode;
-use tidemark_core::archive::{EVENT_ID, EVENT_TIME, INGEST_DATE, INGEST_TIME, OFFSET, PARTITION, PAYLOAD, SOURCE};
+use tidemark_core::raw_archive::{EVENT_ID, EVENT_TIME, INGEST_DATE, INGEST_TIME, OFFSET, PARTITION, PAYLOAD, SOURCE};
 use tidemark_core::{EventTime, SourceCoordinates};
 use tokio::sync::Mutex;
 use url::Url;

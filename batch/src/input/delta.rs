@@ -8,12 +8,12 @@ use std::sync::Arc;
 use deltalake::ObjectStore;
 use deltalake::Path;
 use object_store::ObjectStoreExt;
-use tidemark_core::archive;
+use tidemark_core::raw_archive;
 use tidemark_core::{EventSchema, EventTime};
 
 use super::files::decode_archive_frame;
 use super::{Decoder, InputFile, ReadOutcome, SpillFor, estimated_events, finish_into, merge, parse_location};
-use crate::error::BatchError;
+use crate::error::Error;
 use crate::spill::Spill;
 
 /// A data file of the archive chosen for reading.
@@ -28,7 +28,7 @@ fn date_of(t: EventTime) -> String {
 }
 
 fn stat_time(stats: &serde_json::Value, which: &str) -> Option<i64> {
-    let s = stats.get(which)?.get(archive::EVENT_TIME)?.as_str()?;
+    let s = stats.get(which)?.get(raw_archive::EVENT_TIME)?.as_str()?;
     EventTime::parse_rfc3339(s).map(EventTime::as_micros)
 }
 
@@ -38,7 +38,7 @@ pub(crate) async fn list(
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
-) -> Result<(Vec<ArchiveFile>, i64), BatchError> {
+) -> Result<(Vec<ArchiveFile>, i64), Error> {
     let (table, files) = open_and_list(url, schema, lo, hi, None).await?;
     drop(table);
     Ok(files)
@@ -50,27 +50,27 @@ async fn open_and_list(
     lo: EventTime,
     hi: EventTime,
     version: Option<i64>,
-) -> Result<(deltalake::DeltaTable, (Vec<ArchiveFile>, i64)), BatchError> {
+) -> Result<(deltalake::DeltaTable, (Vec<ArchiveFile>, i64)), Error> {
     let parsed = parse_location(url)?;
     tidemark_store::objects::register_handlers();
     let table = match version.and_then(|v| u64::try_from(v).ok()) {
         Some(v) => deltalake::open_table_with_version(parsed, v).await,
         None => deltalake::open_table(parsed).await,
     }
-    .map_err(|e| BatchError::delta(url, e))?;
+    .map_err(|e| Error::delta(url, e))?;
     let version = table.version().and_then(|v| i64::try_from(v).ok()).unwrap_or(-1);
     let min_date = date_of(lo.saturating_sub(schema.max_future_skew));
-    let snapshot = table.snapshot().map_err(|e| BatchError::delta(url, e))?;
+    let snapshot = table.snapshot().map_err(|e| Error::delta(url, e))?;
     let mut out = Vec::new();
     for f in snapshot.log_data().iter() {
         let path = f.path().to_string();
         if f.deletion_vector_descriptor().is_some() {
-            return Err(BatchError::shape(
+            return Err(Error::shape(
                 format!("{url}/{path}"),
                 "the file has a deletion vector, which the batch layer does not read yet",
             ));
         }
-        if let Some(Some(date)) = f.partition_values_map().get(archive::INGEST_DATE)
+        if let Some(Some(date)) = f.partition_values_map().get(raw_archive::INGEST_DATE)
             && *date < min_date
         {
             continue;
@@ -103,7 +103,7 @@ pub(crate) async fn read(
     hi: EventTime,
     version: Option<i64>,
     spill_for: SpillFor<'_>,
-) -> Result<(ReadOutcome, Arc<Spill>), BatchError> {
+) -> Result<(ReadOutcome, Arc<Spill>), Error> {
     let (table, (files, version)) = open_and_list(url, schema, lo, hi, version).await?;
     let spill = spill_for(estimated_events(files.iter().map(|f| &f.file)))?;
     let store: Arc<dyn ObjectStore> = table.object_store();
@@ -113,10 +113,10 @@ pub(crate) async fn read(
         let bytes = store
             .get(&f.path)
             .await
-            .map_err(|e| BatchError::store(&location, e))?
+            .map_err(|e| Error::store(&location, e))?
             .bytes()
             .await
-            .map_err(|e| BatchError::store(&location, e))?;
+            .map_err(|e| Error::store(&location, e))?;
         let schema = schema.clone();
         let spill = spill.clone();
         let part = tokio::task::spawn_blocking(move || {
@@ -125,7 +125,7 @@ pub(crate) async fn read(
             finish_into(d, &spill)
         })
         .await
-        .map_err(|e| BatchError::Internal(format!("decoding task failed: {e}")))??;
+        .map_err(|e| Error::Internal(format!("decoding task failed: {e}")))??;
         parts.push(part);
     }
     Ok((merge(parts, files.into_iter().map(|f| f.file).collect(), Some(version)), spill))

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use polars::prelude::*;
-use tidemark_core::archive;
+use tidemark_core::raw_archive;
 use tidemark_core::{EventSchema, EventTime, SourceCoordinates};
 
 use super::{
     Decoder, InputFile, InputFormat, InputSource, ReadOutcome, SpillFor, estimated_events, finish_into, merge,
     parse_location, row_groups,
 };
-use crate::error::BatchError;
+use crate::error::Error;
 use crate::spill::Spill;
 
 fn extension_matches(format: InputFormat, name: &str) -> bool {
@@ -34,24 +34,20 @@ fn extension_matches(format: InputFormat, name: &str) -> bool {
     }
 }
 
-fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path, url::Url), BatchError> {
+fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path, url::Url), Error> {
     let parsed = parse_location(url)?;
     let (store, prefix) = tidemark_store::objects::open(&parsed, &Default::default()).map_err(|e| match e {
-        tidemark_store::Error::ObjectStore { source, .. } => BatchError::store(url, source),
-        other => BatchError::View(other),
+        tidemark_store::Error::ObjectStore { source, .. } => Error::store(url, source),
+        other => Error::View(other),
     })?;
     Ok((store, prefix, parsed))
 }
 
-async fn list_in(
-    store: &dyn ObjectStore,
-    prefix: &Path,
-    url: &str,
-) -> Result<Vec<object_store::ObjectMeta>, BatchError> {
+async fn list_in(store: &dyn ObjectStore, prefix: &Path, url: &str) -> Result<Vec<object_store::ObjectMeta>, Error> {
     let mut out = Vec::new();
     let mut pending = vec![prefix.clone()];
     while let Some(dir) = pending.pop() {
-        let listing = store.list_with_delimiter(Some(&dir)).await.map_err(|e| BatchError::store(url, e))?;
+        let listing = store.list_with_delimiter(Some(&dir)).await.map_err(|e| Error::store(url, e))?;
         out.extend(listing.objects);
         pending.extend(listing.common_prefixes);
     }
@@ -59,7 +55,7 @@ async fn list_in(
 }
 
 /// The matching files under the prefix, in path order, with their metadata.
-pub(crate) async fn list(source: &InputSource) -> Result<Vec<(InputFile, object_store::ObjectMeta)>, BatchError> {
+pub(crate) async fn list(source: &InputSource) -> Result<Vec<(InputFile, object_store::ObjectMeta)>, Error> {
     let (store, prefix, _) = open(&source.url)?;
     let mut metas = list_in(store.as_ref(), &prefix, &source.url).await?;
     if metas.is_empty() {
@@ -67,7 +63,7 @@ pub(crate) async fn list(source: &InputSource) -> Result<Vec<(InputFile, object_
         match store.head(&prefix).await {
             Ok(meta) => metas.push(meta),
             Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(BatchError::store(&source.url, e)),
+            Err(e) => return Err(Error::store(&source.url, e)),
         }
     }
     metas.retain(|m| m.location.filename().is_some_and(|n| extension_matches(source.format, n) && !n.starts_with('.')));
@@ -95,7 +91,7 @@ pub(crate) async fn select(
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
-) -> Result<Vec<Chosen>, BatchError> {
+) -> Result<Vec<Chosen>, Error> {
     let (store, _, _) = open(&source.url)?;
     let mut chosen = Vec::new();
     let mut pruned = 0usize;
@@ -129,7 +125,7 @@ pub(crate) async fn read(
     lo: EventTime,
     hi: EventTime,
     spill_for: SpillFor<'_>,
-) -> Result<(ReadOutcome, Arc<Spill>), BatchError> {
+) -> Result<(ReadOutcome, Arc<Spill>), Error> {
     let (store, _, _) = open(&source.url)?;
     let files = select(source, schema, lo, hi).await?;
     let spill = spill_for(estimated_events(files.iter().map(|f| &f.file)))?;
@@ -138,10 +134,10 @@ pub(crate) async fn read(
         let bytes = store
             .get(&f.meta.location)
             .await
-            .map_err(|e| BatchError::store(&f.file.path, e))?
+            .map_err(|e| Error::store(&f.file.path, e))?
             .bytes()
             .await
-            .map_err(|e| BatchError::store(&f.file.path, e))?;
+            .map_err(|e| Error::store(&f.file.path, e))?;
         let schema = schema.clone();
         let received = f.received;
         let location = f.file.path.clone();
@@ -162,7 +158,7 @@ pub(crate) async fn read(
             finish_into(d, &spill)
         })
         .await
-        .map_err(|e| BatchError::Internal(format!("decoding task failed: {e}")))??;
+        .map_err(|e| Error::Internal(format!("decoding task failed: {e}")))??;
         parts.push(part);
     }
     Ok((merge(parts, files.into_iter().map(|f| f.file).collect(), None), spill))
@@ -178,13 +174,13 @@ fn decode_lines(bytes: &[u8], location: &str, received: EventTime, d: &mut Decod
     }
 }
 
-fn time_column_us(df: &DataFrame, name: &str, location: &str) -> Result<Option<Vec<Option<i64>>>, BatchError> {
+fn time_column_us(df: &DataFrame, name: &str, location: &str) -> Result<Option<Vec<Option<i64>>>, Error> {
     let Ok(c) = df.column(name) else { return Ok(None) };
     let scale: i64 = match c.dtype() {
         DataType::Datetime(TimeUnit::Nanoseconds, _) => -1_000,
         DataType::Datetime(TimeUnit::Microseconds, _) => 1,
         DataType::Datetime(TimeUnit::Milliseconds, _) => 1_000,
-        other => return Err(BatchError::shape(location, format!("column {name:?} is {other}, expected a timestamp"))),
+        other => return Err(Error::shape(location, format!("column {name:?} is {other}, expected a timestamp"))),
     };
     let phys = c.cast(&DataType::Int64)?;
     let v = phys
@@ -200,10 +196,10 @@ fn time_column_us(df: &DataFrame, name: &str, location: &str) -> Result<Option<V
 /// strings, integers, booleans and nulls as themselves, non-finite floats as the bare tokens producers
 /// write (the decoder reports `non_finite`), timestamps as the schema's time format for the time field
 /// and RFC 3339 elsewhere.
-fn flat_rows_as_json(df: &DataFrame, schema: &EventSchema, location: &str) -> Result<Vec<Vec<u8>>, BatchError> {
+fn flat_rows_as_json(df: &DataFrame, schema: &EventSchema, location: &str) -> Result<Vec<Vec<u8>>, Error> {
     use std::io::Write;
     use tidemark_core::TimeFormat;
-    let json_err = |e: std::io::Error| BatchError::Internal(format!("writing a JSON row: {e}"));
+    let json_err = |e: std::io::Error| Error::Internal(format!("writing a JSON row: {e}"));
     let mut rows: Vec<Vec<u8>> = vec![b"{".to_vec(); df.height()];
     for (ci, c) in df.columns().iter().enumerate() {
         let name = c.name().as_str();
@@ -213,16 +209,16 @@ fn flat_rows_as_json(df: &DataFrame, schema: &EventSchema, location: &str) -> Re
             if ci > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut *out, name).map_err(|e| BatchError::Internal(e.to_string()))?;
+            serde_json::to_writer(&mut *out, name).map_err(|e| Error::Internal(e.to_string()))?;
             out.push(b':');
             match s.get(i)? {
                 AnyValue::Null => out.extend_from_slice(b"null"),
                 AnyValue::Boolean(b) => write!(out, "{b}").map_err(json_err)?,
                 AnyValue::String(v) => {
-                    serde_json::to_writer(&mut *out, v).map_err(|e| BatchError::Internal(e.to_string()))?;
+                    serde_json::to_writer(&mut *out, v).map_err(|e| Error::Internal(e.to_string()))?;
                 }
                 AnyValue::StringOwned(v) => {
-                    serde_json::to_writer(&mut *out, v.as_str()).map_err(|e| BatchError::Internal(e.to_string()))?;
+                    serde_json::to_writer(&mut *out, v.as_str()).map_err(|e| Error::Internal(e.to_string()))?;
                 }
                 AnyValue::Int8(v) => write!(out, "{v}").map_err(json_err)?,
                 AnyValue::Int16(v) => write!(out, "{v}").map_err(json_err)?,
@@ -246,12 +242,12 @@ fn flat_rows_as_json(df: &DataFrame, schema: &EventSchema, location: &str) -> Re
                         (true, TimeFormat::EpochS) => write_float(out, us as f64 / 1e6).map_err(json_err)?,
                         _ => {
                             let text = EventTime::from_micros(us).map(|t| t.to_string()).unwrap_or_default();
-                            serde_json::to_writer(&mut *out, &text).map_err(|e| BatchError::Internal(e.to_string()))?;
+                            serde_json::to_writer(&mut *out, &text).map_err(|e| Error::Internal(e.to_string()))?;
                         }
                     }
                 }
                 other => {
-                    return Err(BatchError::shape(
+                    return Err(Error::shape(
                         location,
                         format!("column {name:?} has type {}, which an event field cannot have", other.dtype()),
                     ));
@@ -285,16 +281,16 @@ pub(crate) fn decode_archive_frame<B: AsRef<[u8]> + Send + Sync>(
     d: &mut Decoder<'_>,
     fallback_received: Option<EventTime>,
     rows: Option<(usize, usize)>,
-) -> Result<(), BatchError> {
+) -> Result<(), Error> {
     let df = ParquetReader::new(Cursor::new(bytes)).with_slice(rows).finish()?;
     let first_row = rows.map_or(0, |(first, _)| first as i64);
     let flat: Vec<Vec<u8>>;
-    let payload: Box<dyn Iterator<Item = Option<&[u8]>> + '_> = match df.column(archive::PAYLOAD) {
+    let payload: Box<dyn Iterator<Item = Option<&[u8]>> + '_> = match df.column(raw_archive::PAYLOAD) {
         Ok(payload) => match payload.dtype() {
             DataType::String => Box::new(payload.as_materialized_series().str()?.iter().map(|s| s.map(str::as_bytes))),
             DataType::Binary => Box::new(payload.as_materialized_series().binary()?.iter()),
             other => {
-                return Err(BatchError::shape(location, format!("column \"payload\" is {other}, expected a string")));
+                return Err(Error::shape(location, format!("column \"payload\" is {other}, expected a string")));
             }
         },
         // the Delta archive always has payloads; other Parquet files may hold the event's fields as columns
@@ -302,21 +298,21 @@ pub(crate) fn decode_archive_frame<B: AsRef<[u8]> + Send + Sync>(
             flat = flat_rows_as_json(&df, d.schema, location)?;
             Box::new(flat.iter().map(|p| Some(p.as_slice())))
         }
-        Err(_) => return Err(BatchError::shape(location, format!("no {:?} column", archive::PAYLOAD))),
+        Err(_) => return Err(Error::shape(location, format!("no {:?} column", raw_archive::PAYLOAD))),
     };
-    let received = time_column_us(&df, archive::INGEST_TIME, location)?;
+    let received = time_column_us(&df, raw_archive::INGEST_TIME, location)?;
     if received.is_none() && fallback_received.is_none() {
-        return Err(BatchError::shape(location, format!("no {:?} column", archive::INGEST_TIME)));
+        return Err(Error::shape(location, format!("no {:?} column", raw_archive::INGEST_TIME)));
     }
-    let source = match df.column(archive::SOURCE) {
+    let source = match df.column(raw_archive::SOURCE) {
         Ok(c) => Some(c.as_materialized_series().str()?.clone()),
         Err(_) => None,
     };
-    let partition = match df.column(archive::PARTITION) {
+    let partition = match df.column(raw_archive::PARTITION) {
         Ok(c) => Some(c.cast(&DataType::Int32)?.as_materialized_series().i32()?.clone()),
         Err(_) => None,
     };
-    let offset = match df.column(archive::OFFSET) {
+    let offset = match df.column(raw_archive::OFFSET) {
         Ok(c) => Some(c.cast(&DataType::Int64)?.as_materialized_series().i64()?.clone()),
         Err(_) => None,
     };

@@ -8,10 +8,11 @@
 //! the stream layer accepted).
 //!
 //! Rows are kept when their decoded event time lies in the requested range; rows outside it (read because
-//! a whole file was read) are counted, never dropped silently. Undecodable rows become [`DeadLetter`]s.
+//! a whole file was read) are counted, never dropped silently. Undecodable rows are kept, with
+//! their reason, as [`UndecodableRow`]s for the dead-letter store.
 
-pub mod delta;
-pub mod files;
+mod delta;
+mod files;
 mod row_groups;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tidemark_core::{EventSchema, EventTime, ReasonCode, SourceCoordinates};
 
-use crate::error::BatchError;
+use crate::error::Error;
 use crate::frame::{EVENT_ID, EventFrameBuilder};
 use crate::spill::Spill;
 
@@ -32,7 +33,7 @@ pub(crate) const RAW: &str = "raw";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputFormat {
-    /// The raw archive Delta table the stream service writes (schema in `tidemark_core::archive`).
+    /// The raw archive Delta table the stream service writes (schema in `tidemark_core::raw_archive`).
     DeltaArchive,
     /// `*.jsonl` / `*.ndjson` / `*.json` files under a prefix, one event per line.
     JsonLines,
@@ -77,9 +78,10 @@ pub struct InputFile {
     pub rows: Option<u64>,
 }
 
-/// A row that could not be decoded: what the dead-letter store keeps.
+/// A row that could not be decoded, with what the dead-letter store keeps of it (the CLI stores it as a
+/// `tidemark_store::DeadLetter`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
+pub struct UndecodableRow {
     /// Where the row is.
     pub at: SourceCoordinates,
     /// Reason code (the same as the stream layer's).
@@ -120,7 +122,7 @@ pub struct ReadOutcome {
     /// Counts.
     pub counts: ReadCounts,
     /// Undecodable rows.
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<UndecodableRow>,
 }
 
 /// What a dry run reports about the input without reading rows.
@@ -151,7 +153,7 @@ pub(crate) struct Decoder<'a> {
     pub hi: EventTime,
     pub builder: EventFrameBuilder,
     pub counts: ReadCounts,
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<UndecodableRow>,
 }
 
 impl<'a> Decoder<'a> {
@@ -181,7 +183,7 @@ impl<'a> Decoder<'a> {
             Err(err) => {
                 self.counts.invalid += 1;
                 *self.counts.invalid_by_reason.entry(err.reason).or_default() += 1;
-                self.dead_letters.push(DeadLetter {
+                self.dead_letters.push(UndecodableRow {
                     at: at(),
                     reason: err.reason,
                     field: err.field,
@@ -196,7 +198,7 @@ impl<'a> Decoder<'a> {
 
 /// Adds up the counts and dead letters of the files read, in file order.
 pub(crate) fn merge(
-    parts: Vec<(ReadCounts, Vec<DeadLetter>)>,
+    parts: Vec<(ReadCounts, Vec<UndecodableRow>)>,
     files: Vec<InputFile>,
     table_version: Option<i64>,
 ) -> ReadOutcome {
@@ -217,7 +219,7 @@ pub(crate) fn merge(
 
 /// Finishes a file's decoded events and puts them into the spill's raw parts (by event id), on the
 /// decoding thread.
-pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, Vec<DeadLetter>), BatchError> {
+pub(crate) fn finish_into(d: Decoder<'_>, spill: &Spill) -> Result<(ReadCounts, Vec<UndecodableRow>), Error> {
     let df = d.builder.finish()?;
     spill.put_by_key(RAW, df, &[EVENT_ID])?;
     Ok((d.counts, d.dead_letters))
@@ -235,7 +237,7 @@ pub(crate) fn estimated_events<'a>(files: impl IntoIterator<Item = &'a InputFile
 
 /// Makes the spill a read decodes into, from the read's [`estimated_events`] (known once the input is
 /// listed, which the read does once).
-pub(crate) type SpillFor<'a> = Box<dyn FnOnce(u64) -> Result<Arc<Spill>, BatchError> + Send + 'a>;
+pub(crate) type SpillFor<'a> = Box<dyn FnOnce(u64) -> Result<Arc<Spill>, Error> + Send + 'a>;
 
 /// Reads the events of `source` whose event time lies in `[lo, hi)` (a Delta archive at `version` if
 /// given, else its latest version) into the raw parts of the spill `spill_for` makes from the listing;
@@ -247,7 +249,7 @@ pub(crate) async fn read_events(
     hi: EventTime,
     version: Option<i64>,
     spill_for: SpillFor<'_>,
-) -> Result<(ReadOutcome, Arc<Spill>), BatchError> {
+) -> Result<(ReadOutcome, Arc<Spill>), Error> {
     match source.format {
         InputFormat::DeltaArchive => delta::read(&source.url, schema, lo, hi, version, spill_for).await,
         InputFormat::JsonLines | InputFormat::Parquet => files::read(source, schema, lo, hi, spill_for).await,
@@ -260,7 +262,7 @@ pub async fn plan_read(
     schema: &EventSchema,
     lo: EventTime,
     hi: EventTime,
-) -> Result<InputPlan, BatchError> {
+) -> Result<InputPlan, Error> {
     match source.format {
         InputFormat::DeltaArchive => {
             let (files, version) = delta::list(&source.url, schema, lo, hi).await?;
@@ -274,8 +276,8 @@ pub async fn plan_read(
 }
 
 /// Parses a `file://`, `s3://` or `memory://` URL, or an absolute path, into a URL.
-pub(crate) fn parse_location(url: &str) -> Result<url::Url, BatchError> {
-    let unsupported = |reason: &str| BatchError::UnsupportedLocation { url: url.to_owned(), reason: reason.to_owned() };
+pub(crate) fn parse_location(url: &str) -> Result<url::Url, Error> {
+    let unsupported = |reason: &str| Error::UnsupportedLocation { url: url.to_owned(), reason: reason.to_owned() };
     if url.starts_with('/') {
         return url::Url::from_directory_path(url).map_err(|()| unsupported("not an absolute path"));
     }

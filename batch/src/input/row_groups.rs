@@ -15,9 +15,9 @@ use deltalake::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader}
 use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnDescriptor;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use tidemark_core::{EventSchema, EventTime, MAX_EVENT_TIME_US, TimeFormat, archive};
+use tidemark_core::{EventSchema, EventTime, MAX_EVENT_TIME_US, TimeFormat, raw_archive};
 
-use crate::error::BatchError;
+use crate::error::Error;
 
 /// The rows of one Parquet file to decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,28 +45,24 @@ impl Selection {
 }
 
 /// Fetches and parses the footer of the Parquet file `meta` (two range requests).
-pub(crate) async fn footer(
-    store: &dyn ObjectStore,
-    meta: &ObjectMeta,
-    url: &str,
-) -> Result<ParquetMetaData, BatchError> {
+pub(crate) async fn footer(store: &dyn ObjectStore, meta: &ObjectMeta, url: &str) -> Result<ParquetMetaData, Error> {
     let size = meta.size;
     if size < 12 {
-        return Err(BatchError::shape(url, format!("{size} bytes is too small for a Parquet file")));
+        return Err(Error::shape(url, format!("{size} bytes is too small for a Parquet file")));
     }
-    let tail = store.get_range(&meta.location, size - 8..size).await.map_err(|e| BatchError::store(url, e))?;
+    let tail = store.get_range(&meta.location, size - 8..size).await.map_err(|e| Error::store(url, e))?;
     match &tail[4..8] {
         b"PAR1" => {}
-        b"PARE" => return Err(BatchError::shape(url, "encrypted Parquet footers are not supported")),
-        _ => return Err(BatchError::shape(url, "not a Parquet file (no PAR1 magic at its end)")),
+        b"PARE" => return Err(Error::shape(url, "encrypted Parquet footers are not supported")),
+        _ => return Err(Error::shape(url, "not a Parquet file (no PAR1 magic at its end)")),
     }
     let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if len + 12 > size {
-        return Err(BatchError::shape(url, format!("Parquet footer of {len} bytes in a file of {size}")));
+        return Err(Error::shape(url, format!("Parquet footer of {len} bytes in a file of {size}")));
     }
-    let buf = store.get_range(&meta.location, size - 8 - len..size - 8).await.map_err(|e| BatchError::store(url, e))?;
+    let buf = store.get_range(&meta.location, size - 8 - len..size - 8).await.map_err(|e| Error::store(url, e))?;
     ParquetMetaDataReader::decode_metadata(&buf)
-        .map_err(|e| BatchError::shape(url, format!("unreadable Parquet footer: {e}")))
+        .map_err(|e| Error::shape(url, format!("unreadable Parquet footer: {e}")))
 }
 
 /// How a time column's INT64 values become µs: multiply or (flooring) divide.
@@ -128,8 +124,8 @@ pub(crate) fn select(
     let total_rows = groups.iter().map(|g| u64::try_from(g.num_rows()).unwrap_or(0)).sum();
     let fields = md.file_metadata().schema_descr();
     let top = |name: &str| (0..fields.num_columns()).find(|&i| fields.column(i).path().parts() == [name.to_owned()]);
-    let time = if top(archive::PAYLOAD).is_some() {
-        top(archive::EVENT_TIME).map(|i| (i, None))
+    let time = if top(raw_archive::PAYLOAD).is_some() {
+        top(raw_archive::EVENT_TIME).map(|i| (i, None))
     } else {
         top(&schema.time_field).map(|i| (i, Some(schema.time_format)))
     };

@@ -6,7 +6,7 @@ use polars::prelude::*;
 use tidemark_core::{AggValue, CompiledMetric, Dimensions, EventSchema, EventTime, ValueType, Window};
 
 use super::{Component, EVENTS, HALF, WINDOW_END, WINDOW_START, component_of};
-use crate::error::BatchError;
+use crate::error::Error;
 use crate::frame;
 
 enum Reader {
@@ -37,19 +37,19 @@ impl std::fmt::Debug for FrameRows {
     }
 }
 
-fn missing(what: &str, row: usize) -> BatchError {
-    BatchError::Internal(format!("null {what} in row {row} of the plan's result"))
+fn missing(what: &str, row: usize) -> Error {
+    Error::Internal(format!("null {what} in row {row} of the plan's result"))
 }
 
 impl FrameRows {
     /// Resolves the columns of `metric`'s frame.
-    pub fn new(df: &DataFrame, schema: &EventSchema, metric: &CompiledMetric) -> Result<Self, BatchError> {
+    pub fn new(df: &DataFrame, schema: &EventSchema, metric: &CompiledMetric) -> Result<Self, Error> {
         let mut df = df.clone();
         df.rechunk_mut();
-        let i64c = |name: &str| -> Result<Int64Chunked, BatchError> {
+        let i64c = |name: &str| -> Result<Int64Chunked, Error> {
             Ok(df.column(name)?.as_materialized_series().i64()?.clone())
         };
-        let f64c = |name: &str| -> Result<Float64Chunked, BatchError> {
+        let f64c = |name: &str| -> Result<Float64Chunked, Error> {
             Ok(df.column(name)?.as_materialized_series().f64()?.clone())
         };
         let mut dims = metric
@@ -58,12 +58,12 @@ impl FrameRows {
             .map(|(name, i)| {
                 Ok((name.clone(), df.column(&frame::dim_column(*i))?.as_materialized_series().str()?.clone()))
             })
-            .collect::<Result<Vec<_>, BatchError>>()?;
+            .collect::<Result<Vec<_>, Error>>()?;
         dims.sort_by(|a, b| a.0.cmp(&b.0));
         let mut values = Vec::with_capacity(metric.aggregates.len());
         for (j, a) in metric.aggregates.iter().enumerate() {
             let name = format!("a{j}");
-            let halves = || -> Result<(Int64Chunked, Int64Chunked), BatchError> {
+            let halves = || -> Result<(Int64Chunked, Int64Chunked), Error> {
                 Ok((i64c(&format!("a{j}_hi"))?, i64c(&format!("a{j}_lo"))?))
             };
             let reader = match component_of(schema, a.function, a.input)? {
@@ -105,17 +105,17 @@ impl FrameRows {
     }
 
     /// The window of row `r`.
-    pub fn window(&self, r: usize) -> Result<Window, BatchError> {
+    pub fn window(&self, r: usize) -> Result<Window, Error> {
         let start = self.starts.get(r).ok_or_else(|| missing(WINDOW_START, r))?;
         let end = self.ends.get(r).ok_or_else(|| missing(WINDOW_END, r))?;
         EventTime::from_micros(start)
             .zip(EventTime::from_micros(end))
             .and_then(|(s, e)| Window::new(s, e))
-            .ok_or_else(|| BatchError::Internal(format!("bad window [{start}, {end}) in the plan's result")))
+            .ok_or_else(|| Error::Internal(format!("bad window [{start}, {end}) in the plan's result")))
     }
 
     /// The number of events of row `r`.
-    pub fn events(&self, r: usize) -> Result<i64, BatchError> {
+    pub fn events(&self, r: usize) -> Result<i64, Error> {
         self.events.get(r).ok_or_else(|| missing(EVENTS, r))
     }
 
@@ -137,9 +137,9 @@ impl FrameRows {
     }
 
     /// The finished values of row `r`, sorted by aggregate name.
-    pub fn values(&self, r: usize) -> Result<Vec<(&str, AggValue)>, BatchError> {
+    pub fn values(&self, r: usize) -> Result<Vec<(&str, AggValue)>, Error> {
         let n = self.events(r)?;
-        let exact = |hi: &Int64Chunked, lo: &Int64Chunked| -> Result<i128, BatchError> {
+        let exact = |hi: &Int64Chunked, lo: &Int64Chunked| -> Result<i128, Error> {
             let hi = hi.get(r).ok_or_else(|| missing("sum", r))?;
             let lo = lo.get(r).ok_or_else(|| missing("sum", r))?;
             Ok(i128::from(hi) * i128::from(HALF) + i128::from(lo))

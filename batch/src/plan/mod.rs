@@ -26,7 +26,7 @@ use tidemark_core::{
     AggregateFn, CompiledMetric, EventSchema, EventTime, InputRef, MetricRow, Origin, RowKey, ValueType, WindowSpec,
 };
 
-use crate::error::BatchError;
+use crate::error::Error;
 use crate::frame::{self, EVENT_ID, EVENT_TIME};
 
 /// Output column: window start (µs).
@@ -41,7 +41,7 @@ pub(crate) const HALF: i64 = 1 << 32;
 /// Drops every row whose `event_id` appeared earlier in the frame, after sorting by the provenance columns
 /// when present (stable, so ties keep frame order). Returns the de-duplicated frame without the id and
 /// provenance columns (no metric reads them) and the number of rows dropped.
-pub fn dedupe_by_id(df: DataFrame) -> Result<(DataFrame, u64), BatchError> {
+pub fn dedupe_by_id(df: DataFrame) -> Result<(DataFrame, u64), Error> {
     let before = df.height();
     let has_provenance = df.schema().contains(frame::RECEIVED);
     let mut lf = df.lazy();
@@ -80,18 +80,14 @@ pub(crate) enum Component {
     Distinct,
 }
 
-pub(crate) fn component_of(
-    schema: &EventSchema,
-    function: AggregateFn,
-    input: InputRef,
-) -> Result<Component, BatchError> {
+pub(crate) fn component_of(schema: &EventSchema, function: AggregateFn, input: InputRef) -> Result<Component, Error> {
     let ty = match input {
         InputRef::Value(i) => Some(
             schema
                 .values
                 .get(i)
                 .map(|(_, t)| *t)
-                .ok_or_else(|| BatchError::Internal(format!("value index {i} is not in the event schema")))?,
+                .ok_or_else(|| Error::Internal(format!("value index {i} is not in the event schema")))?,
         ),
         _ => None,
     };
@@ -103,7 +99,7 @@ pub(crate) fn component_of(
         (AggregateFn::Mean, Some(ValueType::Float)) => Component::FloatMean,
         (AggregateFn::Min | AggregateFn::Max, Some(t)) => Component::Extreme(t),
         (AggregateFn::CountDistinct, _) => Component::Distinct,
-        (f, None) => return Err(BatchError::Internal(format!("{} without a value field", f.as_str()))),
+        (f, None) => return Err(Error::Internal(format!("{} without a value field", f.as_str()))),
     })
 }
 
@@ -141,7 +137,7 @@ pub(crate) enum MergeOp {
     MaxFloat,
 }
 
-fn aggregation(schema: &EventSchema, metric: &CompiledMetric) -> Result<Aggregation, BatchError> {
+fn aggregation(schema: &EventSchema, metric: &CompiledMetric) -> Result<Aggregation, Error> {
     let mut over_events = vec![len().cast(DataType::Int64).alias(EVENTS)];
     let mut merge = Some(vec![(EVENTS.to_owned(), MergeOp::SumInt)]);
     for (j, a) in metric.aggregates.iter().enumerate() {
@@ -214,7 +210,7 @@ pub fn metric_frame(
     schema: &EventSchema,
     metric: &CompiledMetric,
     range: Option<(EventTime, EventTime)>,
-) -> Result<DataFrame, BatchError> {
+) -> Result<DataFrame, Error> {
     let dims: Vec<String> = metric.dims.iter().map(|(_, i)| frame::dim_column(*i)).collect();
     let mut keep = vec![EVENT_TIME.to_owned()];
     for a in &metric.aggregates {
@@ -249,7 +245,7 @@ pub fn rows_from_frame(
     metric: &CompiledMetric,
     origin: &Origin,
     computed_at: EventTime,
-) -> Result<Vec<MetricRow>, BatchError> {
+) -> Result<Vec<MetricRow>, Error> {
     let f = FrameRows::new(df, schema, metric)?;
     let mut rows = Vec::with_capacity(f.len());
     for r in 0..f.len() {
@@ -273,7 +269,7 @@ pub fn metric_rows(
     range: Option<(EventTime, EventTime)>,
     origin: &Origin,
     computed_at: EventTime,
-) -> Result<Vec<MetricRow>, BatchError> {
+) -> Result<Vec<MetricRow>, Error> {
     let df = metric_frame(events, schema, metric, range)?;
     rows_from_frame(&df, schema, metric, origin, computed_at)
 }

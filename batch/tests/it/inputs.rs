@@ -306,7 +306,7 @@ async fn issue_4_a_run_split_into_spilled_parts_equals_a_run_in_memory() {
 }
 
 /// A read whose sessions touch its edge is widened and read again; the spills of the abandoned reads count
-/// in `spilled_bytes` too (stop 16 counted only the last read's).
+/// in `spilled_bytes` too, not only the last read's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_4_spilled_bytes_count_the_reads_a_widening_abandoned() {
     let mut rng = Rng::new(seed("issue_4_spilled_bytes_count_the_reads_a_widening_abandoned"));

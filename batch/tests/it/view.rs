@@ -1,10 +1,10 @@
 //! The batch view: a run replaces exactly its range in one commit; re-running a range gives the same view
 //! and a new manifest.
 
-use tidemark_batch::run::MANIFEST_DIR;
 use tidemark_batch::view::read_view;
 use tidemark_batch::{BatchReport, BatchRun, InputSource};
 use tidemark_core::{Duration, EventTime, MetricRow, Origin, ValidSpec};
+use tidemark_store::batch_view::MANIFEST_DIR;
 
 use crate::common::{Rng, T0, assert_rows_match, file_url, raw_rows, seed, spec, write_archive};
 use crate::inputs::{expected_rows, three_metrics};

@@ -46,7 +46,7 @@ pub struct Args {
     chunk: Option<Duration>,
     /// The most events computed at once: a larger read is split by event id and by each metric's key into
     /// parts spilled to --spill-dir and computed one at a time (same result; memory holds about one part).
-    #[arg(long, value_name = "N", default_value_t = tidemark_batch::run::DEFAULT_PART_EVENTS)]
+    #[arg(long, value_name = "N", default_value_t = tidemark_batch::DEFAULT_PART_EVENTS)]
     part_events: u64,
     /// Where parts are spilled (a temporary directory created and removed by the run); default the
     /// system's temporary directory ($TMPDIR).

@@ -32,20 +32,3 @@ pub const OFFSET: &str = "offset";
 pub const PAYLOAD: &str = "payload";
 /// Partition column: UTC date of `ingest_time`.
 pub const INGEST_DATE: &str = "ingest_date";
-
-/// Where an event came from: enough to find it again.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct SourceCoordinates {
-    /// Topic, or file path.
-    pub source: String,
-    /// Kafka partition (0 for files).
-    pub partition: i32,
-    /// Kafka offset, or 0-based line number.
-    pub offset: i64,
-}
-
-impl std::fmt::Display for SourceCoordinates {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]@{}", self.source, self.partition, self.offset)
-    }
-}
