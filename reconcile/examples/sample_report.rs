@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use tidemark_core::{AggValue, Dimensions, Duration, EventTime, MetricRow, Origin, Pane, PipelineSpec, RowKey, Window};
 use tidemark_reconcile::html::{ReportPage, render};
 use tidemark_reconcile::lateness::{Arrival, analyse};
-use tidemark_reconcile::{ContractInput, Emission, Evidence, contract_report, diff, explain};
+use tidemark_reconcile::{ContractInput, Evidence, SpeedFiring, contract_report, diff, explain};
 
 fn t(s: i64) -> EventTime {
     EventTime::from_secs(s).expect("in range")
@@ -61,7 +61,7 @@ fn main() {
                 origin: speed,
                 computed_at: emitted,
             });
-            emissions.push(Emission {
+            emissions.push(SpeedFiring {
                 key: key.clone(),
                 values: values(views - missed),
                 pane: Pane::OnTime,

@@ -17,9 +17,10 @@ use tidemark_core::{AggValue, Duration, EventTime, MetricRow, Pane, RowKey, Vali
 use crate::diff::{Diff, Verdict};
 use crate::lateness::quantile;
 
-/// One speed-layer firing, as recorded by the serving store's emission log.
+/// One speed-layer firing of a window, as the contract report sees it: the part of an entry of the serving
+/// store's emission log ([`tidemark_store::Emission`]) it needs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Emission {
+pub struct SpeedFiring {
     /// The row.
     pub key: RowKey,
     /// Values emitted.
@@ -42,7 +43,7 @@ pub struct ContractInput<'a> {
     /// Serving store vs batch, before corrections.
     pub diff: &'a Diff,
     /// Speed-layer emissions of the range, any order.
-    pub emissions: &'a [Emission],
+    pub emissions: &'a [SpeedFiring],
     /// When each corrected key was corrected.
     pub corrections: &'a [(RowKey, EventTime)],
     /// Late-ledger events per key.
@@ -130,7 +131,7 @@ pub fn contract_report(input: ContractInput<'_>) -> ContractReport {
     let target = spec.spec().contract.accuracy_target;
     let fin_target = spec.spec().contract.finalization_latency;
 
-    let mut first_on_time: HashMap<&RowKey, &Emission> = HashMap::new();
+    let mut first_on_time: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
     let mut first_any: HashMap<&RowKey, EventTime> = HashMap::new();
     for e in input.emissions {
         let t = first_any.entry(&e.key).or_insert(e.emitted_at);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use tidemark_core::{AggValue, EventTime, MetricRow, Pane, RowKey, ValidSpec};
 
-use crate::contract::{ContractReport, Emission};
+use crate::contract::{ContractReport, SpeedFiring};
 use crate::explain::{Cause, Explained};
 use crate::lateness::LatenessReport;
 use crate::svg::{Series, bar_chart, escape, line_chart};
@@ -25,7 +25,7 @@ pub struct ReportPage<'a> {
     /// Batch rows of the range.
     pub batch: &'a [MetricRow],
     /// Speed emissions of the range.
-    pub emissions: &'a [Emission],
+    pub emissions: &'a [SpeedFiring],
     /// Lateness analysis, if computed.
     pub lateness: Option<&'a LatenessReport>,
 }
@@ -124,7 +124,7 @@ td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}} th{{background:#
 
     // provisional vs final: per metric, its first aggregate (spec order) summed over dimensions per window start
     h.push_str("<h2>Provisional vs final</h2>");
-    let mut first_on_time: HashMap<&RowKey, &Emission> = HashMap::new();
+    let mut first_on_time: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
     for e in page.emissions.iter().filter(|e| e.pane == Pane::OnTime) {
         let slot = first_on_time.entry(&e.key).or_insert(e);
         if e.emitted_at < slot.emitted_at {

@@ -2,29 +2,35 @@
 //! (metric, window, dimensions) and classifies every difference.
 //!
 //! - [`Reconcile`] (`run.rs`): one run over a range against the stores a spec names (what
-//!   `tidemark reconcile` runs);
-//! - the pure parts it is made of: [`diff`] (the comparison, over the flat [`columnar`] form of both
-//!   sides), [`explain`] (cause attribution), [`corrections`] (the idempotent correction batch),
-//!   [`contract`] (the contract report), [`html`] (the offline report page) and [`lateness`] (lateness
-//!   distribution and advice).
+//!   `tidemark reconcile` runs), the steps of docs/reconcile.md one call each;
+//! - the pure parts it is made of: `diff/` (the comparison, [`diff()`]; its columnar engine, [`Columns`] and
+//!   [`diff_columns`]), `evidence.rs` (what the stores tell besides the rows), `explain.rs` (cause
+//!   attribution, [`explain()`]), `corrections.rs` (the idempotent correction batch, [`plan_corrections`]),
+//!   `contract.rs` (the contract report, [`contract_report`]);
+//! - the report page: [`html`] (the offline page), [`lateness`] (lateness distribution and advice) and
+//!   [`svg`] (its charts).
+//!
+//! Every public type has one path: the modules above are private and their types are re-exported here,
+//! except the report-page modules [`html`], [`lateness`] and [`svg`], which are public and re-export
+//! nothing.
 //!
 //! This crate depends on tidemark-core and tidemark-store only, never on tidemark-stream or tidemark-batch.
 
-pub mod columnar;
-pub mod contract;
-pub mod corrections;
-pub mod diff;
+mod contract;
+mod corrections;
+mod diff;
 mod error;
-pub mod explain;
+mod evidence;
+mod explain;
 pub mod html;
 pub mod lateness;
 mod run;
 pub mod svg;
 
-pub use columnar::{Columns, diff_columns};
-pub use contract::{ContractInput, ContractReport, Emission, MetricContract, contract_report};
+pub use contract::{ContractInput, ContractReport, LatencySummary, MetricContract, SpeedFiring, contract_report};
 pub use corrections::{BlastRadius, CorrectionPlan, plan_corrections};
-pub use diff::{AggregateDiff, Diff, KeyDiff, MetricSummary, Verdict, diff};
+pub use diff::{AggregateDiff, Columns, Diff, KeyDiff, MetricDiffSummary, Verdict, diff, diff_columns};
 pub use error::Error;
+pub use evidence::EvidenceSummary;
 pub use explain::{Cause, Evidence, Explained, explain};
-pub use run::{Applied, EvidenceSummary, Reconcile, ReconcileOutcome};
+pub use run::{Applied, Reconcile, ReconcileOutcome};

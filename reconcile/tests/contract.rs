@@ -7,7 +7,7 @@ use tidemark_core::{
 };
 use tidemark_reconcile::html::{ReportPage, render};
 use tidemark_reconcile::lateness::{Arrival, analyse};
-use tidemark_reconcile::{ContractInput, Emission, Evidence, contract_report, diff, explain};
+use tidemark_reconcile::{ContractInput, Evidence, SpeedFiring, contract_report, diff, explain};
 
 fn spec() -> ValidSpec {
     let text = include_str!("../../examples/pageviews.toml");
@@ -43,8 +43,8 @@ fn row(k: RowKey, views: i64, origin: Origin) -> MetricRow {
     MetricRow { key: k, values: values(views), events: views.unsigned_abs(), origin, computed_at: t(0) }
 }
 
-fn emission(k: RowKey, views: i64, pane: Pane, revision: u32, at: EventTime) -> Emission {
-    Emission { key: k, values: values(views), pane, revision, emitted_at: at }
+fn emission(k: RowKey, views: i64, pane: Pane, revision: u32, at: EventTime) -> SpeedFiring {
+    SpeedFiring { key: k, values: values(views), pane, revision, emitted_at: at }
 }
 
 #[test]

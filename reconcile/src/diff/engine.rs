@@ -1,5 +1,6 @@
-//! The diff's working form of one side's rows: flat and pointer-free, so the join touches each row's
-//! heap parts (metric name, dimension strings, value map) once, while converting, and never again.
+//! The diff engine: the columnar join. It works on a flat, pointer-free form of each side's rows, so the
+//! join touches each row's heap parts (metric name, dimension strings, value map) once, while converting,
+//! and never again.
 //!
 //! Per metric, every distinct window and every distinct [`Dimensions`] is interned to a `u32` (first seen,
 //! first numbered); a row becomes `(window id, dims id, row index)` plus one [`AggValue`] per spec aggregate
@@ -17,7 +18,7 @@ use foldhash::fast::RandomState as FoldBuild;
 use tidemark_core::spec::CompiledMetric;
 use tidemark_core::{AggValue, Dimensions, MetricRow, Tolerance, ValidSpec};
 
-use crate::diff::{Diff, KeyDiff, MetricSummary, Verdict, compare_key, duplicate, value_of};
+use super::compare::{Diff, KeyDiff, MetricDiffSummary, Verdict, compare_key, duplicate, value_of};
 use crate::error::Error;
 
 /// Below this many rows per side the two sides are converted and sorted on one thread.
@@ -395,7 +396,7 @@ fn merge_metric<'r>(
 }
 
 /// Compares two sides built from the same spec: the batch view (truth) and the serving store. The result
-/// equals [`crate::diff`]'s on the same rows (that function converts its rows and calls this).
+/// equals [`crate::diff()`]'s on the same rows (that function converts its rows and calls this).
 pub fn diff_columns(batch: &Columns<'_>, serving: &Columns<'_>) -> Result<Diff, Error> {
     if !std::ptr::eq(batch.spec, serving.spec) && batch.spec != serving.spec {
         return Err(Error::Internal("the two sides of a diff were converted with different specs".into()));
@@ -465,7 +466,7 @@ fn summarize(tallies: BTreeMap<&str, Tally>, mut differences: Vec<KeyDiff>) -> D
     // Drift totals in key order, so the floating-point sums do not depend on the input order.
     let mut drift_sums: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
     for d in differences.iter().filter(|d| d.verdict == Verdict::ValueDrift) {
-        let summary: &mut MetricSummary =
+        let summary: &mut MetricDiffSummary =
             out.metrics.get_mut(&d.key.metric).expect("every difference's metric is counted");
         let sums = drift_sums.entry(&d.key.metric).or_default();
         for a in d.aggregates.iter().filter(|a| !a.within) {
