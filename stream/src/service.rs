@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use tidemark_core::{Event, EventTime, RowChange, ValidSpec};
 use tidemark_store::{
-    ArchiveRow, DeadLetter as StoredDeadLetter, DeadLetterStore, LateRecord, RawArchive, ServingStore, SourceProgress,
-    TopicPartition, WriteOutcome,
+    ArchiveRow, DeadLetter, DeadLetterStore, LateRecord, RawArchive, ServingStore, SourceProgress, TopicPartition,
+    WriteOutcome,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -157,7 +157,7 @@ impl<S> std::fmt::Debug for Service<S> {
 struct Flush {
     changes: Vec<RowChange>,
     progress: SourceProgress,
-    dead_letters: Vec<StoredDeadLetter>,
+    dead_letters: Vec<DeadLetter>,
     late: Vec<LateRecord>,
     archive: Vec<ArchiveRow>,
     bytes: usize,
@@ -438,7 +438,7 @@ impl<S: Source> Service<S> {
                     Some(f) => format!("{f}: {}", d.detail),
                     None => d.detail.clone(),
                 };
-                StoredDeadLetter::new(
+                DeadLetter::new(
                     d.coords,
                     d.reason,
                     detail,

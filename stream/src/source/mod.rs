@@ -1,5 +1,5 @@
-//! Where records come from: the Kafka consumer group ([`kafka`]) or a JSON Lines file replayed in arrival
-//! order ([`crate::FileReplay`]). The service drives any [`Source`].
+//! Where records come from: the Kafka consumer group ([`kafka`]) or a JSON Lines file ([`file`]) replayed
+//! in arrival order ([`replay`] reads it). The service drives any [`Source`].
 //!
 //! Offsets are the serving store's business, not Kafka's: the service reads them from the store on start,
 //! hands them to the source with [`Source::seek`], and after every committed write tells the source with
@@ -14,6 +14,7 @@ use crate::output::Record;
 
 pub mod file;
 pub mod kafka;
+pub mod replay;
 
 /// A Kafka topic partition (or a replayed file as partition 0).
 pub type Partition = (String, i32);
