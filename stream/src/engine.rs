@@ -69,7 +69,7 @@ impl MetricState {
 ///
 /// Feed it records with [`Engine::process`] and processing-time ticks with [`Engine::advance`]; collect
 /// what it emits from the [`Output`] you pass. Each (event, window) pair is judged against the operator
-/// watermark as it was before the event arrived (see [`crate::watermark`] for how that moves):
+/// watermark as it was before the event arrived (see [`WatermarkTracker`] for how that moves):
 ///
 /// - **on time** (`watermark < end`): added to the row; nothing is emitted until the window fires.
 /// - **early panes**: with `time.early_firing`, every that much processing time the rows of open

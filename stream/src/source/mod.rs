@@ -1,9 +1,5 @@
 //! Where records come from: the Kafka consumer group ([`kafka`]) or a JSON Lines file ([`file`]) replayed
 //! in arrival order ([`replay`] reads it). The service drives any [`Source`].
-//!
-//! Offsets are the serving store's business, not Kafka's: the service reads them from the store on start,
-//! hands them to the source with [`Source::seek`], and after every committed write tells the source with
-//! [`Source::committed`] (a Kafka source may also commit them to its group, for lag tooling only).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -43,6 +39,10 @@ pub struct Polled {
 }
 
 /// A source of records, consumed by one task.
+///
+/// Offsets are the serving store's business, not Kafka's: the service reads them from the store on start,
+/// hands them to the source with [`Source::seek`], and after every committed write tells the source with
+/// [`Source::committed`] (a Kafka source may also commit them to its group, for lag tooling only).
 pub trait Source: Send {
     /// Where each partition resumes: the next offset to read. Partitions not in `offsets` start from the
     /// beginning. Called before the first poll; a Kafka source applies it on every later assignment too.
