@@ -25,9 +25,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidemark_core::{PipelineSpec, ValidSpec};
 use tidemark_store::{DeadLetterStore, RawArchive, ServingStore};
 use tidemark_stream::metrics::{FlushStep, Metrics};
-use tidemark_stream::source::kafka::KafkaConfig;
 use tidemark_stream::testing::Broker;
-use tidemark_stream::{Service, ServiceConfig, Sinks, SystemClock};
+use tidemark_stream::{KafkaConfig, Service, ServiceConfig, Sinks, SystemClock};
 
 const PARTITIONS: i32 = 3;
 

@@ -17,8 +17,8 @@ use crate::engine::{Engine, MetricState, PartitionAccounts};
 use crate::error::Error;
 use crate::state::{EventId, RowState, SeenIds};
 use crate::watermark::WatermarkTracker;
-use crate::window::Step;
-use crate::window::session::SessionRow;
+use crate::window_state::Step;
+use crate::window_state::session::SessionRow;
 
 /// The checkpoint format this build writes and reads (1: JSON with event payloads and row logs;
 /// 2: postcard with accumulators and event ids).

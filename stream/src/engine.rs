@@ -7,18 +7,18 @@ use serde::{Deserialize, Serialize};
 use tidemark_core::spec::TimePolicy;
 use tidemark_core::{CompiledMetric, Event, EventSchema, EventTime, ValidSpec, WindowSpec};
 
-use crate::output::{DeadLetter, Output, Record};
+use crate::output::{Output, Record, RejectedRecord};
 use crate::state::{EventId, SeenIds};
 use crate::watermark::{Watermark, WatermarkTracker};
-use crate::window::fixed::FixedState;
-use crate::window::session::SessionState;
-use crate::window::{Arrival, Routing, Step};
+use crate::window_state::fixed::FixedState;
+use crate::window_state::session::SessionState;
+use crate::window_state::{Arrival, Routing, Step};
 
 /// Per-partition accounting. After every call,
 /// `consumed = aggregated + late_routed + dead_lettered + duplicates_suppressed` holds for each partition.
 ///
 /// Every consumed record lands in exactly one bucket:
-/// - `dead_lettered`: it did not decode (a [`DeadLetter`] with reason code and coordinates was emitted);
+/// - `dead_lettered`: it did not decode (a [`RejectedRecord`] with reason code and coordinates was emitted);
 /// - `duplicates_suppressed`: its id is in the de-duplication set;
 /// - `aggregated`: it was added to at least one window of at least one metric (on time, or late within
 ///   allowed lateness under `update` / `append`);
@@ -69,7 +69,7 @@ impl MetricState {
 ///
 /// Feed it records with [`Engine::process`] and processing-time ticks with [`Engine::advance`]; collect
 /// what it emits from the [`Output`] you pass. Each (event, window) pair is judged against the operator
-/// watermark as it was before the event arrived (see [`crate::watermark`] for how that moves):
+/// watermark as it was before the event arrived (see [`WatermarkTracker`] for how that moves):
 ///
 /// - **on time** (`watermark < end`): added to the row; nothing is emitted until the window fires.
 /// - **early panes**: with `time.early_firing`, every that much processing time the rows of open
@@ -167,7 +167,7 @@ impl Engine {
         let decoded = match self.schema.decode(&record.payload, record.received_at) {
             Err(e) => {
                 accounts.dead_lettered += 1;
-                out.dead_letters.push(DeadLetter {
+                out.dead_letters.push(RejectedRecord {
                     coords: record.coords.clone(),
                     received_at: record.received_at,
                     reason: e.reason,

@@ -1,5 +1,5 @@
 //! What goes into the engine (a [`Record`]) and what comes out of it ([`Output`]): row changes for the
-//! serving store, late-ledger entries and dead letters.
+//! serving store, late-ledger entries and rejected records.
 
 use serde::{Deserialize, Serialize};
 use tidemark_core::{Dimensions, EventTime, ReasonCode, RowChange, SourceCoordinates, Window};
@@ -49,9 +49,10 @@ pub struct LateEvent {
     pub payload: String,
 }
 
-/// One record that could not be decoded.
+/// One record that could not be decoded, on its way to the dead-letter store (which keeps it as a
+/// [`tidemark_store::DeadLetter`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
+pub struct RejectedRecord {
     /// Where it came from.
     pub coords: SourceCoordinates,
     /// When it was received.
@@ -73,8 +74,8 @@ pub struct Output {
     pub changes: Vec<RowChange>,
     /// Late-ledger entries.
     pub late: Vec<LateEvent>,
-    /// Dead letters.
-    pub dead_letters: Vec<DeadLetter>,
+    /// Records that could not be decoded, for the dead-letter store.
+    pub dead_letters: Vec<RejectedRecord>,
 }
 
 impl Output {

@@ -2,22 +2,6 @@
 //! the source offsets and the engine checkpoint to the serving store in one atomic
 //! [`ServingStore::write_provisional`], after appending the flush's dead letters, late-ledger entries
 //! and raw events (all three idempotent by source coordinates).
-//!
-//! Why a crash loses and duplicates nothing: a restart claims a new writer epoch (fencing any older
-//! instance), restores the engine from the checkpoint committed with the last rows and resumes the
-//! source at the offsets committed with them. Records after those offsets are consumed again from the
-//! same state, so they produce the same rows; what they had already appended to the archive and the
-//! dead-letter store before the crash is recognised by its coordinates and not written twice.
-//!
-//! Pipelined flushes: up to [`ServiceConfig::max_flushes_in_flight`] flushes are in flight while the engine
-//! keeps consuming. Each runs in two stages, each stage strictly after the same stage of the previous
-//! flush: (1) archive, dead letters and late ledger, (2) the atomic rows + offsets + checkpoint write. So
-//! flush N+1 archives while flush N writes its rows, the archive sees offsets in order (it skips what it
-//! recorded, so an out-of-order append would lose rows), every flush's side outputs are durable before its
-//! offsets commit, and offsets commit in order. A failed flush fails the ones after it without writing.
-//!
-//! Backpressure: bytes of records not yet covered by a committed flush are counted; above
-//! [`ServiceConfig::max_in_flight_bytes`] the source is paused until the flushes in flight commit.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -27,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tidemark_core::{Event, EventTime, RowChange, ValidSpec};
 use tidemark_store::{
-    ArchiveRow, DeadLetter as StoredDeadLetter, DeadLetterStore, LateRecord, RawArchive, ServingStore, SourceProgress,
-    TopicPartition, WriteOutcome,
+    ArchiveRow, DeadLetter, DeadLetterStore, LateRecord, RawArchive, ServingStore, SourceProgress, TopicPartition,
+    WriteOutcome,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -126,6 +110,22 @@ pub struct RunSummary {
 }
 
 /// A running pipeline: engine state, source and sinks.
+///
+/// Why a crash loses and duplicates nothing: a restart claims a new writer epoch (fencing any older
+/// instance), restores the engine from the checkpoint committed with the last rows and resumes the
+/// source at the offsets committed with them. Records after those offsets are consumed again from the
+/// same state, so they produce the same rows; what they had already appended to the archive and the
+/// dead-letter store before the crash is recognised by its coordinates and not written twice.
+///
+/// Pipelined flushes: up to [`ServiceConfig::max_flushes_in_flight`] flushes are in flight while the engine
+/// keeps consuming. Each runs in two stages, each stage strictly after the same stage of the previous
+/// flush: (1) archive, dead letters and late ledger, (2) the atomic rows + offsets + checkpoint write. So
+/// flush N+1 archives while flush N writes its rows, the archive sees offsets in order (it skips what it
+/// recorded, so an out-of-order append would lose rows), every flush's side outputs are durable before its
+/// offsets commit, and offsets commit in order. A failed flush fails the ones after it without writing.
+///
+/// Backpressure: bytes of records not yet covered by a committed flush are counted; above
+/// [`ServiceConfig::max_in_flight_bytes`] the source is paused until the flushes in flight commit.
 pub struct Service<S> {
     pipeline: String,
     engine: Engine,
@@ -157,7 +157,7 @@ impl<S> std::fmt::Debug for Service<S> {
 struct Flush {
     changes: Vec<RowChange>,
     progress: SourceProgress,
-    dead_letters: Vec<StoredDeadLetter>,
+    dead_letters: Vec<DeadLetter>,
     late: Vec<LateRecord>,
     archive: Vec<ArchiveRow>,
     bytes: usize,
@@ -438,7 +438,7 @@ impl<S: Source> Service<S> {
                     Some(f) => format!("{f}: {}", d.detail),
                     None => d.detail.clone(),
                 };
-                StoredDeadLetter::new(
+                DeadLetter::new(
                     d.coords,
                     d.reason,
                     detail,

@@ -1,6 +1,7 @@
-//! Test support, not for production use: a real Kafka-protocol broker ([`Broker`], the `tansu` binary) and
-//! librdkafka's in-process mock cluster ([`mock_cluster`], for fault injection), with helpers to create
-//! topics and produce records. Helpers panic with a clear message on failure, as test code does.
+//! Test support, behind the `testing` feature (dev-dependencies enable it): a real Kafka-protocol broker
+//! ([`Broker`], the `tansu` binary) and librdkafka's in-process mock cluster ([`mock_cluster`], for fault
+//! injection), with helpers to create topics and produce records. Helpers panic with a clear message on
+//! failure, as test code does.
 //!
 //! `tansu` is found at `$TIDEMARK_TANSU`, else `$HOME/.cargo/tansu-0.6.0/bin/tansu` (what
 //! `scripts/setup.sh` installs).

@@ -1,12 +1,4 @@
 //! Per-partition watermarks and the operator watermark (after Arroyo's `Watermark { EventTime, Idle }`).
-//!
-//! - A partition's watermark is the largest event time it delivered minus `watermark_delay`. A partition
-//!   that is known (assigned, or delivered any record) but has delivered no decodable event yet holds the
-//!   operator watermark at its start.
-//! - A partition is idle once no decodable event arrived on it for `idle_timeout` of processing time.
-//! - The operator watermark is the minimum over the partitions that are not idle. When every partition is
-//!   idle it is the largest partition watermark: nothing holds it back any more.
-//! - It never goes backwards: a computed value below the current one is ignored.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +24,14 @@ struct PartitionTime {
 }
 
 /// Tracks partition watermarks and computes the operator watermark.
+///
+/// - A partition's watermark is the largest event time it delivered minus `watermark_delay`. A partition
+///   that is known (assigned, or delivered any record) but has delivered no decodable event yet holds the
+///   operator watermark at its start.
+/// - A partition is idle once no decodable event arrived on it for `idle_timeout` of processing time.
+/// - The operator watermark is the minimum over the partitions that are not idle. When every partition is
+///   idle it is the largest partition watermark: nothing holds it back any more.
+/// - It never goes backwards: a computed value below the current one is ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatermarkTracker {
     #[serde(skip, default)]

@@ -14,9 +14,9 @@ use serde::Serialize;
 use tidemark_core::{EventTime, MetricRow, ValidSpec};
 use tidemark_store::{DeadLetterStore, MetricFilter, RawArchive};
 use tidemark_stream::metrics::Metrics;
-use tidemark_stream::output::Record;
-use tidemark_stream::source::{Offsets, Polled, Source};
-use tidemark_stream::{Clock as _, FileSource, ManualClock, ReceivedAt, Service, ServiceConfig, Sinks};
+use tidemark_stream::{
+    Clock as _, FileSource, ManualClock, Offsets, Polled, ReceivedAt, Record, Service, ServiceConfig, Sinks, Source,
+};
 
 use tidemark_reconcile::{Reconcile, ReconcileOutcome};
 

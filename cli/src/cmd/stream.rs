@@ -10,8 +10,7 @@ use tidemark_core::ValidSpec;
 use tidemark_core::spec::SourceSpec;
 use tidemark_store::{DeadLetterStore, RawArchive};
 use tidemark_stream::metrics::Metrics;
-use tidemark_stream::source::Source;
-use tidemark_stream::{FileSource, ReceivedAt, Service, ServiceConfig, Sinks, Stopped, SystemClock};
+use tidemark_stream::{FileSource, ReceivedAt, Service, ServiceConfig, Sinks, Source, Stopped, SystemClock};
 
 /// Run the stream service: consume the spec's source, window events by event time, and commit
 /// provisional results, source offsets and state to the serving store atomically.
@@ -113,7 +112,7 @@ async fn serve(args: &Args, spec: ValidSpec) -> anyhow::Result<ExitCode> {
             run_service(args, &spec, source, sinks, config).await
         }
         SourceSpec::Kafka { .. } => {
-            let source = tidemark_stream::source::kafka::KafkaConfig::from_spec(&spec.spec().source)?.build()?;
+            let source = tidemark_stream::KafkaConfig::from_spec(&spec.spec().source)?.build()?;
             run_service(args, &spec, source, sinks, config).await
         }
     }

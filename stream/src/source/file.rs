@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::Error;
 use crate::output::Record;
-use crate::replay::{FileReplay, ReceivedAt};
+use crate::source::replay::{FileReplay, ReceivedAt};
 use crate::source::{Assignment, Offsets, Polled, Source};
 
 /// A [`FileReplay`] as a [`Source`]: assigned partition 0 on the first poll, ends at the end of the file.

@@ -1,9 +1,5 @@
-//! Where records come from: the Kafka consumer group ([`kafka`]) or a JSON Lines file replayed in arrival
-//! order ([`crate::FileReplay`]). The service drives any [`Source`].
-//!
-//! Offsets are the serving store's business, not Kafka's: the service reads them from the store on start,
-//! hands them to the source with [`Source::seek`], and after every committed write tells the source with
-//! [`Source::committed`] (a Kafka source may also commit them to its group, for lag tooling only).
+//! Where records come from: the Kafka consumer group ([`kafka`]) or a JSON Lines file ([`file`]) replayed
+//! in arrival order ([`replay`] reads it). The service drives any [`Source`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,6 +10,7 @@ use crate::output::Record;
 
 pub mod file;
 pub mod kafka;
+pub mod replay;
 
 /// A Kafka topic partition (or a replayed file as partition 0).
 pub type Partition = (String, i32);
@@ -42,6 +39,10 @@ pub struct Polled {
 }
 
 /// A source of records, consumed by one task.
+///
+/// Offsets are the serving store's business, not Kafka's: the service reads them from the store on start,
+/// hands them to the source with [`Source::seek`], and after every committed write tells the source with
+/// [`Source::committed`] (a Kafka source may also commit them to its group, for lag tooling only).
 pub trait Source: Send {
     /// Where each partition resumes: the next offset to read. Partitions not in `offsets` start from the
     /// beginning. Called before the first poll; a Kafka source applies it on every later assignment too.

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidemark_core::spec::ClientOption;
-use tidemark_stream::source::{Assignment, Offsets, Partition, Source};
-use tidemark_stream::{KafkaConfig, KafkaSource, Record};
+use tidemark_stream::{Assignment, KafkaConfig, KafkaSource, Offsets, Partition, Record, Source};
 
 /// Offsets committed with the serving store's rows, shared by the members of a group.
 pub type Store = Arc<Mutex<Offsets>>;

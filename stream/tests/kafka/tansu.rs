@@ -5,10 +5,8 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tidemark_stream::Clock;
-use tidemark_stream::SystemClock;
-use tidemark_stream::source::{Assignment, Offsets, Source};
 use tidemark_stream::testing::Broker;
+use tidemark_stream::{Assignment, Clock, Offsets, Source, SystemClock};
 
 use crate::common::*;
 

@@ -14,9 +14,9 @@ use tidemark_store::{
     SourceProgress, StoredAuditEntry, WriteOutcome,
 };
 use tidemark_stream::metrics::Metrics;
-use tidemark_stream::source::{Offsets, Polled, Source};
 use tidemark_stream::{
-    Engine, FileReplay, FileSource, ManualClock, Output, ReceivedAt, Record, Service, ServiceConfig, Sinks, Stopped,
+    Engine, FileReplay, FileSource, ManualClock, Offsets, Output, Polled, ReceivedAt, Record, Service, ServiceConfig,
+    Sinks, Source, Stopped,
 };
 
 const EVENTS: usize = 3_000;
