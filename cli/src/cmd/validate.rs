@@ -10,6 +10,8 @@ use crate::exit;
 /// Check a pipeline spec; print it with every default filled in, or every error found.
 ///
 /// Secrets (Kafka client passwords, the Postgres password) are printed as <redacted>.
+// The doc comment is the `--help` text too, so `<redacted>` stays literal there.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  tidemark validate --spec examples/pageviews.toml\n  \
 tidemark validate --spec pipeline.toml --format json | jq .metrics\n\n\
