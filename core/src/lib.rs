@@ -5,7 +5,7 @@
 //! no clock (callers pass "now").
 
 pub mod aggregate;
-pub mod coordinates;
+mod coordinates;
 pub mod decode;
 pub mod dims;
 pub mod error;
