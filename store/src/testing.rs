@@ -1,5 +1,6 @@
-//! Test harness: one throwaway Postgres server per test binary, a fresh database per test; likewise an
-//! S3-compatible server ([`s3_bucket`]) with a fresh bucket per test.
+//! Test harness (cargo feature `testing`, for dev-dependencies): one throwaway Postgres server per test
+//! binary, a fresh database per test; likewise an S3-compatible server ([`s3_bucket`]) with a fresh bucket
+//! per test.
 //!
 //! ```text
 //! let db = tidemark_store::testing::postgres().await?;      // starts the server on first use

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use futures::TryStreamExt;
 
 use tidemark_core::{Actor, EventTime, SourceCoordinates};
-use tidemark_store::archive::archive_app_id;
+use tidemark_store::archive_app_id;
 use tidemark_store::{AppendOutcome, ArchiveRow, Error, RawArchive};
 
 /// 2026-11-23T23:59:00Z.

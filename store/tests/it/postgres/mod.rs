@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tidemark_core::RowChange;
-use tidemark_store::postgres::PgStats;
+use tidemark_store::PgStats;
 use tidemark_store::testing;
 use tidemark_store::{Correction, CorrectionBatch, Error, PostgresStore, ServingStore};
 

@@ -28,13 +28,13 @@ use tidemark_core::{EventTime, SourceCoordinates};
 use tokio::sync::Mutex;
 use url::Url;
 
-use crate::delta::{
+use crate::delta_io::{
     column, create_table_if_missing, ensure_local_dir, is_conflict, longs, open_table, parse_base, query_table,
     scan_table, strings, times, ts_type,
 };
 use crate::error::{Error, Result};
-use crate::model::date_of;
-use crate::postgres::backoff;
+use crate::flat::date_of;
+use crate::retry::backoff;
 
 /// Prefix of the archive's app transaction ids.
 pub const APP_ID_PREFIX: &str = "tidemark-archive/";
