@@ -18,7 +18,8 @@ use crate::lateness::Arrival;
 /// What the reconciler knew besides the rows, in numbers, and what it could not know.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EvidenceSummary {
-    /// Late events of the range's keys: late-ledger events plus events of late-policy delta rows.
+    /// Late events of the range: late-ledger events that count into at least one key of the range (each
+    /// once, however many windows it missed), plus the events of late-policy delta rows.
     pub late_events: u64,
     /// Of those, events the speed layer emitted as delta rows (`late_policy = "append"`).
     pub delta_events: u64,
@@ -94,17 +95,17 @@ pub(crate) async fn gather(
     }
 
     let sessions = SessionIndex::new(spec, batch.iter().chain(serving_rows));
-    let late_events = match DeadLetterStore::open(&stores.dead_letter) {
+    let (late_events, ledger_events) = match DeadLetterStore::open(&stores.dead_letter) {
         Ok(dl) => match dl.list_late().await {
             Ok(records) => late_keys(spec, &records, &sessions, from, to),
             Err(e) => {
                 summary.unavailable.push(format!("late ledger: {e}"));
-                HashMap::new()
+                (HashMap::new(), 0)
             }
         },
         Err(e) => {
             summary.unavailable.push(format!("late ledger: {e}"));
-            HashMap::new()
+            (HashMap::new(), 0)
         }
     };
     let mut arrivals = Vec::new();
@@ -140,7 +141,7 @@ pub(crate) async fn gather(
         summary.delta_events += d.events;
         *late_events.entry(d.key).or_default() += d.events;
     }
-    summary.late_events = late_events.values().sum();
+    summary.late_events = ledger_events + summary.delta_events;
     summary.duplicate_deliveries = duplicate_deliveries.values().sum();
     let evidence = Evidence { late_events, duplicate_deliveries, stream_watermark, restart_watermarks: restarts };
     Ok(Gathered { evidence, summary, emissions, arrivals })
@@ -190,11 +191,31 @@ impl<'a> SessionIndex<'a> {
     }
 
     fn containing(&self, metric: &str, dims: &Dimensions, t: EventTime) -> Vec<Window> {
+        self.matching(metric, dims, |w| w.contains(t))
+    }
+
+    /// The sessions overlapping `w`. For an event's own session `[t, t + gap)` these are exactly the sessions
+    /// it would join: the one containing it, one it extends at either end, and the two it bridges.
+    fn overlapping(&self, metric: &str, dims: &Dimensions, w: Window) -> Vec<Window> {
+        self.matching(metric, dims, |s| s.overlaps(&w))
+    }
+
+    fn matching(&self, metric: &str, dims: &Dimensions, keep: impl Fn(&Window) -> bool) -> Vec<Window> {
         self.windows
             .get(&(metric, dims.encode()))
-            .map(|ws| ws.iter().filter(|w| w.start() <= t && t < w.end()).copied().collect())
+            .map(|ws| ws.iter().filter(|w| keep(w)).copied().collect())
             .unwrap_or_default()
     }
+}
+
+/// Which sessions of its key an event counts into.
+#[derive(Debug, Clone, Copy)]
+enum SessionReach {
+    /// The sessions containing the event time: where a delivered event was counted (duplicates).
+    Containing,
+    /// The sessions the event would have joined (`SessionIndex::overlapping` its own session): where an
+    /// event the stream missed (late) is missing, on either side.
+    Joined,
 }
 
 /// Every key (of windows starting in `[from, to)`) a decoded event counts into.
@@ -202,15 +223,19 @@ fn keys_of(
     spec: &ValidSpec,
     event: &tidemark_core::Event,
     sessions: &SessionIndex<'_>,
+    reach: SessionReach,
     from: EventTime,
     to: EventTime,
 ) -> Vec<RowKey> {
     let mut out = Vec::new();
     for m in spec.metrics() {
         let dims = m.dimensions_of(event);
-        let windows: Vec<Window> = match &m.window {
-            WindowSpec::Fixed(f) => f.assign(event.time).collect(),
-            WindowSpec::Session(_) => sessions.containing(&m.name, &dims, event.time),
+        let windows: Vec<Window> = match (&m.window, reach) {
+            (WindowSpec::Fixed(f), _) => f.assign(event.time).collect(),
+            (WindowSpec::Session(_), SessionReach::Containing) => sessions.containing(&m.name, &dims, event.time),
+            (WindowSpec::Session(s), SessionReach::Joined) => {
+                sessions.overlapping(&m.name, &dims, s.proposal(event.time))
+            }
         };
         for w in windows.into_iter().filter(|w| from <= w.start() && w.start() < to) {
             out.push(RowKey { metric: m.name.clone(), window: w, dims: dims.clone() });
@@ -221,15 +246,19 @@ fn keys_of(
 
 /// Late-ledger events per key of the range. A record lists the windows it missed (`missed`: metric,
 /// window_start, window_end, dimensions); a record without that list is decoded from its payload with the
-/// spec's schema and assigned to windows with core.
+/// spec's schema and assigned to windows with core. A missed session is the event's own session as the
+/// stream saw it, so the event also counts into every batch or serving session of its key that this one
+/// overlaps: the batch session containing it, and the serving sessions it would have extended or bridged.
+/// Also returns how many records counted into at least one key.
 fn late_keys(
     spec: &ValidSpec,
     records: &[tidemark_store::LateRecord],
     sessions: &SessionIndex<'_>,
     from: EventTime,
     to: EventTime,
-) -> HashMap<RowKey, u64> {
+) -> (HashMap<RowKey, u64>, u64) {
     let mut out: HashMap<RowKey, u64> = HashMap::new();
+    let mut events = 0;
     for r in records {
         let mut keys = Vec::new();
         if let Some(missed) = r.body.get("missed").and_then(|m| m.as_array()) {
@@ -242,22 +271,27 @@ fn late_keys(
                     continue;
                 };
                 let (Some(window), Ok(dims)) = (Window::new(start, end), Dimensions::decode(dims)) else { continue };
-                if from <= window.start() && window.start() < to {
-                    keys.push(RowKey { metric: metric.to_owned(), window, dims });
+                let mut windows = vec![window];
+                if spec.metric(metric).is_some_and(|m| matches!(m.window, WindowSpec::Session(_))) {
+                    windows.extend(sessions.overlapping(metric, &dims, window));
+                }
+                for window in windows.into_iter().filter(|w| from <= w.start() && w.start() < to) {
+                    keys.push(RowKey { metric: metric.to_owned(), window, dims: dims.clone() });
                 }
             }
         } else if let Some(payload) = r.body.get("payload").and_then(|p| p.as_str())
             && let Ok(event) = spec.schema().decode(payload.as_bytes(), EventTime::MAX)
         {
-            keys = keys_of(spec, &event, sessions, from, to);
+            keys = keys_of(spec, &event, sessions, SessionReach::Joined, from, to);
         }
         keys.sort();
         keys.dedup();
+        events += u64::from(!keys.is_empty());
         for k in keys {
             *out.entry(k).or_default() += 1;
         }
     }
-    out
+    (out, events)
 }
 
 /// Extra deliveries per key: archived events whose id was delivered more than once (different source
@@ -277,7 +311,7 @@ fn duplicate_keys(
     for deliveries in by_id.values().filter(|d| d.len() > 1) {
         let first = deliveries[0];
         let Ok(event) = spec.schema().decode(first.payload.as_bytes(), first.ingest_time) else { continue };
-        for k in keys_of(spec, &event, sessions, from, to) {
+        for k in keys_of(spec, &event, sessions, SessionReach::Containing, from, to) {
             *out.entry(k).or_default() += deliveries.len() as u64 - 1;
         }
     }

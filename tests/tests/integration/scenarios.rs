@@ -199,6 +199,32 @@ async fn scenario_superseded_session_under_the_dead_letter_policy() {
     run_scenario("superseded_session_ledger", None).await;
 }
 
+/// A late event inside a session the stream already fired (`dead_letter` policy): the ledger names the
+/// event's own session `[t, t + gap)`, the drifting row is the batch session containing it, and the
+/// reconciler attributes the drift to the late event (it used to call it `unexplained`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_late_event_inside_a_fired_session_is_explained() {
+    run_scenario("late_inside_session", None).await;
+}
+
+/// Every golden scenario's differences are explained: none expects an `unexplained` cause.
+#[test]
+fn no_golden_scenario_expects_an_unexplained_difference() {
+    let root = scenario_dir("clean").parent().unwrap().to_path_buf();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path().join("expected.json");
+        if !path.exists() {
+            continue;
+        }
+        let expected: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(expected["causes"].is_object(), "{}: no causes", path.display());
+        assert_eq!(expected["causes"].get("unexplained"), None, "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 12, "only {checked} scenarios found under {}", root.display());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_out_of_order_within_the_watermark_delay() {
     run_scenario("out_of_order", None).await;
