@@ -101,6 +101,17 @@ pub(crate) async fn open_table(url: &Url, opts: &HashMap<String, String>) -> Res
         .map_err(Error::delta(url.as_str(), "opening"))
 }
 
+/// The version that the application transaction `app` recorded in the table's current snapshot, if any
+/// (the idempotency check of every Delta writer here: `Transaction { app_id, version }`).
+pub(crate) async fn recorded_txn_version(table: &DeltaTable, url: &str, app: &str) -> Result<Option<i64>> {
+    table
+        .snapshot()
+        .map_err(Error::delta(url, "reading the snapshot"))?
+        .transaction_version(table.log_store().as_ref(), app)
+        .await
+        .map_err(Error::delta(url, "reading app transactions"))
+}
+
 pub(crate) fn is_conflict(e: &DeltaTableError) -> bool {
     match e {
         DeltaTableError::VersionAlreadyExists(_) => true,

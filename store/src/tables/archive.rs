@@ -30,7 +30,7 @@ use url::Url;
 
 use crate::delta_io::{
     column, create_table_if_missing, ensure_local_dir, is_conflict, longs, open_table, parse_base, query_table,
-    scan_table, strings, times, ts_type,
+    recorded_txn_version, scan_table, strings, times, ts_type,
 };
 use crate::error::{Error, Result};
 use crate::flat::date_of;
@@ -270,13 +270,7 @@ impl RawArchive {
             if state.recorded.contains_key(&key) {
                 continue;
             }
-            let version = state
-                .table
-                .snapshot()
-                .map_err(Error::delta(url, "reading the snapshot"))?
-                .transaction_version(state.table.log_store().as_ref(), archive_app_id(source, partition))
-                .await
-                .map_err(Error::delta(url, "reading app transactions"))?;
+            let version = recorded_txn_version(&state.table, url, &archive_app_id(source, partition)).await?;
             state.recorded.insert(key, version);
         }
         Ok(())

@@ -11,7 +11,7 @@ use deltalake::kernel::{DataType, StructField, Transaction};
 use tidemark_core::AggValue;
 
 use super::DeltaStore;
-use crate::delta_io::{is_conflict, ts_type};
+use crate::delta_io::{is_conflict, recorded_txn_version, ts_type};
 use crate::error::{Error, Result};
 use crate::model::CorrectionBatch;
 use crate::retry::backoff;
@@ -48,12 +48,7 @@ impl DeltaStore {
                 tokio::time::sleep(backoff(attempt)).await;
             }
             let table = self.latest(true).await?;
-            let recorded = table
-                .snapshot()
-                .map_err(Error::delta(url, "reading the snapshot"))?
-                .transaction_version(table.log_store().as_ref(), &app)
-                .await
-                .map_err(Error::delta(url, "reading app transactions"))?;
+            let recorded = recorded_txn_version(&table, url, &app).await?;
             if recorded.is_some() {
                 return Ok(());
             }

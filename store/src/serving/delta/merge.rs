@@ -13,7 +13,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use super::DeltaStore;
 use super::schema::{KEY_COLUMNS, VALUE_COLUMNS, to_batch};
-use crate::delta_io::is_conflict;
+use crate::delta_io::{is_conflict, recorded_txn_version};
 use crate::error::{Error, Result};
 use crate::flat::Flat;
 use crate::retry::backoff;
@@ -86,12 +86,7 @@ impl DeltaStore {
                 tokio::time::sleep(backoff(attempt)).await;
             }
             let table = self.latest(false).await?;
-            let recorded = table
-                .snapshot()
-                .map_err(Error::delta(url, "reading the snapshot"))?
-                .transaction_version(table.log_store().as_ref(), app_id)
-                .await
-                .map_err(Error::delta(url, "reading app transactions"))?;
+            let recorded = recorded_txn_version(&table, url, app_id).await?;
             let version = match plan(recorded)? {
                 Ok(v) => v,
                 Err(skip) => return Ok(Committed::Skipped(skip)),

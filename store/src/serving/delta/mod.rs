@@ -33,7 +33,8 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use crate::delta_io::{
-    create_table_if_missing, ensure_local_dir, longs, open_table, parse_base, scan_table, strings, times,
+    create_table_if_missing, ensure_local_dir, longs, open_table, parse_base, recorded_txn_version, scan_table,
+    strings, times,
 };
 use crate::error::{Error, Result};
 use crate::flat::{self, Flat, Kind};
@@ -400,12 +401,7 @@ impl ServingStore for DeltaStore {
         if table.version().is_none() {
             return Ok(None);
         }
-        let v = table
-            .snapshot()
-            .map_err(Error::delta(self.rows_url.as_str(), "reading the snapshot"))?
-            .transaction_version(table.log_store().as_ref(), progress_app(pipeline))
-            .await
-            .map_err(Error::delta(self.rows_url.as_str(), "reading app transactions"))?;
+        let v = recorded_txn_version(&table, self.rows_url.as_str(), &progress_app(pipeline)).await?;
         Ok(v.map(split_version))
     }
 
@@ -452,12 +448,7 @@ impl ServingStore for DeltaStore {
         if table.version().is_none() {
             return Ok(false);
         }
-        let v = table
-            .snapshot()
-            .map_err(Error::delta(self.rows_url.as_str(), "reading the snapshot"))?
-            .transaction_version(table.log_store().as_ref(), corrections_app(id))
-            .await
-            .map_err(Error::delta(self.rows_url.as_str(), "reading app transactions"))?;
+        let v = recorded_txn_version(&table, self.rows_url.as_str(), &corrections_app(id)).await?;
         Ok(v.is_some())
     }
 

@@ -7,6 +7,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::DeltaStore;
+use crate::delta_io::recorded_txn_version;
 use crate::error::{Error, Result};
 use crate::model::CommitMarker;
 
@@ -48,12 +49,7 @@ impl DeltaStore {
             return Ok(None);
         }
         let app = progress_app(pipeline);
-        let recorded = table
-            .snapshot()
-            .map_err(Error::delta(url, "reading the snapshot"))?
-            .transaction_version(table.log_store().as_ref(), &app)
-            .await
-            .map_err(Error::delta(url, "reading app transactions"))?;
+        let recorded = recorded_txn_version(&table, url, &app).await?;
         let Some(version) = recorded else { return Ok(None) };
         let record = self.progress_path(pipeline, version);
         match self.objects.get(&record).await {
