@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tidemark_core::{AggValue, Dimensions, Duration, EventTime, MetricRow, Origin, Pane, PipelineSpec, RowKey, Window};
-use tidemark_reconcile::html::{ReportPage, render};
+use tidemark_reconcile::html::{ReportPage, chart_rows, render};
 use tidemark_reconcile::lateness::{Arrival, analyse};
-use tidemark_reconcile::{ContractInput, Evidence, SpeedFiring, contract_report, diff, explain};
+use tidemark_reconcile::{ContractInput, Evidence, SpeedFiring, contract_report, diff, explain, tally_rows};
 
 fn t(s: i64) -> EventTime {
     EventTime::from_secs(s).expect("in range")
@@ -77,11 +77,12 @@ fn main() {
     let evidence = Evidence { late_events: late.clone(), stream_watermark: Some(t(7200)), ..Evidence::default() };
     let explained = explain(&spec, &d, batch.iter().map(|r| &r.key), &evidence);
     let corrections: Vec<(RowKey, EventTime)> = explained.iter().map(|e| (e.diff.key.clone(), t(3900))).collect();
+    let (tallies, first_emitted) = tally_rows(&spec, &batch, &emissions, &d);
     let contract = contract_report(ContractInput {
         spec: &spec,
-        batch: &batch,
+        tallies: &tallies,
         diff: &d,
-        emissions: &emissions,
+        first_emitted: &first_emitted,
         corrections: &corrections,
         late_events: &late,
     });
@@ -108,8 +109,7 @@ fn main() {
         title: "pageviews — sample reconcile report",
         contract: &contract,
         explained: &explained,
-        batch: &batch,
-        emissions: &emissions,
+        chart: &chart_rows(&spec, &batch, &emissions, &explained),
         lateness: Some(&lateness),
     });
     std::fs::write(&out, html).expect("write the report");

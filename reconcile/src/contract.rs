@@ -33,17 +33,35 @@ pub struct SpeedFiring {
     pub emitted_at: EventTime,
 }
 
+/// Per metric, what the report is computed from: gathered in one pass over the batch windows and the
+/// emission log ([`tally_rows`] does it from rows in memory; a reconcile run does it partition by partition).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContractTally {
+    /// Batch windows (keys of the batch view).
+    pub windows: u64,
+    /// Of those, windows whose first on-time emission was within tolerance.
+    pub first_on_time_within: u64,
+    /// Of those, windows whose serving row, as found, differed (missing or outside tolerance).
+    pub differing: u64,
+    /// On-time emission time − window end, per window with an on-time emission.
+    pub finalization: Vec<Duration>,
+    /// Of those, latencies within the contract's target.
+    pub finalized_within: u64,
+    /// Events of the batch windows.
+    pub events: u64,
+}
+
 /// Everything the report is computed from.
 #[derive(Debug, Clone, Copy)]
 pub struct ContractInput<'a> {
     /// The spec (contract targets and tolerances).
     pub spec: &'a ValidSpec,
-    /// Batch rows of the range (truth).
-    pub batch: &'a [MetricRow],
+    /// Per metric, the tallies of the range.
+    pub tallies: &'a BTreeMap<String, ContractTally>,
     /// Serving store vs batch, before corrections.
     pub diff: &'a Diff,
-    /// Speed-layer emissions of the range, any order.
-    pub emissions: &'a [SpeedFiring],
+    /// The first speed emission of (at least) every corrected key.
+    pub first_emitted: &'a HashMap<RowKey, EventTime>,
     /// When each corrected key was corrected.
     pub corrections: &'a [(RowKey, EventTime)],
     /// Late-ledger events per key.
@@ -125,16 +143,19 @@ fn within(spec: &ValidSpec, key: &RowKey, emitted: &BTreeMap<String, AggValue>, 
     })
 }
 
-/// Computes the report.
-pub fn contract_report(input: ContractInput<'_>) -> ContractReport {
-    let spec = input.spec;
-    let target = spec.spec().contract.accuracy_target;
+/// The tallies of rows held in memory (the batch rows of the range, its speed firings in any order, and
+/// their diff), and the first emission of every key that fired.
+pub fn tally_rows(
+    spec: &ValidSpec,
+    batch: &[MetricRow],
+    emissions: &[SpeedFiring],
+    diff: &Diff,
+) -> (BTreeMap<String, ContractTally>, HashMap<RowKey, EventTime>) {
     let fin_target = spec.spec().contract.finalization_latency;
-
     let mut first_on_time: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
-    let mut first_any: HashMap<&RowKey, EventTime> = HashMap::new();
-    for e in input.emissions {
-        let t = first_any.entry(&e.key).or_insert(e.emitted_at);
+    let mut first_any: HashMap<RowKey, EventTime> = HashMap::new();
+    for e in emissions {
+        let t = first_any.entry(e.key.clone()).or_insert(e.emitted_at);
         *t = (*t).min(e.emitted_at);
         if e.pane == Pane::OnTime {
             let slot = first_on_time.entry(&e.key).or_insert(e);
@@ -143,57 +164,62 @@ pub fn contract_report(input: ContractInput<'_>) -> ContractReport {
             }
         }
     }
-    let drifting: HashMap<&RowKey, Verdict> = input.diff.differences.iter().map(|d| (&d.key, d.verdict)).collect();
+    let differing: HashMap<&RowKey, Verdict> = diff.differences.iter().map(|d| (&d.key, d.verdict)).collect();
+    let mut tallies: BTreeMap<String, ContractTally> = BTreeMap::new();
+    for r in batch {
+        let t = tallies.entry(r.key.metric.clone()).or_default();
+        t.windows += 1;
+        t.events += r.events;
+        if let Some(e) = first_on_time.get(&r.key) {
+            if within(spec, &r.key, &e.values, r) {
+                t.first_on_time_within += 1;
+            }
+            let lat = e.emitted_at.since(r.key.window.end()).unwrap_or(Duration::ZERO);
+            if lat <= fin_target {
+                t.finalized_within += 1;
+            }
+            t.finalization.push(lat);
+        }
+        if differing.contains_key(&r.key) {
+            t.differing += 1;
+        }
+    }
+    (tallies, first_any)
+}
 
+/// Computes the report. The late-event share of a metric counts the late-ledger events of its keys.
+pub fn contract_report(input: ContractInput<'_>) -> ContractReport {
+    let spec = input.spec;
+    let target = spec.spec().contract.accuracy_target;
+    let fin_target = spec.spec().contract.finalization_latency;
+    let empty = ContractTally::default();
     let mut metrics = Vec::new();
     for m in spec.metrics() {
-        let rows: Vec<&MetricRow> = input.batch.iter().filter(|r| r.key.metric == m.name).collect();
-        let n = rows.len() as u64;
-        let share = |count: usize| if n == 0 { 1.0 } else { count as f64 / n as f64 };
-        let mut first_ok = 0;
-        let mut after_ok = 0;
-        let mut fin = Vec::new();
-        let mut fin_ok = 0;
-        let mut events = 0u64;
-        let mut late = 0u64;
-        for r in &rows {
-            events += r.events;
-            late += input.late_events.get(&r.key).copied().unwrap_or(0);
-            if let Some(e) = first_on_time.get(&r.key) {
-                if within(spec, &r.key, &e.values, r) {
-                    first_ok += 1;
-                }
-                let lat = e.emitted_at.since(r.key.window.end()).unwrap_or(Duration::ZERO);
-                if lat <= fin_target {
-                    fin_ok += 1;
-                }
-                fin.push(lat);
-            }
-            if !drifting.contains_key(&r.key) {
-                after_ok += 1;
-            }
-        }
+        let t = input.tallies.get(&m.name).unwrap_or(&empty);
+        let n = t.windows;
+        let share = |count: u64| if n == 0 { 1.0 } else { count as f64 / n as f64 };
+        let late: u64 = input.late_events.iter().filter(|(k, _)| k.metric == m.name).map(|(_, n)| n).sum();
         let corr: Vec<Duration> = input
             .corrections
             .iter()
             .filter(|(k, _)| k.metric == m.name)
-            .filter_map(|(k, at)| first_any.get(k).and_then(|first| at.since(*first)))
+            .filter_map(|(k, at)| input.first_emitted.get(k).and_then(|first| at.since(*first)))
             .collect();
         let summary = input.diff.metrics.get(&m.name);
-        let first_on_time_within = share(first_ok);
+        let first_on_time_within = share(t.first_on_time_within);
         metrics.push(MetricContract {
             metric: m.name.clone(),
             windows_checked: n,
             first_on_time_within,
-            after_late_within: share(after_ok),
+            after_late_within: share(n.saturating_sub(t.differing)),
             accuracy_target: target,
             max_abs_drift: summary.map_or(0.0, |s| s.max_abs_drift),
             mean_abs_drift: summary.map_or(0.0, |s| s.mean_abs_drift),
-            finalization_latency: LatencySummary::of(fin),
-            finalized_within_target: share(fin_ok),
+            finalization_latency: LatencySummary::of(t.finalization.clone()),
+            finalized_within_target: share(t.finalized_within),
             finalization_target: fin_target,
             correction_latency: LatencySummary::of(corr),
-            late_event_share: if events == 0 { 0.0 } else { late as f64 / events as f64 },
+            late_event_share: if t.events == 0 { 0.0 } else { late as f64 / t.events as f64 },
             breached: first_on_time_within < target,
         });
     }

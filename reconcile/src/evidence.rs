@@ -7,10 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use tidemark_core::window::WindowSpec;
-use tidemark_core::{Dimensions, Duration, EventTime, MetricRow, Origin, RowKey, ValidSpec, Window};
+use tidemark_core::{Dimensions, Duration, EventTime, RowKey, ValidSpec, Window};
 use tidemark_store::{DeadLetterStore, MetricFilter, RawArchive, ServingStore};
 
-use crate::contract::SpeedFiring;
 use crate::error::Error;
 use crate::explain::Evidence;
 use crate::lateness::Arrival;
@@ -39,65 +38,44 @@ pub(crate) struct Gathered {
     pub(crate) evidence: Evidence,
     /// The same in numbers, for the outcome, and what could not be gathered.
     pub(crate) summary: EvidenceSummary,
-    /// The range's speed firings (delta rows aside), for the contract report and the report page.
-    pub(crate) emissions: Vec<SpeedFiring>,
     /// Raw-archive arrivals of events in the range, for the lateness report.
     pub(crate) arrivals: Vec<Arrival>,
 }
 
-/// Gathers the evidence for `[from, to)` from the serving store's emission log and delta rows, the late
-/// ledger and the raw archive; `batch` and `serving_rows` are the two sides read for the range (their
-/// session windows place events in sessions; the serving rows' watermarks count towards the stream's).
+/// Gathers the evidence for `[from, to)` from the late ledger, the raw archive and the serving store's
+/// delta rows. `sessions` holds the session windows of both sides (they place events in sessions),
+/// `serving_watermark` the highest watermark of the serving rows, and `stream` what the scan of the emission
+/// log found (the stream's watermark and restarts).
 pub(crate) async fn gather(
     spec: &ValidSpec,
     serving: &dyn ServingStore,
-    batch: &[MetricRow],
-    serving_rows: &[MetricRow],
+    sessions: &SessionIndex,
+    serving_watermark: Option<EventTime>,
+    stream: &StreamFacts,
     from: EventTime,
     to: EventTime,
 ) -> Result<Gathered, Error> {
     let stores = &spec.spec().stores;
     let mut summary = EvidenceSummary::default();
-    // the emission log from `from` on: the range's firings for the contract, later ones for the watermark.
-    // A firing of a window starting past `to + allowed lateness + 1 day` proves the watermark passed every
-    // window of the range (sessions longer than a day aside), so nothing later is read.
-    let horizon = to.saturating_add(spec.spec().time.allowed_lateness).saturating_add(Duration::from_secs(86_400));
-    let all_emissions = serving.read_emissions(&MetricFilter::All, from, horizon).await?;
-    let emissions: Vec<SpeedFiring> = all_emissions
-        .iter()
-        .filter(|e| e.key.window.start() < to && !e.delta)
-        .map(|e| SpeedFiring {
-            key: e.key.clone(),
-            values: e.values.clone(),
-            pane: e.pane,
-            revision: e.revision,
-            emitted_at: e.emitted_at,
-        })
-        .collect();
-    let stream_watermark = all_emissions
-        .iter()
-        .map(|e| e.watermark)
-        .chain(serving_rows.iter().filter_map(|r| match r.origin {
-            Origin::Speed { watermark, .. } => Some(watermark),
-            Origin::Batch { .. } => None,
-        }))
-        .max();
+    let stream_watermark = match (stream.watermark, serving_watermark) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
     if stream_watermark.is_none() {
         summary
             .unavailable
             .push(format!("stream watermark: no speed-layer firing of a window starting at or after {from}"));
     }
-    let restarts = restart_watermarks(&all_emissions);
+    let restarts = stream.restarts();
     summary.stream_watermark = stream_watermark;
     summary.restarts = restarts.clone();
-    if all_emissions.is_empty() {
+    if stream.firings == 0 {
         summary.unavailable.push("restarts: the emission log holds no firing of the range".into());
     }
 
-    let sessions = SessionIndex::new(spec, batch.iter().chain(serving_rows));
     let (late_events, ledger_events) = match DeadLetterStore::open(&stores.dead_letter) {
         Ok(dl) => match dl.list_late().await {
-            Ok(records) => late_keys(spec, &records, &sessions, from, to),
+            Ok(records) => late_keys(spec, &records, sessions, from, to),
             Err(e) => {
                 summary.unavailable.push(format!("late ledger: {e}"));
                 (HashMap::new(), 0)
@@ -122,7 +100,7 @@ pub(crate) async fn gather(
                         ingest_time: r.ingest_time,
                     })
                     .collect();
-                duplicate_keys(spec, &rows, &sessions, from, to)
+                duplicate_keys(spec, &rows, sessions, from, to)
             }
             Err(e) => {
                 summary.unavailable.push(format!("raw archive (duplicate deliveries): {e}"));
@@ -144,50 +122,96 @@ pub(crate) async fn gather(
     summary.late_events = ledger_events + summary.delta_events;
     summary.duplicate_deliveries = duplicate_deliveries.values().sum();
     let evidence = Evidence { late_events, duplicate_deliveries, stream_watermark, restart_watermarks: restarts };
-    Ok(Gathered { evidence, summary, emissions, arrivals })
+    Ok(Gathered { evidence, summary, arrivals })
 }
 
-/// Watermarks before each restart of the stream service: for every writer epoch after the first seen in
-/// the emission log, the highest watermark an earlier epoch's firing carried (the drain of a bounded input,
-/// `EventTime::MAX`, and the `EventTime::MIN` of early panes tell nothing and are skipped; a restart before
-/// any known watermark is not reported).
-fn restart_watermarks(emissions: &[tidemark_store::Emission]) -> Vec<EventTime> {
-    let mut per_epoch: BTreeMap<u64, Option<EventTime>> = BTreeMap::new();
-    for e in emissions {
-        let w = per_epoch.entry(e.writer_epoch).or_default();
-        if EventTime::MIN < e.watermark && e.watermark < EventTime::MAX {
-            *w = Some(w.map_or(e.watermark, |x| x.max(e.watermark)));
+/// The stream facts of the range's emission log (`scanned`), completed with later firings: a firing whose
+/// watermark passed the end of every window of the range plus the allowed lateness proves each of them final,
+/// so later records are read (windows starting in `[to, to + allowed lateness + 1 day)`) only until one does.
+pub(crate) async fn stream_after(
+    spec: &ValidSpec,
+    serving: &dyn ServingStore,
+    scanned: &crate::scan::Scanned,
+    to: EventTime,
+) -> Result<StreamFacts, Error> {
+    use futures::TryStreamExt as _;
+    let mut facts = scanned.stream.clone();
+    let Some(end) = scanned.max_window_end else { return Ok(facts) };
+    let lateness = spec.spec().time.allowed_lateness;
+    let needed = end.saturating_add(lateness);
+    let horizon = to.saturating_add(lateness).saturating_add(Duration::from_secs(86_400));
+    for m in spec.metrics() {
+        if facts.watermark.is_some_and(|w| w >= needed) {
+            break;
+        }
+        let mut chunks = serving.scan_emissions(&m.name, to, horizon);
+        while let Some(c) = chunks.try_next().await? {
+            for i in 0..c.len() {
+                facts.observe(c.writer_epoch(i), c.watermark(i));
+            }
+            if facts.watermark.is_some_and(|w| w >= needed) {
+                break;
+            }
         }
     }
-    let mut out = Vec::new();
-    let mut before: Option<EventTime> = None;
-    for (i, w) in per_epoch.values().enumerate() {
-        if i > 0
-            && let Some(b) = before
-        {
-            out.push(b);
-        }
-        if let Some(w) = w {
-            before = Some(before.map_or(*w, |b| b.max(*w)));
+    Ok(facts)
+}
+
+/// What the emission log says about the stream, gathered record by record ([`StreamFacts::observe`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamFacts {
+    /// A lower bound of the stream's operator watermark: the highest watermark any firing carried.
+    pub(crate) watermark: Option<EventTime>,
+    /// Firings observed.
+    pub(crate) firings: u64,
+    /// Per writer epoch, the highest watermark its firings carried (`None`: none that tells anything).
+    per_epoch: BTreeMap<u64, Option<EventTime>>,
+}
+
+impl StreamFacts {
+    /// Takes one firing (any pane, deltas too) of writer `epoch` carrying `watermark`.
+    pub(crate) fn observe(&mut self, epoch: u64, watermark: EventTime) {
+        self.firings += 1;
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+        let w = self.per_epoch.entry(epoch).or_default();
+        if EventTime::MIN < watermark && watermark < EventTime::MAX {
+            *w = Some(w.map_or(watermark, |x| x.max(watermark)));
         }
     }
-    out
+
+    /// Watermarks before each restart of the stream service: for every writer epoch after the first seen,
+    /// the highest watermark an earlier epoch's firing carried (the drain of a bounded input,
+    /// `EventTime::MAX`, and the `EventTime::MIN` of early panes tell nothing and are skipped; a restart
+    /// before any known watermark is not reported).
+    pub(crate) fn restarts(&self) -> Vec<EventTime> {
+        let mut out = Vec::new();
+        let mut before: Option<EventTime> = None;
+        for (i, w) in self.per_epoch.values().enumerate() {
+            if i > 0
+                && let Some(b) = before
+            {
+                out.push(b);
+            }
+            if let Some(w) = w {
+                before = Some(before.map_or(*w, |b| b.max(*w)));
+            }
+        }
+        out
+    }
 }
 
 /// Session windows of both sides, per (metric, dimensions), to find the session an event belongs to.
-struct SessionIndex<'a> {
-    windows: HashMap<(&'a str, String), Vec<Window>>,
+#[derive(Debug, Default)]
+pub(crate) struct SessionIndex {
+    windows: HashMap<(String, String), Vec<Window>>,
 }
 
-impl<'a> SessionIndex<'a> {
-    fn new(spec: &ValidSpec, rows: impl Iterator<Item = &'a MetricRow>) -> Self {
-        let mut windows: HashMap<(&'a str, String), Vec<Window>> = HashMap::new();
-        for r in rows {
-            if spec.metric(&r.key.metric).is_some_and(|m| matches!(m.window, WindowSpec::Session(_))) {
-                windows.entry((r.key.metric.as_str(), r.key.dims.encode())).or_default().push(r.key.window);
-            }
+impl SessionIndex {
+    /// Adds the window of `key` when its metric has session windows (other keys are ignored).
+    pub(crate) fn add(&mut self, spec: &ValidSpec, key: &RowKey) {
+        if spec.metric(&key.metric).is_some_and(|m| matches!(m.window, WindowSpec::Session(_))) {
+            self.windows.entry((key.metric.clone(), key.dims.encode())).or_default().push(key.window);
         }
-        SessionIndex { windows }
     }
 
     fn containing(&self, metric: &str, dims: &Dimensions, t: EventTime) -> Vec<Window> {
@@ -202,7 +226,7 @@ impl<'a> SessionIndex<'a> {
 
     fn matching(&self, metric: &str, dims: &Dimensions, keep: impl Fn(&Window) -> bool) -> Vec<Window> {
         self.windows
-            .get(&(metric, dims.encode()))
+            .get(&(metric.to_owned(), dims.encode()))
             .map(|ws| ws.iter().filter(|w| keep(w)).copied().collect())
             .unwrap_or_default()
     }
@@ -222,7 +246,7 @@ enum SessionReach {
 fn keys_of(
     spec: &ValidSpec,
     event: &tidemark_core::Event,
-    sessions: &SessionIndex<'_>,
+    sessions: &SessionIndex,
     reach: SessionReach,
     from: EventTime,
     to: EventTime,
@@ -253,7 +277,7 @@ fn keys_of(
 fn late_keys(
     spec: &ValidSpec,
     records: &[tidemark_store::LateRecord],
-    sessions: &SessionIndex<'_>,
+    sessions: &SessionIndex,
     from: EventTime,
     to: EventTime,
 ) -> (HashMap<RowKey, u64>, u64) {
@@ -299,7 +323,7 @@ fn late_keys(
 fn duplicate_keys(
     spec: &ValidSpec,
     rows: &[tidemark_store::ArchiveRow],
-    sessions: &SessionIndex<'_>,
+    sessions: &SessionIndex,
     from: EventTime,
     to: EventTime,
 ) -> HashMap<RowKey, u64> {
@@ -320,43 +344,30 @@ fn duplicate_keys(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use tidemark_core::{Pane, Window};
-
     use super::*;
 
     fn t(secs: i64) -> EventTime {
         EventTime::from_secs(secs).unwrap()
     }
 
-    fn emission(epoch: u64, watermark: EventTime) -> tidemark_store::Emission {
-        tidemark_store::Emission {
-            key: RowKey { metric: "m".into(), window: Window::new(t(0), t(60)).unwrap(), dims: Dimensions::default() },
-            values: BTreeMap::new(),
-            events: 1,
-            pane: Pane::OnTime,
-            revision: 0,
-            delta: false,
-            watermark,
-            writer_epoch: epoch,
-            emitted_at: t(100),
+    fn restarts(log: &[(u64, EventTime)]) -> Vec<EventTime> {
+        let mut facts = StreamFacts::default();
+        for (epoch, w) in log {
+            facts.observe(*epoch, *w);
         }
+        facts.restarts()
     }
 
     #[test]
     fn restarts_are_new_writer_epochs_with_the_watermark_before_them() {
-        let log = [
-            emission(3, t(40)),
-            emission(1, t(10)),
-            emission(1, t(20)),
-            emission(2, t(30)),
-            emission(2, EventTime::MAX),
-            emission(2, EventTime::MIN),
-        ];
-        assert_eq!(restart_watermarks(&log), vec![t(20), t(30)]);
-        assert!(restart_watermarks(&log[1..3]).is_empty(), "one epoch: no restart");
+        let log = [(3, t(40)), (1, t(10)), (1, t(20)), (2, t(30)), (2, EventTime::MAX), (2, EventTime::MIN)];
+        assert_eq!(restarts(&log), vec![t(20), t(30)]);
+        assert!(restarts(&log[1..3]).is_empty(), "one epoch: no restart");
         // a restart before any known watermark is not reported
-        assert!(restart_watermarks(&[emission(1, EventTime::MAX), emission(2, t(5))]).is_empty());
+        assert!(restarts(&[(1, EventTime::MAX), (2, t(5))]).is_empty());
+        let mut facts = StreamFacts::default();
+        facts.observe(1, t(10));
+        facts.observe(1, EventTime::MAX);
+        assert_eq!((facts.watermark, facts.firings), (Some(EventTime::MAX), 2), "the drain counts as a watermark");
     }
 }

@@ -22,12 +22,54 @@ pub struct ReportPage<'a> {
     pub contract: &'a ContractReport,
     /// The explained differences.
     pub explained: &'a [Explained],
-    /// Batch rows of the range.
-    pub batch: &'a [MetricRow],
-    /// Speed emissions of the range.
-    pub emissions: &'a [SpeedFiring],
+    /// Per metric, per window start (microseconds): what the charts plot.
+    pub chart: &'a BTreeMap<String, BTreeMap<i64, ChartPoint>>,
     /// Lateness analysis, if computed.
     pub lateness: Option<&'a LatenessReport>,
+}
+
+/// The windows of one metric starting at one instant, summed over dimensions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ChartPoint {
+    /// Batch windows.
+    pub windows: u64,
+    /// Of those, windows the serving store had wrong (missing or outside tolerance) before corrections.
+    pub differing: u64,
+    /// The metric's first aggregate (spec order), batch values summed.
+    pub batch: f64,
+    /// The same over first on-time emissions (0 for a window without one).
+    pub provisional: f64,
+}
+
+/// The chart points of rows held in memory: the batch rows of the range, its speed firings (any order)
+/// and the explained differences.
+pub fn chart_rows(
+    spec: &ValidSpec,
+    batch: &[MetricRow],
+    emissions: &[SpeedFiring],
+    explained: &[Explained],
+) -> BTreeMap<String, BTreeMap<i64, ChartPoint>> {
+    let differing: HashMap<&RowKey, ()> = explained.iter().map(|e| (&e.diff.key, ())).collect();
+    let mut first_on_time: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
+    for e in emissions.iter().filter(|e| e.pane == Pane::OnTime) {
+        let slot = first_on_time.entry(&e.key).or_insert(e);
+        if (e.emitted_at, e.revision) < (slot.emitted_at, slot.revision) {
+            *slot = e;
+        }
+    }
+    let mut out: BTreeMap<String, BTreeMap<i64, ChartPoint>> = BTreeMap::new();
+    for r in batch {
+        let agg = spec.metric(&r.key.metric).and_then(|m| m.aggregates.first()).map(|a| a.name.as_str());
+        let value = |values: &BTreeMap<String, AggValue>| {
+            agg.and_then(|a| values.get(a)).and_then(|v: &AggValue| v.as_f64()).unwrap_or(0.0)
+        };
+        let p = out.entry(r.key.metric.clone()).or_default().entry(r.key.window.start().as_micros()).or_default();
+        p.windows += 1;
+        p.differing += u64::from(differing.contains_key(&r.key));
+        p.batch += value(&r.values);
+        p.provisional += first_on_time.get(&r.key).map_or(0.0, |e| value(&e.values));
+    }
+    out
 }
 
 fn time_label(secs: f64) -> String {
@@ -98,22 +140,19 @@ td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}} th{{background:#
     h.push_str("</table>");
 
     // drift over time: share of windows outside tolerance per window start, per metric
-    let differing: HashMap<&RowKey, ()> = page.explained.iter().map(|e| (&e.diff.key, ())).collect();
-    let mut per_metric: BTreeMap<&str, BTreeMap<i64, (u64, u64)>> = BTreeMap::new();
-    for r in page.batch {
-        let slot = per_metric.entry(&r.key.metric).or_default().entry(r.key.window.start().as_micros()).or_default();
-        slot.0 += 1;
-        if differing.contains_key(&r.key) {
-            slot.1 += 1;
-        }
-    }
-    let series: Vec<Series> = per_metric
+    let series: Vec<Series> = page
+        .chart
         .iter()
+        .filter(|(_, by_start)| !by_start.is_empty())
         .enumerate()
         .map(|(i, (metric, by_start))| Series {
-            name: (*metric).to_owned(),
+            name: metric.clone(),
             color: COLORS[i % COLORS.len()],
-            points: by_start.iter().map(|(s, (n, bad))| (*s as f64 / 1e6, 100.0 * *bad as f64 / *n as f64)).collect(),
+            points: by_start
+                .iter()
+                .filter(|(_, p)| p.windows > 0)
+                .map(|(s, p)| (*s as f64 / 1e6, 100.0 * p.differing as f64 / p.windows as f64))
+                .collect(),
         })
         .collect();
     let _ = write!(
@@ -124,31 +163,20 @@ td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}} th{{background:#
 
     // provisional vs final: per metric, its first aggregate (spec order) summed over dimensions per window start
     h.push_str("<h2>Provisional vs final</h2>");
-    let mut first_on_time: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
-    for e in page.emissions.iter().filter(|e| e.pane == Pane::OnTime) {
-        let slot = first_on_time.entry(&e.key).or_insert(e);
-        if e.emitted_at < slot.emitted_at {
-            *slot = e;
-        }
-    }
-    for metric in per_metric.keys() {
+    for (metric, by_start) in page.chart.iter().filter(|(_, b)| !b.is_empty()) {
         let Some(agg) = page.spec.metric(metric).and_then(|m| m.aggregates.first()).map(|a| a.name.clone()) else {
             continue;
         };
-        let mut fin: BTreeMap<i64, f64> = BTreeMap::new();
-        let mut prov: BTreeMap<i64, f64> = BTreeMap::new();
-        for r in page.batch.iter().filter(|r| r.key.metric == *metric) {
-            let s = r.key.window.start().as_micros();
-            *fin.entry(s).or_default() += r.values.get(&agg).and_then(|v: &AggValue| v.as_f64()).unwrap_or(0.0);
-            let p = first_on_time.get(&r.key).and_then(|e| e.values.get(&agg)).and_then(|v| v.as_f64()).unwrap_or(0.0);
-            *prov.entry(s).or_default() += p;
-        }
-        let to_points = |m: &BTreeMap<i64, f64>| m.iter().map(|(s, v)| (*s as f64 / 1e6, *v)).collect();
+        let points = |f: fn(&ChartPoint) -> f64| by_start.iter().map(|(s, p)| (*s as f64 / 1e6, f(p))).collect();
         let chart = line_chart(
             &format!("{metric}: {agg} per window (sum over dimensions)"),
             &[
-                Series { name: "batch (final)".into(), color: COLORS[0], points: to_points(&fin) },
-                Series { name: "first on-time (provisional)".into(), color: COLORS[1], points: to_points(&prov) },
+                Series { name: "batch (final)".into(), color: COLORS[0], points: points(|p| p.batch) },
+                Series {
+                    name: "first on-time (provisional)".into(),
+                    color: COLORS[1],
+                    points: points(|p| p.provisional),
+                },
             ],
             time_label,
         );

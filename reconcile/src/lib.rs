@@ -25,9 +25,13 @@ mod explain;
 pub mod html;
 pub mod lateness;
 mod run;
+mod scan;
 pub mod svg;
 
-pub use contract::{ContractInput, ContractReport, LatencySummary, MetricContract, SpeedFiring, contract_report};
+pub use contract::{
+    ContractInput, ContractReport, ContractTally, LatencySummary, MetricContract, SpeedFiring, contract_report,
+    tally_rows,
+};
 pub use corrections::{BlastRadius, CorrectionPlan, plan_corrections};
 pub use diff::{AggregateDiff, Columns, Diff, KeyDiff, MetricDiffSummary, Verdict, diff, diff_columns};
 pub use error::Error;

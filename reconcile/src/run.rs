@@ -9,21 +9,22 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use tidemark_core::{EventTime, MetricRow, Origin, RowKey, ValidSpec};
-use tidemark_store::{ApplyOutcome, BatchView, CorrectionBatch, MetricFilter, RunManifest, ServingStore};
+use tidemark_core::{EventTime, RowKey, ValidSpec};
+use tidemark_store::{ApplyOutcome, BatchView, CorrectionBatch, RunManifest, ServingStore};
 
-use crate::contract::{ContractInput, ContractReport, SpeedFiring, contract_report};
+use crate::contract::{ContractInput, ContractReport, contract_report};
 use crate::corrections::{BlastRadius, plan_corrections};
-use crate::diff::{Diff, Verdict, diff};
+use crate::diff::{Diff, Verdict};
 use crate::error::Error;
 use crate::evidence::{self, EvidenceSummary};
 use crate::explain::{Cause, Explained, explain};
-use crate::html::{ReportPage, render};
+use crate::html::{ChartPoint, ReportPage, render};
 use crate::lateness::{Arrival, LatenessReport, analyse};
+use crate::scan::{Scanned, scan};
 
 /// A reconcile run, configured as a builder and executed with [`Reconcile::run`].
 #[derive(Debug, Clone)]
@@ -93,13 +94,18 @@ pub struct ReconcileOutcome {
     pub report_json: Option<PathBuf>,
     /// Where report.html was written.
     pub report_html: Option<PathBuf>,
+    /// Where every explained difference was written (JSON Lines).
+    pub differences_file: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
 struct ReportFile<'a> {
     #[serde(flatten)]
     outcome: &'a ReconcileOutcome,
-    explained: &'a [Explained],
+    /// At most this many differences of each (metric, cause) are in `explained`.
+    sample_per_cause: usize,
+    /// A sample of the explained differences (all of them are in `differences_file`).
+    explained: &'a [&'a Explained],
 }
 
 impl<'a> Reconcile<'a> {
@@ -127,28 +133,31 @@ impl<'a> Reconcile<'a> {
         if from >= to {
             return Err(Error::InvalidRange { from, to });
         }
-        // 1. both sides
+        // 1-2. both sides, compared partition by partition
         let sides = self.read_sides().await?;
-        let (serving, batch) = (&*sides.serving, &sides.batch);
-        // 2. diff
-        let d = diff(spec, batch, &sides.serving_rows)?;
+        let serving = &*sides.serving;
+        let scanned = &sides.scanned;
+        let d = &scanned.diff;
         // 3. evidence, and a cause for every difference
-        let gathered = evidence::gather(spec, serving, batch, &sides.serving_rows, from, to).await?;
-        let explained = explain(spec, &d, batch.iter().map(|r| &r.key), &gathered.evidence);
+        let stream = evidence::stream_after(spec, serving, scanned, to).await?;
+        let gathered =
+            evidence::gather(spec, serving, &scanned.sessions, scanned.serving_watermark, &stream, from, to).await?;
+        let explained = explain(spec, d, scanned.batch_session_keys.iter(), &gathered.evidence);
         // 4. plan
         let newest_run = sides.batch_runs.last().cloned().unwrap_or_default();
-        let plan = plan_corrections(spec, (from, to), &explained, batch, &newest_run, sides.epoch);
+        let plan = plan_corrections(spec, (from, to), &explained, &scanned.fix_rows, &newest_run, sides.epoch);
         // 5. apply
         let (applied, corrections_applied) = self.apply(serving, &plan.batch).await?;
         let corrected = corrected_at(serving, &plan.batch, applied).await?;
         // 6. contract report, outcome and report files
+        let late_in_batch = late_events_of_batch_keys(spec, &gathered.evidence.late_events, scanned);
         let contract = contract_report(ContractInput {
             spec,
-            batch,
-            diff: &d,
-            emissions: &gathered.emissions,
+            tallies: &scanned.tallies,
+            diff: d,
+            first_emitted: &scanned.first_emitted,
             corrections: &corrected,
-            late_events: &gathered.evidence.late_events,
+            late_events: &late_in_batch,
         });
         let n_changes = plan.batch.changes.len() as u64;
         let mut outcome = ReconcileOutcome {
@@ -158,11 +167,11 @@ impl<'a> Reconcile<'a> {
             dry_run: self.dry_run,
             checked: d.checked(),
             differences: d.differences.len() as u64,
-            verdicts: verdict_counts(&d),
+            verdicts: verdict_counts(d),
             causes: cause_counts(&explained),
             blast_radius: plan.blast_radius.into_iter().collect(),
             skipped_not_final: plan.skipped_not_final.len() as u64,
-            batch_runs: sides.batch_runs,
+            batch_runs: sides.batch_runs.clone(),
             batch_epoch: sides.epoch,
             correction_batch: (n_changes > 0).then(|| plan.batch.id.clone()),
             applied,
@@ -172,15 +181,17 @@ impl<'a> Reconcile<'a> {
             contract,
             report_json: None,
             report_html: None,
+            differences_file: None,
         };
         if let Some(dir) = &self.report_dir {
-            write_report(dir, spec, &mut outcome, &explained, batch, &gathered.emissions, &gathered.arrivals)?;
+            write_report(dir, spec, &mut outcome, &explained, &scanned.chart, &gathered.arrivals)?;
         }
         Ok(outcome)
     }
 
-    /// Step 1: opens the stores (a real run creates or migrates the serving store's tables), reads the batch
-    /// view and the serving store for the range, and finds the batch runs the truth comes from.
+    /// Steps 1-2: opens the stores (a real run creates or migrates the serving store's tables), reads and
+    /// compares the batch view and the serving store partition by partition, and finds the batch runs the
+    /// truth comes from.
     async fn read_sides(&self) -> Result<Sides, Error> {
         let spec = self.spec;
         let (from, to) = (self.from, self.to);
@@ -192,10 +203,10 @@ impl<'a> Reconcile<'a> {
             serving.init().await?;
         }
         let view = BatchView::open(&stores.batch_view)?;
-        let batch = view.read_range(&MetricFilter::All, from, to).await?;
-        let (batch_runs, epoch) = batch_runs(&view.runs().await?, &batch, from, to)?;
-        let serving_rows = serving.read_range(&MetricFilter::All, from, to).await?;
-        Ok(Sides { serving, batch, serving_rows, batch_runs, epoch })
+        let scanned = scan(spec, &*serving, &view, from, to).await?;
+        let (batch_runs, epoch) =
+            batch_runs(&view.runs().await?, &scanned.batch_origins, scanned.batch_rows, from, to)?;
+        Ok(Sides { serving, scanned, batch_runs, epoch })
     }
 
     /// Step 5: applies the correction batch, unless this is a dry run or it is empty.
@@ -220,10 +231,8 @@ impl<'a> Reconcile<'a> {
 /// The two sides of a run and where the truth comes from (step 1).
 struct Sides {
     serving: Box<dyn ServingStore>,
-    /// Batch rows of the range (truth).
-    batch: Vec<MetricRow>,
-    /// Serving rows of the range.
-    serving_rows: Vec<MetricRow>,
+    /// What the comparison of the range found.
+    scanned: Scanned,
     /// The batch run(s) the truth comes from, oldest first.
     batch_runs: Vec<String>,
     /// The epoch corrections are written with.
@@ -249,6 +258,21 @@ async fn corrected_at(
     })
 }
 
+/// The late events of keys the batch view holds (the contract's late-event share is of batch windows): a
+/// late event's fixed windows are batch windows; a session it missed may be one the batch never had.
+fn late_events_of_batch_keys(spec: &ValidSpec, late: &HashMap<RowKey, u64>, scanned: &Scanned) -> HashMap<RowKey, u64> {
+    let sessions: std::collections::HashSet<&RowKey> = scanned.batch_session_keys.iter().collect();
+    late.iter()
+        .filter(|(k, _)| {
+            let is_session = spec
+                .metric(&k.metric)
+                .is_some_and(|m| matches!(m.window, tidemark_core::window::WindowSpec::Session(_)));
+            !is_session || sessions.contains(k)
+        })
+        .map(|(k, n)| (k.clone(), *n))
+        .collect()
+}
+
 /// Keys per verdict over all metrics.
 fn verdict_counts(d: &Diff) -> BTreeMap<Verdict, u64> {
     let mut verdicts: BTreeMap<Verdict, u64> = BTreeMap::new();
@@ -269,22 +293,28 @@ fn cause_counts(explained: &[Explained]) -> BTreeMap<Cause, u64> {
     causes
 }
 
-/// Step 6: writes `report.json` and `report.html` into `dir` (created if missing) and records their paths in
-/// `outcome`.
+/// Differences of each (metric, cause) that `report.json` lists; all of them go to `differences.jsonl`.
+const REPORT_SAMPLE: usize = 20;
+
+/// Step 6: writes `report.json` (the outcome and a sample of each cause's differences), `differences.jsonl`
+/// (every explained difference, one JSON object a line) and `report.html` into `dir` (created if missing),
+/// and records their paths in `outcome`.
 fn write_report(
     dir: &Path,
     spec: &ValidSpec,
     outcome: &mut ReconcileOutcome,
     explained: &[Explained],
-    batch: &[MetricRow],
-    emissions: &[SpeedFiring],
+    chart: &BTreeMap<String, BTreeMap<i64, ChartPoint>>,
     arrivals: &[Arrival],
 ) -> Result<(), Error> {
+    use std::io::Write as _;
     let (from, to) = (outcome.from, outcome.to);
     std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-    let (json_path, html_path) = (dir.join("report.json"), dir.join("report.html"));
+    let (json_path, html_path, all_path) =
+        (dir.join("report.json"), dir.join("report.html"), dir.join("differences.jsonl"));
     outcome.report_json = Some(json_path.clone());
     outcome.report_html = Some(html_path.clone());
+    outcome.differences_file = Some(all_path.clone());
     let lateness: Option<LatenessReport> = (!arrivals.is_empty()).then(|| {
         let t = &spec.spec().time;
         analyse(arrivals, t.watermark_delay, t.allowed_lateness, &[0.99, 0.999, 0.9999])
@@ -295,13 +325,28 @@ fn write_report(
         title: &title,
         contract: &outcome.contract,
         explained,
-        batch,
-        emissions,
+        chart,
         lateness: lateness.as_ref(),
     });
-    let json = serde_json::to_vec_pretty(&ReportFile { outcome, explained })
+    let mut per_cause: HashMap<(&str, Cause), usize> = HashMap::new();
+    let sample: Vec<&Explained> = explained
+        .iter()
+        .filter(|e| {
+            let n = per_cause.entry((e.diff.key.metric.as_str(), e.cause)).or_default();
+            *n += 1;
+            *n <= REPORT_SAMPLE
+        })
+        .collect();
+    let json = serde_json::to_vec_pretty(&ReportFile { outcome, sample_per_cause: REPORT_SAMPLE, explained: &sample })
         .map_err(|e| Error::Internal(format!("serializing the report: {e}")))?;
     std::fs::write(&json_path, json).map_err(|source| Error::Io { path: json_path.clone(), source })?;
+    let io = |source| Error::Io { path: all_path.clone(), source };
+    let mut all = std::io::BufWriter::new(std::fs::File::create(&all_path).map_err(io)?);
+    for e in explained {
+        serde_json::to_writer(&mut all, e).map_err(|e| Error::Internal(format!("serializing a difference: {e}")))?;
+        all.write_all(b"\n").map_err(io)?;
+    }
+    all.flush().map_err(io)?;
     std::fs::write(&html_path, html).map_err(|source| Error::Io { path: html_path.clone(), source })?;
     Ok(())
 }
@@ -310,7 +355,8 @@ fn write_report(
 /// Refuses a range no batch run covers: an empty batch view would otherwise delete every serving row.
 fn batch_runs(
     manifests: &[RunManifest],
-    batch: &[MetricRow],
+    batch_origins: &BTreeSet<(String, i64)>,
+    batch_rows: u64,
     from: EventTime,
     to: EventTime,
 ) -> Result<(Vec<String>, i64), Error> {
@@ -329,15 +375,13 @@ fn batch_runs(
     let mut ids: Vec<String> = runs.iter().map(|m| m.run_id.clone()).collect();
     let mut epoch = runs.iter().map(|m| m.epoch).max();
     // rows of runs without a manifest (written by other tools) still carry their run
-    for r in batch {
-        if let Origin::Batch { run_id, epoch: e } = &r.origin
-            && !ids.contains(run_id)
-        {
+    for (run_id, e) in batch_origins {
+        if !ids.contains(run_id) {
             ids.push(run_id.clone());
             epoch = Some(epoch.map_or(*e, |x| x.max(*e)));
         }
     }
-    if reached < to && batch.is_empty() {
+    if reached < to && batch_rows == 0 {
         return Err(Error::NoBatchRun { from, to });
     }
     Ok((ids, epoch.unwrap_or(0)))
@@ -345,10 +389,6 @@ fn batch_runs(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use tidemark_core::{Dimensions, Window};
-
     use super::*;
 
     fn t(secs: i64) -> EventTime {
@@ -361,28 +401,19 @@ mod tests {
 
     #[test]
     fn a_range_needs_batch_truth() {
+        let none = BTreeSet::new();
         let runs = [manifest("b", 2, 0, 100), manifest("a", 1, 0, 50), manifest("c", 3, 200, 300)];
-        assert_eq!(batch_runs(&runs, &[], t(10), t(90)).unwrap(), (vec!["a".into(), "b".into()], 2));
+        assert_eq!(batch_runs(&runs, &none, 0, t(10), t(90)).unwrap(), (vec!["a".into(), "b".into()], 2));
         // runs covering the range jointly
         let split = [manifest("x", 1, 0, 50), manifest("y", 2, 50, 100)];
-        assert_eq!(batch_runs(&split, &[], t(0), t(100)).unwrap().1, 2);
+        assert_eq!(batch_runs(&split, &none, 0, t(0), t(100)).unwrap().1, 2);
         // no run covers [100, 200) and the view has no rows there: refused
-        assert!(matches!(batch_runs(&runs, &[], t(100), t(200)), Err(Error::NoBatchRun { .. })));
+        assert!(matches!(batch_runs(&runs, &none, 0, t(100), t(200)), Err(Error::NoBatchRun { .. })));
         // a dry run is not a run
         let dry = [RunManifest { dry_run: true, ..manifest("d", 9, 0, 100) }];
-        assert!(matches!(batch_runs(&dry, &[], t(0), t(100)), Err(Error::NoBatchRun { .. })));
+        assert!(matches!(batch_runs(&dry, &none, 0, t(0), t(100)), Err(Error::NoBatchRun { .. })));
         // rows written by a run without a manifest still count
-        let row = MetricRow {
-            key: RowKey {
-                metric: "m".into(),
-                window: Window::new(t(100), t(160)).unwrap(),
-                dims: Dimensions::default(),
-            },
-            values: BTreeMap::new(),
-            events: 1,
-            origin: Origin::Batch { run_id: "other".into(), epoch: 7 },
-            computed_at: t(0),
-        };
-        assert_eq!(batch_runs(&runs, &[row], t(100), t(200)).unwrap(), (vec!["other".into()], 7));
+        let other = BTreeSet::from([("other".to_owned(), 7)]);
+        assert_eq!(batch_runs(&runs, &other, 1, t(100), t(200)).unwrap(), (vec!["other".into()], 7));
     }
 }

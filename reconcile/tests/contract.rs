@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use tidemark_core::{
     AggValue, Dimensions, Duration, EventTime, MetricRow, Origin, Pane, PipelineSpec, RowKey, ValidSpec, Window,
 };
-use tidemark_reconcile::html::{ReportPage, render};
+use tidemark_reconcile::html::{ReportPage, chart_rows, render};
 use tidemark_reconcile::lateness::{Arrival, analyse};
-use tidemark_reconcile::{ContractInput, Evidence, SpeedFiring, contract_report, diff, explain};
+use tidemark_reconcile::{ContractInput, Evidence, SpeedFiring, contract_report, diff, explain, tally_rows};
 
 fn spec() -> ValidSpec {
     let text = include_str!("../../examples/pageviews.toml");
@@ -68,11 +68,12 @@ fn report_of_a_known_history() {
     ];
     let corrections = vec![(c.clone(), t(180 + 400)), (b.clone(), t(120 + 300))];
     let late = HashMap::from([(b.clone(), 1u64)]);
+    let (tallies, first_emitted) = tally_rows(&spec, &batch, &emissions, &d);
     let r = contract_report(ContractInput {
         spec: &spec,
-        batch: &batch,
+        tallies: &tallies,
         diff: &d,
-        emissions: &emissions,
+        first_emitted: &first_emitted,
         corrections: &corrections,
         late_events: &late,
     });
@@ -113,8 +114,7 @@ fn report_of_a_known_history() {
         title: "pageviews <test>",
         contract: &r,
         explained: &explained,
-        batch: &batch,
-        emissions: &emissions,
+        chart: &chart_rows(&spec, &batch, &emissions, &explained),
         lateness: Some(&lateness),
     });
     assert!(page.starts_with("<!doctype html>") && page.trim_end().ends_with("</html>"));

@@ -94,6 +94,29 @@ pub(crate) async fn query_table(
     df.collect().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))
 }
 
+/// Runs `filter` over `table` as a stream of record batches (nothing if the table does not exist yet):
+/// memory holds the batches in flight, not the result.
+pub(crate) async fn stream_table(
+    table: &DeltaTable,
+    filter: Expr,
+) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    let url = table.table_url().as_str().to_owned();
+    if table.version().is_none() {
+        return Ok(futures::stream::empty().boxed());
+    }
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).map_err(Error::delta(&url, "registering the store"))?;
+    let provider =
+        table.table_provider().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
+    let df = ctx
+        .read_table(provider)
+        .and_then(|df| df.filter(filter))
+        .map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
+    let stream = df.execute_stream().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
+    Ok(stream.map_err(move |e| Error::delta(&url, "scanning")(DeltaTableError::from(e))).boxed())
+}
+
 pub(crate) async fn open_table(url: &Url, opts: &HashMap<String, String>) -> Result<DeltaTable> {
     crate::objects::register_handlers();
     DeltaTable::try_from_url_with_storage_options(url.clone(), opts.clone())

@@ -74,7 +74,7 @@ impl Flat {
         }
     }
 
-    fn from_row(row: &MetricRow, kind: Kind, deleted: bool) -> Result<Self> {
+    pub(crate) fn from_row(row: &MetricRow, kind: Kind, deleted: bool) -> Result<Self> {
         check_row_key(&row.key)?;
         for name in row.values.keys() {
             check_text("aggregate name", name)?;
@@ -363,6 +363,21 @@ pub(crate) fn emission_flats(changes: &[RowChange], writer_epoch: u64) -> Result
 }
 
 impl Flat {
+    /// The emission-log record of `e` (what [`emission_flats`] writes for the change it came from).
+    pub(crate) fn from_emission(e: &Emission) -> Result<Self> {
+        let row = MetricRow {
+            key: e.key.clone(),
+            values: e.values.clone(),
+            events: e.events,
+            origin: Origin::Speed { revision: e.revision, pane: e.pane, watermark: e.watermark },
+            computed_at: e.emitted_at,
+        };
+        let mut flat = Flat::from_row(&row, Kind::Emission { revision: e.revision, delta: e.delta }, false)?;
+        flat.batch_epoch =
+            Some(i64::try_from(e.writer_epoch).map_err(|_| Error::invalid("writer epoch", "above i64::MAX"))?);
+        Ok(flat)
+    }
+
     /// An emission-log record back to an [`Emission`].
     pub fn into_emission(self) -> Result<Emission> {
         let Kind::Emission { revision, delta } = self.kind else {

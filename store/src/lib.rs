@@ -28,6 +28,7 @@ mod model;
 pub mod objects;
 mod progress;
 mod retry;
+mod scan;
 mod serving;
 mod tables;
 #[cfg(feature = "testing")]
@@ -40,6 +41,7 @@ pub use model::{
     ApplyOutcome, AuditEntry, CommitMarker, Correction, CorrectionBatch, Emission, MetricFilter, SourceProgress,
     StoredAuditEntry, TopicPartition, WriteOutcome, WriteStats,
 };
+pub use scan::{Chunks, EmissionChunk, RowChunk};
 pub use serving::delta::{DeltaStats, DeltaStore, DeltaStoreConfig, VacuumStats};
 pub use serving::postgres::{PgStats, PostgresStore, check_schema};
 pub use serving::{DEFAULT_SCHEMA, ServingStore, open};

@@ -85,6 +85,31 @@ impl Diff {
         self.metrics.values().map(|m| m.checked).sum()
     }
 
+    /// Sets each metric's drift totals from the differences (in their order, so the floating-point sums
+    /// do not depend on how the differences were found).
+    pub(crate) fn recompute_drift(&mut self) {
+        for m in self.metrics.values_mut() {
+            m.max_abs_drift = 0.0;
+            m.mean_abs_drift = 0.0;
+        }
+        let mut sums: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
+        for d in self.differences.iter().filter(|d| d.verdict == Verdict::ValueDrift) {
+            let Some(summary) = self.metrics.get_mut(&d.key.metric) else { continue };
+            let s = sums.entry(&d.key.metric).or_default();
+            for a in d.aggregates.iter().filter(|a| !a.within) {
+                let abs = a.abs.unwrap_or(0.0);
+                summary.max_abs_drift = summary.max_abs_drift.max(abs);
+                s.0 += abs;
+                s.1 += 1;
+            }
+        }
+        for (metric, (sum, n)) in sums {
+            if let Some(m) = self.metrics.get_mut(metric) {
+                m.mean_abs_drift = if n == 0 { 0.0 } else { sum / n as f64 };
+            }
+        }
+    }
+
     /// Whether the serving store already equals the batch view within tolerance.
     pub fn is_clean(&self) -> bool {
         self.differences.is_empty()

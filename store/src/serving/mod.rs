@@ -7,6 +7,10 @@ use async_trait::async_trait;
 use tidemark_core::{EventTime, MetricRow, RowChange};
 
 use crate::error::Result;
+use crate::scan::{Chunks, EmissionChunk, RowChunk};
+
+/// The slice the default scans read at a time.
+const SCAN_SLICE: tidemark_core::Duration = tidemark_core::Duration::from_secs(15 * 60);
 use crate::model::{
     ApplyOutcome, CommitMarker, CorrectionBatch, Emission, MetricFilter, SourceProgress, StoredAuditEntry, WriteOutcome,
 };
@@ -70,6 +74,34 @@ pub trait ServingStore: Send + Sync {
     /// The emission log: every speed-layer firing whose window starts in `[from, to)`, sorted by key (as
     /// [`read_range`](Self::read_range)), then emission time, revision, rows before deltas.
     async fn read_emissions(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<Emission>>;
+
+    /// The current rows of `metric` whose window starts in `[from, to)` (what [`read_range`](Self::read_range)
+    /// returns), as a stream of columnar chunks in no particular order, so a reader holds one chunk at a
+    /// time. The default reads the range in slices of 15 minutes with `read_range`.
+    fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
+        use futures::StreamExt as _;
+        let only = MetricFilter::Only(vec![metric.to_owned()]);
+        futures::stream::iter(crate::scan::slices(from, to, SCAN_SLICE))
+            .then(move |(a, b)| {
+                let only = only.clone();
+                async move { RowChunk::from_rows(&self.read_range(&only, a, b).await?) }
+            })
+            .boxed()
+    }
+
+    /// The emission-log records of `metric` whose window starts in `[from, to)` (what
+    /// [`read_emissions`](Self::read_emissions) returns, though a record may repeat and order is not kept),
+    /// as a stream of columnar chunks. The default reads the range in slices of 15 minutes.
+    fn scan_emissions<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, EmissionChunk> {
+        use futures::StreamExt as _;
+        let only = MetricFilter::Only(vec![metric.to_owned()]);
+        futures::stream::iter(crate::scan::slices(from, to, SCAN_SLICE))
+            .then(move |(a, b)| {
+                let only = only.clone();
+                async move { EmissionChunk::from_emissions(&self.read_emissions(&only, a, b).await?) }
+            })
+            .boxed()
+    }
 
     /// Applies a correction batch atomically, at most once per `batch.id`.
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome>;

@@ -34,7 +34,7 @@ use url::Url;
 
 use crate::delta_io::{
     create_table_if_missing, ensure_local_dir, longs, open_table, parse_base, recorded_txn_version, scan_table,
-    strings, times,
+    stream_table, strings, times,
 };
 use crate::error::{Error, Result};
 use crate::flat::{self, Flat, Kind};
@@ -43,14 +43,17 @@ use crate::model::{
     StoredAuditEntry, WriteOutcome, WriteStats,
 };
 use crate::progress::{check_progress, offsets_from_json, offsets_to_json};
+use crate::scan::{Chunks, EmissionChunk, RowChunk};
 use crate::serving::ServingStore;
+use deltalake::arrow::array::RecordBatch;
+use futures::{StreamExt as _, TryStreamExt as _};
 
 mod audit;
 #[cfg(feature = "failpoints")]
 mod failpoint_log;
 mod merge;
 mod progress;
-mod schema;
+pub(crate) mod schema;
 mod vacuum;
 
 use audit::audit_columns;
@@ -214,6 +217,34 @@ impl DeltaStore {
         let batch_keys: std::collections::HashSet<_> =
             rows.iter().filter(|f| f.layer == tidemark_core::Layer::Batch).map(key).collect();
         deltas.into_iter().filter(|f| !batch_keys.contains(&key(f))).map(Flat::into_row).collect()
+    }
+
+    /// Records of `kinds` of `metric` whose window starts in `[from, to)` (`live_only`: not deleted), as the
+    /// filter of a scan pruned by the metric and date partitions.
+    fn range_filter(&self, kinds: &[&str], live_only: bool, metric: &str, from: EventTime, to: EventTime) -> Expr {
+        let mut filter = col("kind")
+            .in_list(kinds.iter().map(|k| lit(*k)).collect(), false)
+            .and(col("metric").eq(lit(metric)))
+            .and(col("window_start").gt_eq(ts_lit(from.as_micros())))
+            .and(col("window_start").lt(ts_lit(to.as_micros())));
+        if live_only {
+            filter = filter.and(col("deleted").eq(lit(false)));
+        }
+        let (d0, d1) = (flat::date_of(from.as_micros()), flat::date_of(to.as_micros()));
+        if d0.len() == 10 && d1.len() == 10 {
+            filter = filter.and(col("window_date").gt_eq(lit(d0))).and(col("window_date").lt_eq(lit(d1)));
+        }
+        filter
+    }
+
+    /// The serving table's records matching `filter`, streamed.
+    fn stream(&self, filter: Expr) -> Chunks<'_, RecordBatch> {
+        futures::stream::once(async move {
+            let table = self.latest(false).await?;
+            stream_table(&table, filter).await
+        })
+        .try_flatten()
+        .boxed()
     }
 
     /// Records of `kinds` whose window starts in `[from, to)`, pruned by the metric and date partitions,
@@ -411,6 +442,16 @@ impl ServingStore for DeltaStore {
 
     async fn read_deltas(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>> {
         self.read(true, metrics, from, to).await
+    }
+
+    fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
+        let filter = self.range_filter(&["row"], true, metric, from, to);
+        self.stream(filter).and_then(|b| async move { RowChunk::serving(b) }).boxed()
+    }
+
+    fn scan_emissions<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, EmissionChunk> {
+        let filter = self.range_filter(&["emission", "emission_delta"], false, metric, from, to);
+        self.stream(filter).and_then(|b| async move { EmissionChunk::serving(&b) }).boxed()
     }
 
     async fn read_emissions(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<Emission>> {

@@ -96,7 +96,7 @@ fn delta_revision_column(f: &Flat, emission_tag: i64) -> i64 {
     }
 }
 
-pub(super) fn to_batch(flats: &[Flat], emission_tag: i64) -> Result<RecordBatch> {
+pub(crate) fn to_batch(flats: &[Flat], emission_tag: i64) -> Result<RecordBatch> {
     let ts = |v: Vec<Option<i64>>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
     let strs = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
     let longs = |v: Vec<Option<i64>>| Arc::new(Int64Array::from(v)) as ArrayRef;
@@ -135,7 +135,7 @@ fn opt_ts(a: &TimestampMicrosecondArray, i: usize) -> Option<i64> {
     a.is_valid(i).then(|| a.value(i))
 }
 
-pub(super) fn from_batch(b: &RecordBatch) -> Result<Vec<Flat>> {
+pub(crate) fn from_batch(b: &RecordBatch) -> Result<Vec<Flat>> {
     let metric = strings(b, "metric")?;
     let ws = times(b, "window_start")?;
     let we = times(b, "window_end")?;

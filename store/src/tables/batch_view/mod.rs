@@ -24,9 +24,10 @@ use serde::{Deserialize, Serialize};
 use tidemark_core::{Dimensions, EventTime, MetricRow, Origin, RowKey, Window};
 use url::Url;
 
-use crate::delta_io::{longs, scan_table, strings, times};
+use crate::delta_io::{longs, scan_table, stream_table, strings, times};
 use crate::error::{Error, Result};
 use crate::model::MetricFilter;
+use crate::scan::{Chunks, RowChunk};
 
 pub mod schema;
 
@@ -217,44 +218,10 @@ impl BatchView {
     /// dimension string (bytewise). A view that does not exist yet has no rows.
     pub async fn read_range(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>> {
         let table = self.table().await?;
-        let mut filter = col("window_start").gt_eq(ts_lit(from)).and(col("window_start").lt(ts_lit(to)));
-        let (d0, d1) = (date_of(from), date_of(to));
-        if d0.len() == 10 && d1.len() == 10 {
-            filter = filter.and(col(DATE).gt_eq(lit(d0))).and(col(DATE).lt_eq(lit(d1)));
-        }
-        if let MetricFilter::Only(m) = metrics {
-            filter = filter.and(col(METRIC).in_list(m.iter().map(|x| lit(x.as_str())).collect(), false));
-        }
-        let batches = scan_table(&table, filter).await?;
+        let batches = scan_table(&table, range_filter(metrics, from, to)).await?;
         let mut rows = Vec::new();
         for b in &batches {
-            let (metric, dims, values, run_ids) =
-                (strings(b, METRIC)?, strings(b, "dims")?, strings(b, "values")?, strings(b, "run_id")?);
-            let (starts, ends, computed) =
-                (times(b, "window_start")?, times(b, "window_end")?, times(b, "computed_at")?);
-            let (events, epochs) = (longs(b, "events")?, longs(b, "epoch")?);
-            for i in 0..b.num_rows() {
-                let bad = |what: &str| Error::Corrupt(format!("batch view {}: row with a bad {what}", self.url));
-                let t = EventTime::from_micros;
-                let window = t(starts.value(i))
-                    .zip(t(ends.value(i)))
-                    .and_then(|(s, e)| Window::new(s, e))
-                    .ok_or_else(|| bad("window"))?;
-                if !metrics.matches(metric.value(i)) {
-                    continue;
-                }
-                rows.push(MetricRow {
-                    key: RowKey {
-                        metric: metric.value(i).to_owned(),
-                        window,
-                        dims: Dimensions::decode(dims.value(i)).map_err(|_| bad("dims"))?,
-                    },
-                    values: parse_values(values.value(i)).ok_or_else(|| bad("values"))?,
-                    events: u64::try_from(events.value(i)).map_err(|_| bad("events"))?,
-                    origin: Origin::Batch { run_id: run_ids.value(i).to_owned(), epoch: epochs.value(i) },
-                    computed_at: t(computed.value(i)).ok_or_else(|| bad("computed_at"))?,
-                });
-            }
+            rows.extend(rows_of(b, &self.url)?.into_iter().filter(|r| metrics.matches(&r.key.metric)));
         }
         rows.sort_by(|a, b| {
             (&a.key.metric, a.key.window.start(), a.key.window.end())
@@ -263,4 +230,60 @@ impl BatchView {
         });
         Ok(rows)
     }
+
+    /// The rows of `metric` whose window starts in `[from, to)`, as a stream of columnar chunks in no
+    /// particular order (pruned by the metric and date partitions and by file statistics): what a reader
+    /// that must not hold the whole range uses. A view that does not exist yet has no rows.
+    pub fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
+        let filter = range_filter(&MetricFilter::Only(vec![metric.to_owned()]), from, to);
+        futures::stream::once(async move {
+            let table = self.table().await?;
+            stream_table(&table, filter).await
+        })
+        .try_flatten()
+        .and_then(|b| async move { RowChunk::batch_view(b) })
+        .boxed()
+    }
+}
+
+/// Rows of `metrics` whose window starts in `[from, to)`, with the date partitions that can hold them.
+fn range_filter(metrics: &MetricFilter, from: EventTime, to: EventTime) -> deltalake::datafusion::prelude::Expr {
+    let mut filter = col("window_start").gt_eq(ts_lit(from)).and(col("window_start").lt(ts_lit(to)));
+    let (d0, d1) = (date_of(from), date_of(to));
+    if d0.len() == 10 && d1.len() == 10 {
+        filter = filter.and(col(DATE).gt_eq(lit(d0))).and(col(DATE).lt_eq(lit(d1)));
+    }
+    if let MetricFilter::Only(m) = metrics {
+        filter = filter.and(col(METRIC).in_list(m.iter().map(|x| lit(x.as_str())).collect(), false));
+    }
+    filter
+}
+
+/// The rows of a record batch of the view's layout ([`arrow_schema`]); `url` names the view in errors.
+pub(crate) fn rows_of(b: &RecordBatch, url: &str) -> Result<Vec<MetricRow>> {
+    let (metric, dims, values, run_ids) =
+        (strings(b, METRIC)?, strings(b, "dims")?, strings(b, "values")?, strings(b, "run_id")?);
+    let (starts, ends, computed) = (times(b, "window_start")?, times(b, "window_end")?, times(b, "computed_at")?);
+    let (events, epochs) = (longs(b, "events")?, longs(b, "epoch")?);
+    let mut rows = Vec::with_capacity(b.num_rows());
+    for i in 0..b.num_rows() {
+        let bad = |what: &str| Error::Corrupt(format!("batch view {url}: row with a bad {what}"));
+        let t = EventTime::from_micros;
+        let window = t(starts.value(i))
+            .zip(t(ends.value(i)))
+            .and_then(|(s, e)| Window::new(s, e))
+            .ok_or_else(|| bad("window"))?;
+        rows.push(MetricRow {
+            key: RowKey {
+                metric: metric.value(i).to_owned(),
+                window,
+                dims: Dimensions::decode(dims.value(i)).map_err(|_| bad("dims"))?,
+            },
+            values: parse_values(values.value(i)).ok_or_else(|| bad("values"))?,
+            events: u64::try_from(events.value(i)).map_err(|_| bad("events"))?,
+            origin: Origin::Batch { run_id: run_ids.value(i).to_owned(), epoch: epochs.value(i) },
+            computed_at: t(computed.value(i)).ok_or_else(|| bad("computed_at"))?,
+        });
+    }
+    Ok(rows)
 }

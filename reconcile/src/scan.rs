@@ -1,0 +1,458 @@
+//! Step 1–2 of a run at scale: both sides read and compared one (metric, UTC day) partition at a time, as
+//! columnar chunks, keeping only differences as rows.
+//!
+//! Per partition:
+//! 1. the batch view's rows are streamed into an index: key (window, interned dimensions) -> hash of the
+//!    stored values text, events, and what the emission log says about the key;
+//! 2. the serving rows are streamed and probed: a row with the same values text and events is equal (both
+//!    layers write values with one encoder); any other row, and every serving-only row, is decoded in full;
+//! 3. the emission log is streamed for the contract (first on-time firing per key, latency), the stream's
+//!    watermark and restarts;
+//! 4. when anything differs, the batch view is streamed again and only the rows of differing keys are
+//!    decoded; the exact comparison ([`crate::diff()`], tolerances from the spec) runs on those rows alone.
+//!
+//! Memory: one partition's index (about 60 bytes per batch row) plus one chunk of each side, plus the
+//! differences. Equal values are recognised by a 64-bit hash of their text: two different texts of the same
+//! key with the same hash (chance 2^-64 per key) would be taken as equal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher as _;
+
+use foldhash::fast::FixedState;
+use futures::TryStreamExt as _;
+use tidemark_core::spec::CompiledMetric;
+use tidemark_core::window::WindowSpec;
+use tidemark_core::{AggValue, Dimensions, Duration, EventTime, MetricRow, Pane, RowKey, ValidSpec, Window};
+use tidemark_store::batch_view::parse_values;
+use tidemark_store::{BatchView, EmissionChunk, ServingStore};
+
+use crate::contract::ContractTally;
+use crate::diff::{Diff, KeyDiff, Verdict, diff};
+use crate::error::Error;
+use crate::evidence::{SessionIndex, StreamFacts};
+use crate::html::ChartPoint;
+
+/// What the scan of a range found.
+#[derive(Debug, Default)]
+pub(crate) struct Scanned {
+    /// Differences of every partition (sorted by key) and per-metric totals.
+    pub(crate) diff: Diff,
+    /// The batch rows of `missing_in_serving` and `value_drift` keys (what corrections write).
+    pub(crate) fix_rows: Vec<MetricRow>,
+    /// Session windows of both sides (where evidence places events).
+    pub(crate) sessions: SessionIndex,
+    /// Keys of the batch view's session windows (superseded sessions).
+    pub(crate) batch_session_keys: Vec<RowKey>,
+    /// The highest watermark a serving speed row carries.
+    pub(crate) serving_watermark: Option<EventTime>,
+    /// Distinct (run id, epoch) of the batch rows.
+    pub(crate) batch_origins: BTreeSet<(String, i64)>,
+    /// Batch rows read.
+    pub(crate) batch_rows: u64,
+    /// Per metric, what the contract report is computed from.
+    pub(crate) tallies: BTreeMap<String, ContractTally>,
+    /// The first speed emission of each differing key (correction latency).
+    pub(crate) first_emitted: HashMap<RowKey, EventTime>,
+    /// The emission log's watermark and restarts.
+    pub(crate) stream: StreamFacts,
+    /// Per metric, per window start: the report's charts.
+    pub(crate) chart: BTreeMap<String, BTreeMap<i64, ChartPoint>>,
+    /// The latest window end of either side.
+    pub(crate) max_window_end: Option<EventTime>,
+}
+
+/// A key within one partition: window start, window length and interned dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    start: i64,
+    len: i64,
+    dims: u32,
+}
+
+const SEEN: u8 = 1;
+const SUSPECT: u8 = 2;
+const FOT_MISMATCH: u8 = 4;
+
+/// What the index holds per batch key.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    values_hash: u64,
+    events: i64,
+    /// First on-time emission: (emitted at, revision); `i64::MAX` when none.
+    fot_at: i64,
+    fot_rev: u32,
+    /// First emission of any pane (`i64::MAX`: none).
+    first_any: i64,
+    flags: u8,
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Dimension texts of one partition interned to integers.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: FastMap<Box<str>, u32>,
+}
+
+impl Interner {
+    fn id(&mut self, dims: &str) -> u32 {
+        if let Some(id) = self.ids.get(dims) {
+            return *id;
+        }
+        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.ids.insert(dims.into(), id);
+        id
+    }
+
+    fn get(&self, dims: &str) -> Option<u32> {
+        self.ids.get(dims).copied()
+    }
+}
+
+fn values_hash(text: &str) -> u64 {
+    FixedState::with_seed(0x7469_6465_6d61_726b).hash_one(text.as_bytes())
+}
+
+fn time(us: i64) -> Result<EventTime, Error> {
+    EventTime::from_micros(us).ok_or_else(|| Error::Internal(format!("a stored time out of range: {us} us")))
+}
+
+fn row_key(metric: &str, start: i64, end: i64, dims: &str) -> Result<RowKey, Error> {
+    let window = Window::new(time(start)?, time(end)?)
+        .ok_or_else(|| Error::Internal(format!("a stored window [{start}, {end}) of {metric} is empty")))?;
+    let dims = Dimensions::decode(dims).map_err(|e| Error::Internal(format!("stored dimensions of {metric}: {e}")))?;
+    Ok(RowKey { metric: metric.to_owned(), window, dims })
+}
+
+/// The value of aggregate `name` in a stored values text, as a number (0 when absent or null).
+fn first_value(text: &str, name: &str) -> f64 {
+    parse_values(text).and_then(|v| v.get(name).and_then(|x| x.as_f64())).unwrap_or(0.0)
+}
+
+/// Whether `emitted` equals the batch values within every aggregate's tolerance.
+fn within(metric: &CompiledMetric, emitted: &BTreeMap<String, AggValue>, truth: &BTreeMap<String, AggValue>) -> bool {
+    metric.aggregates.iter().all(|a| {
+        let got = emitted.get(&a.name).copied().unwrap_or(AggValue::Null);
+        let want = truth.get(&a.name).copied().unwrap_or(AggValue::Null);
+        a.tolerance.within(want, got)
+    })
+}
+
+/// The UTC days of `[from, to)`, each cut to the range.
+fn days(from: EventTime, to: EventTime) -> Vec<(EventTime, EventTime)> {
+    const DAY: i64 = 86_400_000_000;
+    let mut out = Vec::new();
+    let mut a = from.as_micros();
+    let end = to.as_micros();
+    while a < end {
+        let b = (a.div_euclid(DAY) + 1).saturating_mul(DAY).min(end);
+        if let (Some(x), Some(y)) = (EventTime::from_micros(a), EventTime::from_micros(b)) {
+            out.push((x, y));
+        }
+        a = b;
+    }
+    out
+}
+
+/// Reads and compares every (metric, day) partition of `[from, to)`.
+pub(crate) async fn scan(
+    spec: &ValidSpec,
+    serving: &dyn ServingStore,
+    view: &BatchView,
+    from: EventTime,
+    to: EventTime,
+) -> Result<Scanned, Error> {
+    let mut out = Scanned::default();
+    let mut differences: Vec<KeyDiff> = Vec::new();
+    for metric in spec.metrics() {
+        for (a, b) in days(from, to) {
+            let part = scan_partition(spec, metric, serving, view, a, b, &mut out).await?;
+            differences.extend(part);
+        }
+    }
+    differences.sort_by(|x, y| x.key.cmp(&y.key));
+    out.diff.differences = differences;
+    out.diff.recompute_drift();
+    Ok(out)
+}
+
+/// One partition: `metric`'s windows starting in `[from, to)` (within one UTC day). Returns its differences.
+#[allow(clippy::too_many_lines)]
+async fn scan_partition(
+    spec: &ValidSpec,
+    metric: &CompiledMetric,
+    serving: &dyn ServingStore,
+    view: &BatchView,
+    from: EventTime,
+    to: EventTime,
+    out: &mut Scanned,
+) -> Result<Vec<KeyDiff>, Error> {
+    let name = metric.name.as_str();
+    let is_session = matches!(metric.window, WindowSpec::Session(_));
+    let first_agg = metric.aggregates.first().map(|a| a.name.clone());
+    let mut dims = Interner::default();
+    let mut index: FastMap<Key, Entry> = FastMap::default();
+    let chart = out.chart.entry(name.to_owned()).or_default();
+
+    // 1. the batch side into the index
+    let mut last_origin: Option<(String, i64)> = None;
+    let mut chunks = view.scan_rows(name, from, to);
+    while let Some(c) = chunks.try_next().await? {
+        for i in 0..c.len() {
+            let (start, end) = (c.window_start(i), c.window_end(i));
+            let key = Key { start, len: end - start, dims: dims.id(c.dims(i)) };
+            let values = c.values_json(i);
+            let entry = Entry {
+                values_hash: values_hash(values),
+                events: c.events(i),
+                fot_at: i64::MAX,
+                fot_rev: 0,
+                first_any: i64::MAX,
+                flags: 0,
+            };
+            if index.insert(key, entry).is_some() {
+                let k = row_key(name, start, end, c.dims(i))?;
+                return Err(Error::DuplicateKey {
+                    key: format!("{} {} {}", k.metric, k.window, k.dims),
+                    side: "batch",
+                });
+            }
+            let point = chart.entry(start).or_default();
+            point.windows += 1;
+            if let Some(agg) = &first_agg {
+                let v = first_value(values, agg);
+                point.batch += v;
+                point.provisional += v;
+            }
+            if is_session {
+                let k = row_key(name, start, end, c.dims(i))?;
+                out.sessions.add(spec, &k);
+                out.batch_session_keys.push(k);
+            }
+        }
+        for i in 0..c.len() {
+            if let Some((run, epoch)) = c.batch_run(i)
+                && last_origin.as_ref().is_none_or(|(r, e)| r != run || *e != epoch)
+            {
+                last_origin = Some((run.to_owned(), epoch));
+                out.batch_origins.insert((run.to_owned(), epoch));
+            }
+        }
+        out.batch_rows += c.len() as u64;
+    }
+    drop(chunks);
+
+    // 2. the serving side, probed
+    let mut max_end = i64::MIN;
+    let mut serving_rows: Vec<MetricRow> = Vec::new();
+    let mut clean = 0u64;
+    let mut chunks = serving.scan_rows(name, from, to);
+    while let Some(c) = chunks.try_next().await? {
+        for i in 0..c.len() {
+            if let Some(w) = c.speed_watermark(i).and_then(EventTime::from_micros) {
+                out.serving_watermark = Some(out.serving_watermark.map_or(w, |x| x.max(w)));
+            }
+            let (start, end) = (c.window_start(i), c.window_end(i));
+            max_end = max_end.max(end);
+            if is_session {
+                out.sessions.add(spec, &row_key(name, start, end, c.dims(i))?);
+            }
+            let entry = dims.get(c.dims(i)).and_then(|d| index.get_mut(&Key { start, len: end - start, dims: d }));
+            match entry {
+                Some(e) => {
+                    if e.flags & SEEN != 0 {
+                        let k = row_key(name, start, end, c.dims(i))?;
+                        return Err(Error::DuplicateKey {
+                            key: format!("{} {} {}", k.metric, k.window, k.dims),
+                            side: "serving",
+                        });
+                    }
+                    e.flags |= SEEN;
+                    if e.values_hash == values_hash(c.values_json(i)) && e.events == c.events(i) {
+                        clean += 1;
+                    } else {
+                        e.flags |= SUSPECT;
+                        serving_rows.push(c.row(i)?);
+                    }
+                }
+                None => serving_rows.push(c.row(i)?),
+            }
+        }
+    }
+    drop(chunks);
+    if let Some(end) = index
+        .keys()
+        .map(|k| k.start + k.len)
+        .max()
+        .map(|e| e.max(max_end))
+        .or((max_end > i64::MIN).then_some(max_end))
+        .and_then(EventTime::from_micros)
+    {
+        out.max_window_end = Some(out.max_window_end.map_or(end, |x| x.max(end)));
+    }
+    // serving-only keys, for the first emission of what corrections delete
+    let mut serving_only: FastMap<(i64, i64, String), i64> = FastMap::default();
+    for r in &serving_rows {
+        let (s, e) = (r.key.window.start().as_micros(), r.key.window.end().as_micros());
+        let known =
+            dims.get(&r.key.dims.encode()).is_some_and(|d| index.contains_key(&Key { start: s, len: e - s, dims: d }));
+        if !known {
+            serving_only.insert((s, e, r.key.dims.encode()), i64::MAX);
+        }
+    }
+
+    // 3. the emission log
+    let mut mismatched: FastMap<Key, String> = FastMap::default();
+    let mut chunks = serving.scan_emissions(name, from, to);
+    while let Some(c) = chunks.try_next().await? {
+        scan_emissions(&c, &dims, &mut index, &mut serving_only, &mut mismatched, &mut out.stream);
+    }
+    drop(chunks);
+
+    // 4. differing keys decoded from a second pass over the batch side
+    let tally = out.tallies.entry(name.to_owned()).or_default();
+    let mut needed = 0usize;
+    for (k, e) in &index {
+        tally.windows += 1;
+        tally.events += u64::try_from(e.events).unwrap_or(0);
+        if e.fot_at != i64::MAX {
+            let lat = Duration::from_micros(e.fot_at.saturating_sub(k.start + k.len).max(0)).unwrap_or(Duration::ZERO);
+            tally.finalization.push(lat);
+            if lat <= spec.spec().contract.finalization_latency {
+                tally.finalized_within += 1;
+            }
+            if e.flags & FOT_MISMATCH == 0 {
+                tally.first_on_time_within += 1;
+            }
+        }
+        if e.flags & (SUSPECT | FOT_MISMATCH) != 0 || e.flags & SEEN == 0 || e.fot_at == i64::MAX {
+            needed += 1;
+        }
+    }
+    let mut batch_rows: Vec<MetricRow> = Vec::new();
+    if needed > 0 {
+        let mut chunks = view.scan_rows(name, from, to);
+        while let Some(c) = chunks.try_next().await? {
+            for i in 0..c.len() {
+                let (start, end) = (c.window_start(i), c.window_end(i));
+                let Some(d) = dims.get(c.dims(i)) else { continue };
+                let key = Key { start, len: end - start, dims: d };
+                let Some(e) = index.get(&key) else { continue };
+                let differs = e.flags & SUSPECT != 0 || e.flags & SEEN == 0;
+                let fot_mismatch = e.flags & FOT_MISMATCH != 0;
+                let no_fot = e.fot_at == i64::MAX;
+                if !(differs || fot_mismatch || no_fot) {
+                    continue;
+                }
+                let row = c.row(i)?;
+                if let Some(agg) = &first_agg {
+                    let truth = row.values.get(agg).and_then(|v| v.as_f64()).unwrap_or(0.0);
+                    let point = chart.entry(start).or_default();
+                    if no_fot {
+                        point.provisional -= truth;
+                    } else if let Some(text) = mismatched.get(&key) {
+                        point.provisional += first_value(text, agg) - truth;
+                    }
+                }
+                if fot_mismatch
+                    && let Some(emitted) = mismatched.get(&key).and_then(|t| parse_values(t))
+                    && within(metric, &emitted, &row.values)
+                {
+                    // equal within tolerance though not in text
+                    tally.first_on_time_within += 1;
+                }
+                if differs {
+                    batch_rows.push(row);
+                }
+            }
+        }
+    }
+
+    // 5. the exact comparison of the rows that may differ
+    let mut part = diff(spec, &batch_rows, &serving_rows)?;
+    let summary = part.metrics.entry(name.to_owned()).or_default();
+    summary.checked += clean;
+    *summary.verdicts.entry(Verdict::Ok).or_default() += clean;
+    let total = out.diff.metrics.entry(name.to_owned()).or_default();
+    total.checked += summary.checked;
+    for (v, n) in &summary.verdicts {
+        *total.verdicts.entry(*v).or_default() += n;
+    }
+    let differing: std::collections::HashSet<&RowKey> = part.differences.iter().map(|d| &d.key).collect();
+    for d in &part.differences {
+        let (s, e) = (d.key.window.start().as_micros(), d.key.window.end().as_micros());
+        let first = match dims.get(&d.key.dims.encode()).and_then(|x| index.get(&Key { start: s, len: e - s, dims: x }))
+        {
+            Some(entry) => {
+                tally.differing += 1;
+                chart.entry(s).or_default().differing += 1;
+                entry.first_any
+            }
+            None => serving_only.get(&(s, e, d.key.dims.encode())).copied().unwrap_or(i64::MAX),
+        };
+        if let Some(t) = (first != i64::MAX).then(|| EventTime::from_micros(first)).flatten() {
+            out.first_emitted.insert(d.key.clone(), t);
+        }
+    }
+    out.fix_rows.extend(batch_rows.into_iter().filter(|r| differing.contains(&r.key)));
+    Ok(std::mem::take(&mut part.differences))
+}
+
+/// One chunk of the emission log: watermarks, restarts, and per batch key its first firings.
+fn scan_emissions(
+    c: &EmissionChunk,
+    dims: &Interner,
+    index: &mut FastMap<Key, Entry>,
+    serving_only: &mut FastMap<(i64, i64, String), i64>,
+    mismatched: &mut FastMap<Key, String>,
+    stream: &mut StreamFacts,
+) {
+    for i in 0..c.len() {
+        stream.observe(c.writer_epoch(i), c.watermark(i));
+        if c.delta(i) {
+            continue;
+        }
+        let (start, end, at) = (c.window_start(i), c.window_end(i), c.emitted_at(i));
+        let Some(e) =
+            dims.get(c.dims(i)).and_then(|d| index.get_mut(&Key { start, len: end - start, dims: d }).map(|e| (d, e)))
+        else {
+            if let Some(first) = serving_only.get_mut(&(start, end, c.dims(i).to_owned())) {
+                *first = (*first).min(at);
+            }
+            continue;
+        };
+        let (d, e) = e;
+        e.first_any = e.first_any.min(at);
+        if c.pane(i) == Some(Pane::OnTime) && (at, c.revision(i)) < (e.fot_at, e.fot_rev) {
+            e.fot_at = at;
+            e.fot_rev = c.revision(i);
+            let key = Key { start, len: end - start, dims: d };
+            if values_hash(c.values_json(i)) == e.values_hash {
+                e.flags &= !FOT_MISMATCH;
+                mismatched.remove(&key);
+            } else {
+                e.flags |= FOT_MISMATCH;
+                mismatched.insert(key, c.values_json(i).to_owned());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_cut_the_range_at_utc_midnight() {
+        let t = |s: &str| s.parse::<EventTime>().unwrap();
+        assert_eq!(
+            days(t("2026-01-01T22:00:00Z"), t("2026-01-03T01:00:00Z")),
+            vec![
+                (t("2026-01-01T22:00:00Z"), t("2026-01-02T00:00:00Z")),
+                (t("2026-01-02T00:00:00Z"), t("2026-01-03T00:00:00Z")),
+                (t("2026-01-03T00:00:00Z"), t("2026-01-03T01:00:00Z")),
+            ]
+        );
+        assert!(days(t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z")).is_empty());
+    }
+}
