@@ -5,4 +5,5 @@ mod bad_input;
 mod dependency_rule;
 mod faults;
 mod hostile;
+mod reconcile_scan;
 mod scenarios;
