@@ -124,9 +124,27 @@ fn row_key(metric: &str, start: i64, end: i64, dims: &str) -> Result<RowKey, Err
     Ok(RowKey { metric: metric.to_owned(), window, dims })
 }
 
-/// The value of aggregate `name` in a stored values text, as a number (0 when absent or null).
+/// The value of aggregate `name` in a stored values text (a flat JSON object of identifiers to numbers or
+/// null, see [`parse_values`]), as a number; 0 when absent or null. Reads the text in place.
 fn first_value(text: &str, name: &str) -> f64 {
-    parse_values(text).and_then(|v| v.get(name).and_then(|x| x.as_f64())).unwrap_or(0.0)
+    let mut rest = text;
+    while let Some(at) = rest.find('"') {
+        rest = &rest[at + 1..];
+        let Some(end) = rest.find('"') else { break };
+        let (field, after) = (&rest[..end], &rest[end + 1..]);
+        let after = after.trim_start();
+        let Some(value) = after.strip_prefix(':') else {
+            rest = after;
+            continue;
+        };
+        let value = value.trim_start();
+        let len = value.find([',', '}']).unwrap_or(value.len());
+        if field == name {
+            return value[..len].trim().parse::<f64>().unwrap_or(0.0);
+        }
+        rest = &value[len..];
+    }
+    0.0
 }
 
 /// Whether `emitted` equals the batch values within every aggregate's tolerance.
@@ -245,6 +263,7 @@ async fn scan_partition(
     // 2. the serving side, probed
     let mut max_end = i64::MIN;
     let mut serving_rows: Vec<MetricRow> = Vec::new();
+    let mut picked: Vec<usize> = Vec::new();
     let mut clean = 0u64;
     let mut chunks = serving.scan_rows(name, from, to);
     while let Some(c) = chunks.try_next().await? {
@@ -272,12 +291,14 @@ async fn scan_partition(
                         clean += 1;
                     } else {
                         e.flags |= SUSPECT;
-                        serving_rows.push(c.row(i)?);
+                        picked.push(i);
                     }
                 }
-                None => serving_rows.push(c.row(i)?),
+                None => picked.push(i),
             }
         }
+        serving_rows.extend(c.rows(&picked)?);
+        picked.clear();
     }
     drop(chunks);
     if let Some(end) = index
@@ -341,20 +362,26 @@ async fn scan_partition(
                 let differs = e.flags & SUSPECT != 0 || e.flags & SEEN == 0;
                 let fot_mismatch = e.flags & FOT_MISMATCH != 0;
                 let no_fot = e.fot_at == i64::MAX;
-                if !(differs || fot_mismatch || no_fot) {
-                    continue;
+                if differs || fot_mismatch || no_fot {
+                    picked.push(i);
                 }
-                let row = c.row(i)?;
+            }
+            for row in c.rows(&picked)? {
+                let (start, end) = (row.key.window.start().as_micros(), row.key.window.end().as_micros());
+                let Some(d) = dims.get(&row.key.dims.encode()) else { continue };
+                let key = Key { start, len: end - start, dims: d };
+                let Some(e) = index.get(&key) else { continue };
+                let differs = e.flags & SUSPECT != 0 || e.flags & SEEN == 0;
                 if let Some(agg) = &first_agg {
                     let truth = row.values.get(agg).and_then(|v| v.as_f64()).unwrap_or(0.0);
                     let point = chart.entry(start).or_default();
-                    if no_fot {
+                    if e.fot_at == i64::MAX {
                         point.provisional -= truth;
                     } else if let Some(text) = mismatched.get(&key) {
                         point.provisional += first_value(text, agg) - truth;
                     }
                 }
-                if fot_mismatch
+                if e.flags & FOT_MISMATCH != 0
                     && let Some(emitted) = mismatched.get(&key).and_then(|t| parse_values(t))
                     && within(metric, &emitted, &row.values)
                 {
@@ -365,6 +392,7 @@ async fn scan_partition(
                     batch_rows.push(row);
                 }
             }
+            picked.clear();
         }
     }
 
@@ -454,5 +482,24 @@ mod tests {
             ]
         );
         assert!(days(t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z")).is_empty());
+    }
+
+    #[test]
+    fn first_value_reads_one_aggregate_in_place() {
+        let text = r#"{"bytes":1.5e3,"n":42,"nn":null,"x":-0.25}"#;
+        assert_eq!(first_value(text, "n"), 42.0);
+        assert_eq!(first_value(text, "bytes"), 1500.0);
+        assert_eq!(first_value(text, "x"), -0.25);
+        assert_eq!(first_value(text, "nn"), 0.0, "null");
+        assert_eq!(first_value(text, "missing"), 0.0);
+        assert_eq!(first_value("{}", "n"), 0.0);
+        // agrees with the full parser on what the encoder writes
+        let values = std::collections::BTreeMap::from([
+            ("a".to_owned(), AggValue::Float(0.1 + 0.2)),
+            ("b".to_owned(), AggValue::Int(-7)),
+        ]);
+        let text = serde_json::to_string(&values).unwrap();
+        assert_eq!(first_value(&text, "a"), 0.1 + 0.2);
+        assert_eq!(first_value(&text, "b"), -7.0);
     }
 }

@@ -3,7 +3,8 @@
 //! instead of the whole range. Values stay as the stored JSON text: equal values are equal text (both layers
 //! write them with the same encoder), so a reader can compare hashes and parse only what differs.
 
-use deltalake::arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use deltalake::arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use deltalake::arrow::compute::take_record_batch;
 use futures::stream::BoxStream;
 use tidemark_core::{EventTime, MetricRow, Pane};
 
@@ -119,6 +120,21 @@ impl RowChunk {
     /// The batch run (id, epoch) that wrote row `i`, for rows of the batch view.
     pub fn batch_run(&self, i: usize) -> Option<(&str, i64)> {
         self.runs.as_ref().map(|(ids, epochs)| (ids.value(i), epochs.value(i)))
+    }
+
+    /// Rows `indices` decoded in full (one conversion for all of them).
+    pub fn rows(&self, indices: &[usize]) -> Result<Vec<MetricRow>> {
+        if indices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let idx = UInt32Array::from_iter_values(indices.iter().map(|i| u32::try_from(*i).unwrap_or(u32::MAX)));
+        let picked = take_record_batch(&self.batch, &idx).map_err(|e| Error::Corrupt(format!("picking rows: {e}")))?;
+        match self.layout {
+            Layout::Serving => {
+                crate::serving::delta::schema::from_batch(&picked)?.into_iter().map(Flat::into_row).collect()
+            }
+            Layout::BatchView => crate::tables::batch_view::rows_of(&picked, "batch view"),
+        }
     }
 
     /// Row `i` decoded in full.
