@@ -398,3 +398,9 @@ async fn progress_survives_expired_log_cleanup_and_vacuum_keeps_what_progress_na
     assert_eq!(stats.state_objects, 0);
     assert_eq!(fresh.load_progress("pipe").await.unwrap(), Some(p));
 }
+
+#[tokio::test]
+async fn issue_19_scans_equal_the_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    common::scans_equal_the_reads(&open(dir.path()).await).await;
+}

@@ -179,3 +179,8 @@ async fn extreme_watermarks_round_trip() {
 async fn emissions_are_logged_with_the_write() {
     common::emissions_are_logged_with_the_write(&store().await).await;
 }
+
+#[tokio::test]
+async fn issue_19_scans_equal_the_reads() {
+    common::scans_equal_the_reads(&store().await).await;
+}
