@@ -81,8 +81,6 @@ struct Entry {
     /// First on-time emission: (emitted at, revision); `i64::MAX` when none.
     fot_at: i64,
     fot_rev: u32,
-    /// First emission of any pane (`i64::MAX`: none).
-    first_any: i64,
     flags: u8,
 }
 
@@ -220,14 +218,8 @@ async fn scan_partition(
             let (start, end) = (c.window_start(i), c.window_end(i));
             let key = Key { start, len: end - start, dims: dims.id(c.dims(i)) };
             let values = c.values_json(i);
-            let entry = Entry {
-                values_hash: values_hash(values),
-                events: c.events(i),
-                fot_at: i64::MAX,
-                fot_rev: 0,
-                first_any: i64::MAX,
-                flags: 0,
-            };
+            let entry =
+                Entry { values_hash: values_hash(values), events: c.events(i), fot_at: i64::MAX, fot_rev: 0, flags: 0 };
             if index.insert(key, entry).is_some() {
                 let k = row_key(name, start, end, c.dims(i))?;
                 return Err(Error::DuplicateKey {
@@ -321,12 +313,19 @@ async fn scan_partition(
             serving_only.insert((s, e, r.key.dims.encode()), i64::MAX);
         }
     }
+    // batch keys that may differ, for their first emission (any pane)
+    let mut first_any: FastMap<Key, i64> = index
+        .iter()
+        .filter(|(_, e)| e.flags & SUSPECT != 0 || e.flags & SEEN == 0)
+        .map(|(k, _)| (*k, i64::MAX))
+        .collect();
 
     // 3. the emission log
     let mut mismatched: FastMap<Key, String> = FastMap::default();
     let mut chunks = serving.scan_emissions(name, from, to);
     while let Some(c) = chunks.try_next().await? {
-        scan_emissions(&c, &dims, &mut index, &mut serving_only, &mut mismatched, &mut out.stream);
+        let firsts = Firsts { batch: &mut first_any, serving_only: &mut serving_only };
+        scan_emissions(&c, &dims, &mut index, firsts, &mut mismatched, &mut out.stream);
     }
     drop(chunks);
 
@@ -411,10 +410,11 @@ async fn scan_partition(
         let (s, e) = (d.key.window.start().as_micros(), d.key.window.end().as_micros());
         let first = match dims.get(&d.key.dims.encode()).and_then(|x| index.get(&Key { start: s, len: e - s, dims: x }))
         {
-            Some(entry) => {
+            Some(_) => {
                 tally.differing += 1;
                 chart.entry(s).or_default().differing += 1;
-                entry.first_any
+                let key = Key { start: s, len: e - s, dims: dims.get(&d.key.dims.encode()).unwrap_or(u32::MAX) };
+                first_any.get(&key).copied().unwrap_or(i64::MAX)
             }
             None => serving_only.get(&(s, e, d.key.dims.encode())).copied().unwrap_or(i64::MAX),
         };
@@ -426,12 +426,18 @@ async fn scan_partition(
     Ok(std::mem::take(&mut part.differences))
 }
 
+/// First emissions (any pane) of the keys that may differ.
+struct Firsts<'a> {
+    batch: &'a mut FastMap<Key, i64>,
+    serving_only: &'a mut FastMap<(i64, i64, String), i64>,
+}
+
 /// One chunk of the emission log: watermarks, restarts, and per batch key its first firings.
 fn scan_emissions(
     c: &EmissionChunk,
     dims: &Interner,
     index: &mut FastMap<Key, Entry>,
-    serving_only: &mut FastMap<(i64, i64, String), i64>,
+    firsts: Firsts<'_>,
     mismatched: &mut FastMap<Key, String>,
     stream: &mut StreamFacts,
 ) {
@@ -444,13 +450,15 @@ fn scan_emissions(
         let Some(e) =
             dims.get(c.dims(i)).and_then(|d| index.get_mut(&Key { start, len: end - start, dims: d }).map(|e| (d, e)))
         else {
-            if let Some(first) = serving_only.get_mut(&(start, end, c.dims(i).to_owned())) {
+            if let Some(first) = firsts.serving_only.get_mut(&(start, end, c.dims(i).to_owned())) {
                 *first = (*first).min(at);
             }
             continue;
         };
         let (d, e) = e;
-        e.first_any = e.first_any.min(at);
+        if let Some(first) = firsts.batch.get_mut(&Key { start, len: end - start, dims: d }) {
+            *first = (*first).min(at);
+        }
         if c.pane(i) == Some(Pane::OnTime) && (at, c.revision(i)) < (e.fot_at, e.fot_rev) {
             e.fot_at = at;
             e.fot_rev = c.revision(i);

@@ -108,9 +108,14 @@ fn print_table(o: &ReconcileOutcome) {
         None => println!("corrections {what}"),
     }
     let e = &o.evidence;
-    let wm = e.stream_watermark.map_or_else(|| "unknown".to_owned(), |w| w.to_string());
+    // a bounded input drained to its end (`tidemark stream --finish`) advances the watermark to the end of time
+    let wm = match e.stream_watermark {
+        None => "unknown".to_owned(),
+        Some(w) if w == tidemark_core::EventTime::MAX => "end of input".to_owned(),
+        Some(w) => format!(">= {w}"),
+    };
     println!(
-        "evidence    late events {}, duplicate deliveries {}, restarts {}, stream watermark >= {wm}",
+        "evidence    late events {}, duplicate deliveries {}, restarts {}, stream watermark {wm}",
         e.late_events,
         e.duplicate_deliveries,
         e.restarts.len()
