@@ -1,5 +1,6 @@
 //! `tidemark`: a thin binary over the library crates. Every subcommand lives in `cmd/`.
 
+mod arrival;
 mod cmd;
 mod exit;
 mod pageviews;

@@ -81,3 +81,45 @@ fn reconcile_refuses_a_range_without_a_batch_run_and_documents_exit_codes() {
     assert_eq!(code, 0);
     assert!(out.contains("--fail-on-breach") && out.contains("5 contract breached") && out.contains("Examples"));
 }
+
+/// Issue 19: a replay of recorded history with `[source] received_at` measures latency on the recorded
+/// arrival clock (each line arrives 2 s after its event time), not as "now minus the event date", and the
+/// drained watermark reads "end of input".
+#[test]
+fn issue_19_a_replay_measures_latency_on_the_recorded_arrival_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = setup(dir.path());
+    let events = dir.path().join("events.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let ts: tidemark_core::EventTime = v["ts"].as_str().unwrap().parse().unwrap();
+            let rcv = ts.saturating_add(tidemark_core::Duration::from_secs(2));
+            v["rcv"] = serde_json::Value::String(rcv.to_string());
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("path = \"events.jsonl\"", "path = \"events.jsonl\"\nreceived_at = \"rcv\"");
+    assert!(text.contains("received_at = \"rcv\""), "{text}");
+    std::fs::write(&spec, text).unwrap();
+    let (code, _, err) = tidemark(&["stream", "--spec", &spec, "--finish", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tidemark(&["batch", "--spec", &spec, "--from", FROM, "--to", TO]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = tidemark(&["reconcile", "--spec", &spec, "--from", FROM, "--to", TO, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let latency = &json(&out)["contract"]["metrics"][0]["finalization_latency"];
+    assert!(latency["n"].as_u64().unwrap() > 0, "{latency}");
+    // a window fires when the watermark (newest arrival's event time - 1 s delay) passes its end: seconds
+    // after it on the recorded clock, never days
+    let max: tidemark_core::Duration = serde_json::from_value(latency["max"].clone()).unwrap();
+    assert!(max < tidemark_core::Duration::from_secs(600), "{latency}");
+    let (code, out, err) = tidemark(&["reconcile", "--spec", &spec, "--from", FROM, "--to", TO, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stream watermark end of input"), "{out}");
+}

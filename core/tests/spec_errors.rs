@@ -262,3 +262,21 @@ fn serde_errors_carry_line_and_column() {
     let line = text.lines().position(|l| l.contains("soon")).unwrap() + 1;
     assert!(errors[0].starts_with(&format!("shop.toml:{line}:")), "{errors:?}");
 }
+
+/// Issue 19: a file source may name the field holding each line's arrival time; it must be a field name.
+#[test]
+fn issue_19_a_file_source_names_its_arrival_field() {
+    let file = |received_at: &str| {
+        patched(
+            "type = \"kafka\"\nbrokers = \"localhost:9092\"\ntopic = \"orders\"\ngroup = \"tidemark\"",
+            &format!("type = \"file\"\npath = \"/data/orders.jsonl\"\nreceived_at = \"{received_at}\""),
+        )
+    };
+    let spec = PipelineSpec::parse(&file("received_at"), "shop.toml", None).unwrap();
+    assert!(matches!(
+        &spec.spec().source,
+        tidemark_core::spec::SourceSpec::File { received_at: Some(f), .. } if f == "received_at"
+    ));
+    let errors = errors_of(&file("has space"));
+    assert!(errors.iter().any(|e| e.contains("shop.toml") && e.contains("source.received_at")), "{errors:?}");
+}

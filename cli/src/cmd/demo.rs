@@ -7,19 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use serde::Serialize;
 use tidemark_core::{EventTime, MetricRow, ValidSpec};
 use tidemark_store::{DeadLetterStore, MetricFilter, RawArchive};
 use tidemark_stream::metrics::Metrics;
-use tidemark_stream::{
-    Clock as _, FileSource, ManualClock, Offsets, Polled, ReceivedAt, Record, Service, ServiceConfig, Sinks, Source,
-};
+use tidemark_stream::{Clock as _, FileSource, ManualClock, ReceivedAt, Service, ServiceConfig, Sinks};
 
 use tidemark_reconcile::{Reconcile, ReconcileOutcome};
 
+use crate::arrival::ArrivalClockSource;
 use crate::pageviews::{GenConfig, GenStats};
 
 /// The demo's pipeline spec: examples/pageviews.toml with a file source and local Delta stores.
@@ -313,49 +312,6 @@ fn prepare_dir(out: &Path) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(out).with_context(|| format!("cannot resolve {}", out.display()))
 }
 
-/// A file source that moves the service's clock to the arrival time of what it just read, so panes,
-/// watermarks and emission times follow the simulated arrivals instead of the demo's own speed.
-struct ArrivalClockSource {
-    inner: FileSource,
-    clock: ManualClock,
-    bar: indicatif::ProgressBar,
-}
-
-impl Source for ArrivalClockSource {
-    fn seek(&mut self, offsets: &Offsets) -> Result<(), tidemark_stream::Error> {
-        self.inner.seek(offsets)
-    }
-
-    async fn poll(
-        &mut self,
-        out: &mut Vec<Record>,
-        max: usize,
-        wait: StdDuration,
-    ) -> Result<Polled, tidemark_stream::Error> {
-        let before = out.len();
-        let polled = self.inner.poll(out, max, wait).await?;
-        if let Some(latest) = out[before..].iter().map(|r| r.received_at).max()
-            && latest > self.clock.now()
-        {
-            self.clock.set(latest);
-        }
-        self.bar.inc(polled.records as u64);
-        Ok(polled)
-    }
-
-    fn pause(&mut self) -> Result<(), tidemark_stream::Error> {
-        self.inner.pause()
-    }
-
-    fn resume(&mut self) -> Result<(), tidemark_stream::Error> {
-        self.inner.resume()
-    }
-
-    fn committed(&mut self, offsets: &Offsets) -> Result<(), tidemark_stream::Error> {
-        self.inner.committed(offsets)
-    }
-}
-
 /// Runs the stream service over the events file to its end (`--finish`), on the simulated arrival clock.
 async fn run_stream(
     spec: &ValidSpec,
@@ -378,8 +334,7 @@ async fn run_stream(
     let bar = super::generate::progress_bar(lines, tty);
     bar.set_message("speed layer");
     let received_at = ReceivedAt::Field { name: "received_at".into(), fallback: Arc::new(clock.clone()) };
-    let source =
-        ArrivalClockSource { inner: FileSource::new(events, received_at), clock: clock.clone(), bar: bar.clone() };
+    let source = ArrivalClockSource::new(FileSource::new(events, received_at), clock.clone(), Some(bar.clone()));
     // Polls of about one simulated second, so the clock advances in small steps and panes fire (and are
     // timestamped) about when they would live.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -6,11 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
+use tidemark_core::EventTime;
 use tidemark_core::ValidSpec;
 use tidemark_core::spec::SourceSpec;
 use tidemark_store::{DeadLetterStore, RawArchive};
 use tidemark_stream::metrics::Metrics;
-use tidemark_stream::{FileSource, ReceivedAt, Service, ServiceConfig, Sinks, Source, Stopped, SystemClock};
+use tidemark_stream::{
+    Clock, FileSource, ManualClock, ReceivedAt, Service, ServiceConfig, Sinks, Source, Stopped, SystemClock,
+};
+
+use crate::arrival::ArrivalClockSource;
 
 /// Run the stream service: consume the spec's source, window events by event time, and commit
 /// provisional results, source offsets and state to the serving store atomically.
@@ -107,13 +112,21 @@ async fn serve(args: &Args, spec: ValidSpec) -> anyhow::Result<ExitCode> {
         ..ServiceConfig::default()
     };
     match &spec.spec().source {
-        SourceSpec::File { path } => {
+        SourceSpec::File { path, received_at: None } => {
             let source = FileSource::new(path, ReceivedAt::Clock(Arc::new(SystemClock)));
-            run_service(args, &spec, source, sinks, config).await
+            run_service(args, &spec, source, sinks, config, Arc::new(SystemClock)).await
+        }
+        SourceSpec::File { path, received_at: Some(field) } => {
+            // a recorded stream: processing time follows the lines' arrival times (the clock starts at the
+            // first line's; a line without the field arrives at the clock's current time)
+            let clock = ManualClock::new(EventTime::UNIX_EPOCH);
+            let received_at = ReceivedAt::Field { name: field.clone(), fallback: Arc::new(clock.clone()) };
+            let source = ArrivalClockSource::new(FileSource::new(path, received_at), clock.clone(), None);
+            run_service(args, &spec, source, sinks, config, Arc::new(clock)).await
         }
         SourceSpec::Kafka { .. } => {
             let source = tidemark_stream::KafkaConfig::from_spec(&spec.spec().source)?.build()?;
-            run_service(args, &spec, source, sinks, config).await
+            run_service(args, &spec, source, sinks, config, Arc::new(SystemClock)).await
         }
     }
 }
@@ -124,6 +137,7 @@ async fn run_service<S: Source>(
     source: S,
     sinks: Sinks,
     config: ServiceConfig,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -142,7 +156,7 @@ async fn run_service<S: Source>(
     };
     tokio::spawn(watch_signals(stop.clone()));
 
-    let service = Service::start(spec, source, sinks, Arc::new(SystemClock), config, metrics.clone()).await?;
+    let service = Service::start(spec, source, sinks, clock, config, metrics.clone()).await?;
     let result = service.run(stop).await;
     let _ = http_stop_tx.send(());
     if let Some(h) = http {

@@ -109,6 +109,12 @@ pub enum SourceSpec {
     File {
         /// Path of the file (relative to the spec file).
         path: String,
+        /// The field holding each line's arrival time (RFC 3339), for replaying recorded history: the speed
+        /// layer's processing clock then follows the recorded arrivals, so emission times, finalization
+        /// latency and idle timeouts are those of the recorded stream, not of the replay. Without it a
+        /// line arrives when it is read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        received_at: Option<String>,
     },
 }
 

@@ -75,10 +75,15 @@ fn check_source(c: &mut Checker<'_>, source: &mut SourceSpec, base_dir: Option<&
                 }
             }
         }
-        SourceSpec::File { path } => match resolve_location(path, base_dir, false) {
-            Ok(url) => *path = url.strip_prefix("file://").map(str::to_owned).unwrap_or(url),
-            Err(m) => c.err("source.path", m),
-        },
+        SourceSpec::File { path, received_at } => {
+            match resolve_location(path, base_dir, false) {
+                Ok(url) => *path = url.strip_prefix("file://").map(str::to_owned).unwrap_or(url),
+                Err(m) => c.err("source.path", m),
+            }
+            if let Some(f) = received_at {
+                c.field("source.received_at".into(), f);
+            }
+        }
     }
 }
 
