@@ -61,11 +61,11 @@ pub(crate) struct Scanned {
     pub(crate) max_window_end: Option<EventTime>,
 }
 
-/// A key within one partition: window start, window length and interned dimensions.
+/// A key within one partition: window start, interned window length and interned dimensions (16 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     start: i64,
-    len: i64,
+    len: u32,
     dims: u32,
 }
 
@@ -86,24 +86,38 @@ struct Entry {
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Dimension texts of one partition interned to integers.
+/// Dimension texts and window lengths of one partition interned to integers.
 #[derive(Debug, Default)]
 struct Interner {
-    ids: FastMap<Box<str>, u32>,
+    dims: FastMap<Box<str>, u32>,
+    lens: FastMap<i64, u32>,
+    len_of: Vec<i64>,
 }
 
 impl Interner {
-    fn id(&mut self, dims: &str) -> u32 {
-        if let Some(id) = self.ids.get(dims) {
-            return *id;
+    /// The key of a window and dimension text, interning both.
+    fn key(&mut self, start: i64, end: i64, dims: &str) -> Key {
+        let next = u32::try_from(self.dims.len()).unwrap_or(u32::MAX);
+        let d = match self.dims.get(dims) {
+            Some(id) => *id,
+            None => *self.dims.entry(dims.into()).or_insert(next),
+        };
+        let next = u32::try_from(self.len_of.len()).unwrap_or(u32::MAX);
+        let len = *self.lens.entry(end - start).or_insert(next);
+        if len == next {
+            self.len_of.push(end - start);
         }
-        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
-        self.ids.insert(dims.into(), id);
-        id
+        Key { start, len, dims: d }
     }
 
-    fn get(&self, dims: &str) -> Option<u32> {
-        self.ids.get(dims).copied()
+    /// The key of a window and dimension text if both were interned.
+    fn find(&self, start: i64, end: i64, dims: &str) -> Option<Key> {
+        Some(Key { start, len: *self.lens.get(&(end - start))?, dims: *self.dims.get(dims)? })
+    }
+
+    /// The window end of `key`.
+    fn end(&self, key: &Key) -> i64 {
+        key.start + self.len_of.get(key.len as usize).copied().unwrap_or(0)
     }
 }
 
@@ -216,7 +230,7 @@ async fn scan_partition(
     while let Some(c) = chunks.try_next().await? {
         for i in 0..c.len() {
             let (start, end) = (c.window_start(i), c.window_end(i));
-            let key = Key { start, len: end - start, dims: dims.id(c.dims(i)) };
+            let key = dims.key(start, end, c.dims(i));
             let values = c.values_json(i);
             let entry =
                 Entry { values_hash: values_hash(values), events: c.events(i), fot_at: i64::MAX, fot_rev: 0, flags: 0 };
@@ -268,7 +282,7 @@ async fn scan_partition(
             if is_session {
                 out.sessions.add(spec, &row_key(name, start, end, c.dims(i))?);
             }
-            let entry = dims.get(c.dims(i)).and_then(|d| index.get_mut(&Key { start, len: end - start, dims: d }));
+            let entry = dims.find(start, end, c.dims(i)).and_then(|k| index.get_mut(&k));
             match entry {
                 Some(e) => {
                     if e.flags & SEEN != 0 {
@@ -295,7 +309,7 @@ async fn scan_partition(
     drop(chunks);
     if let Some(end) = index
         .keys()
-        .map(|k| k.start + k.len)
+        .map(|k| dims.end(k))
         .max()
         .map(|e| e.max(max_end))
         .or((max_end > i64::MIN).then_some(max_end))
@@ -307,8 +321,7 @@ async fn scan_partition(
     let mut serving_only: FastMap<(i64, i64, String), i64> = FastMap::default();
     for r in &serving_rows {
         let (s, e) = (r.key.window.start().as_micros(), r.key.window.end().as_micros());
-        let known =
-            dims.get(&r.key.dims.encode()).is_some_and(|d| index.contains_key(&Key { start: s, len: e - s, dims: d }));
+        let known = dims.find(s, e, &r.key.dims.encode()).is_some_and(|k| index.contains_key(&k));
         if !known {
             serving_only.insert((s, e, r.key.dims.encode()), i64::MAX);
         }
@@ -336,7 +349,7 @@ async fn scan_partition(
         tally.windows += 1;
         tally.events += u64::try_from(e.events).unwrap_or(0);
         if e.fot_at != i64::MAX {
-            let lat = Duration::from_micros(e.fot_at.saturating_sub(k.start + k.len).max(0)).unwrap_or(Duration::ZERO);
+            let lat = Duration::from_micros(e.fot_at.saturating_sub(dims.end(k)).max(0)).unwrap_or(Duration::ZERO);
             tally.finalization.push(lat);
             if lat <= spec.spec().contract.finalization_latency {
                 tally.finalized_within += 1;
@@ -355,8 +368,7 @@ async fn scan_partition(
         while let Some(c) = chunks.try_next().await? {
             for i in 0..c.len() {
                 let (start, end) = (c.window_start(i), c.window_end(i));
-                let Some(d) = dims.get(c.dims(i)) else { continue };
-                let key = Key { start, len: end - start, dims: d };
+                let Some(key) = dims.find(start, end, c.dims(i)) else { continue };
                 let Some(e) = index.get(&key) else { continue };
                 let differs = e.flags & SUSPECT != 0 || e.flags & SEEN == 0;
                 let fot_mismatch = e.flags & FOT_MISMATCH != 0;
@@ -367,8 +379,7 @@ async fn scan_partition(
             }
             for row in c.rows(&picked)? {
                 let (start, end) = (row.key.window.start().as_micros(), row.key.window.end().as_micros());
-                let Some(d) = dims.get(&row.key.dims.encode()) else { continue };
-                let key = Key { start, len: end - start, dims: d };
+                let Some(key) = dims.find(start, end, &row.key.dims.encode()) else { continue };
                 let Some(e) = index.get(&key) else { continue };
                 let differs = e.flags & SUSPECT != 0 || e.flags & SEEN == 0;
                 if let Some(agg) = &first_agg {
@@ -408,12 +419,10 @@ async fn scan_partition(
     let differing: std::collections::HashSet<&RowKey> = part.differences.iter().map(|d| &d.key).collect();
     for d in &part.differences {
         let (s, e) = (d.key.window.start().as_micros(), d.key.window.end().as_micros());
-        let first = match dims.get(&d.key.dims.encode()).and_then(|x| index.get(&Key { start: s, len: e - s, dims: x }))
-        {
-            Some(_) => {
+        let first = match dims.find(s, e, &d.key.dims.encode()).filter(|k| index.contains_key(k)) {
+            Some(key) => {
                 tally.differing += 1;
                 chart.entry(s).or_default().differing += 1;
-                let key = Key { start: s, len: e - s, dims: dims.get(&d.key.dims.encode()).unwrap_or(u32::MAX) };
                 first_any.get(&key).copied().unwrap_or(i64::MAX)
             }
             None => serving_only.get(&(s, e, d.key.dims.encode())).copied().unwrap_or(i64::MAX),
@@ -447,22 +456,18 @@ fn scan_emissions(
             continue;
         }
         let (start, end, at) = (c.window_start(i), c.window_end(i), c.emitted_at(i));
-        let Some(e) =
-            dims.get(c.dims(i)).and_then(|d| index.get_mut(&Key { start, len: end - start, dims: d }).map(|e| (d, e)))
-        else {
+        let Some((key, e)) = dims.find(start, end, c.dims(i)).and_then(|k| index.get_mut(&k).map(|e| (k, e))) else {
             if let Some(first) = firsts.serving_only.get_mut(&(start, end, c.dims(i).to_owned())) {
                 *first = (*first).min(at);
             }
             continue;
         };
-        let (d, e) = e;
-        if let Some(first) = firsts.batch.get_mut(&Key { start, len: end - start, dims: d }) {
+        if let Some(first) = firsts.batch.get_mut(&key) {
             *first = (*first).min(at);
         }
         if c.pane(i) == Some(Pane::OnTime) && (at, c.revision(i)) < (e.fot_at, e.fot_rev) {
             e.fot_at = at;
             e.fot_rev = c.revision(i);
-            let key = Key { start, len: end - start, dims: d };
             if values_hash(c.values_json(i)) == e.values_hash {
                 e.flags &= !FOT_MISMATCH;
                 mismatched.remove(&key);
