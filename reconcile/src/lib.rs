@@ -19,6 +19,7 @@
 mod contract;
 mod corrections;
 mod diff;
+pub mod dirty;
 mod error;
 mod evidence;
 mod explain;
