@@ -21,4 +21,4 @@ pub mod view;
 
 pub use error::Error;
 pub use input::{InputFile, InputFormat, InputSource, UndecodableRow};
-pub use run::{BatchReport, BatchRun, DEFAULT_PART_EVENTS, MetricSummary};
+pub use run::{BatchReport, BatchRun, DEFAULT_PART_EVENTS, DEFAULT_SESSION_LOOKAROUND, MetricSummary};

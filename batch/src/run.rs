@@ -57,6 +57,9 @@ pub struct BatchRun<'a> {
 /// The default of [`BatchRun::part_events`].
 pub const DEFAULT_PART_EVENTS: u64 = 2_000_000;
 
+/// The first lookaround on each side of a run's range for session metrics ([`BatchRun::session_lookaround`]).
+pub const DEFAULT_SESSION_LOOKAROUND: Duration = Duration::from_secs(3600);
+
 /// One metric's part of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricSummary {
@@ -212,7 +215,7 @@ impl<'a> BatchRun<'a> {
             input: InputSource::delta(stores.raw_archive.clone()),
             batch_view: stores.batch_view.clone(),
             metrics: None,
-            session_lookaround: Duration::from_secs(3600),
+            session_lookaround: DEFAULT_SESSION_LOOKAROUND,
             max_lookaround: Duration::from_secs(7 * 86_400),
             run_id: None,
             progress: true,

@@ -46,7 +46,7 @@ pub use serving::delta::{DeltaStats, DeltaStore, DeltaStoreConfig, VacuumStats};
 pub use serving::postgres::{PgStats, PostgresStore, check_schema};
 pub use serving::{DEFAULT_SCHEMA, ServingStore, open};
 pub use tables::archive::{
-    APP_ID_PREFIX, AppendOutcome, ArchiveRow, ArchiveStats, RawArchive, RawArchiveConfig, archive_app_id,
+    APP_ID_PREFIX, AppendOutcome, ArchiveRow, ArchiveStats, ArrivalsSince, RawArchive, RawArchiveConfig, archive_app_id,
 };
 pub use tables::batch_view::schema as batch_view;
 pub use tables::batch_view::{BatchView, RunManifest, ViewCommit};

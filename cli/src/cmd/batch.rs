@@ -111,8 +111,14 @@ async fn execute(spec: &ValidSpec, args: &Args) -> anyhow::Result<(BatchReport, 
         run = run.metrics(args.metrics.clone());
     }
     let report = run.run().await?;
-    if args.dry_run || report.dead_letters.is_empty() {
-        return Ok((report, None));
+    let stored = if args.dry_run { None } else { store_dead_letters(spec, &report).await? };
+    Ok((report, stored))
+}
+
+/// Stores what a run could not decode in the dead-letter store; how many were new (`None`: nothing to store).
+pub(crate) async fn store_dead_letters(spec: &ValidSpec, report: &BatchReport) -> anyhow::Result<Option<usize>> {
+    if report.dead_letters.is_empty() {
+        return Ok(None);
     }
     let store = DeadLetterStore::open(&spec.spec().stores.dead_letter)?;
     let letters: Vec<DeadLetter> = report
@@ -133,8 +139,7 @@ async fn execute(spec: &ValidSpec, args: &Args) -> anyhow::Result<(BatchReport, 
             )
         })
         .collect();
-    let new = store.append(&letters).await?;
-    Ok((report, Some(new)))
+    Ok(Some(store.append(&letters).await?))
 }
 
 fn print_table(r: &BatchReport, stored: Option<usize>, spec: &ValidSpec) {

@@ -28,11 +28,18 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     spec: PathBuf,
     /// Start of the range (RFC 3339, inclusive; windows starting at or after it).
-    #[arg(long, value_name = "TIME")]
-    from: EventTime,
+    #[arg(long, value_name = "TIME", required_unless_present = "changed", conflicts_with = "changed")]
+    from: Option<EventTime>,
     /// End of the range (RFC 3339, exclusive).
-    #[arg(long, value_name = "TIME")]
-    to: EventTime,
+    #[arg(long, value_name = "TIME", required_unless_present = "changed", conflicts_with = "changed")]
+    to: Option<EventTime>,
+    /// Instead of a range: only the windows that can have changed since this pipeline's last `--changed`
+    /// run (events archived since then, new, late or replayed, and batch runs made since then). Their
+    /// hours are recomputed with the batch layer and reconciled; the archive offsets covered are recorded
+    /// beside the batch view last, so a run that fails is redone by the next. The first run covers the
+    /// whole archive.
+    #[arg(long)]
+    changed: bool,
     /// Change nothing: print the differences and the blast radius (rows to insert / update / delete).
     #[arg(long)]
     dry_run: bool,
@@ -49,11 +56,15 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let spec = super::load_valid_spec(&args.spec)?;
-    if args.from >= args.to {
-        return Err(super::user_error(format!("--from ({}) must be before --to ({})", args.from, args.to)));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut job = Reconcile::new(&spec, args.from, args.to).dry_run(args.dry_run);
+    let (from, to) = match (args.from, args.to) {
+        (Some(from), Some(to)) => (from, to),
+        _ => return runtime.block_on(changed::run(&spec, args)),
+    };
+    if from >= to {
+        return Err(super::user_error(format!("--from ({from}) must be before --to ({to})")));
+    }
+    let mut job = Reconcile::new(&spec, from, to).dry_run(args.dry_run);
     if let Some(dir) = &args.report_dir {
         job = job.report_dir(dir.clone());
     }
@@ -68,6 +79,150 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(crate::exit::CONTRACT_BREACHED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+mod changed {
+    //! `tidemark reconcile --changed`: the incremental mode.
+
+    use std::collections::BTreeMap;
+    use std::process::ExitCode;
+
+    use serde::{Deserialize, Serialize};
+    use tidemark_batch::{BatchRun, DEFAULT_SESSION_LOOKAROUND};
+    use tidemark_core::{EventTime, ValidSpec};
+    use tidemark_reconcile::dirty::{dirty_spans, merge_spans};
+    use tidemark_reconcile::{Reconcile, ReconcileOutcome};
+    use tidemark_store::{BatchView, RawArchive};
+
+    use super::Args;
+
+    /// What the last `--changed` run of a pipeline covered, kept beside the batch view.
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct Covered {
+        /// Per source partition, the highest archived offset whose event's windows were reconciled.
+        archive_offsets: Vec<(String, i32, i64)>,
+        /// The newest batch run (epoch) whose range was reconciled.
+        batch_epoch: i64,
+        /// When the run finished.
+        at: Option<EventTime>,
+    }
+
+    /// One span's runs, for the summary.
+    #[derive(Debug, Serialize)]
+    struct Span {
+        from: EventTime,
+        to: EventTime,
+        recomputed: bool,
+        outcome: ReconcileOutcome,
+    }
+
+    #[derive(Debug, Serialize)]
+    struct Summary {
+        pipeline: String,
+        dry_run: bool,
+        first_run: bool,
+        new_arrivals: u64,
+        spans: Vec<Span>,
+        differences: u64,
+        corrections_applied: u64,
+    }
+
+    fn state_path(spec: &ValidSpec) -> String {
+        format!("_tidemark/reconcile/{}.json", spec.spec().name)
+    }
+
+    pub(super) async fn run(spec: &ValidSpec, args: &Args) -> anyhow::Result<ExitCode> {
+        let stores = &spec.spec().stores;
+        let view = BatchView::open(&stores.batch_view)?;
+        let covered: Option<Covered> = match view.get_beside(&state_path(spec)).await? {
+            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                super::super::user_error(format!(
+                    "{}/{} is not a reconcile state tidemark wrote: {e}",
+                    stores.batch_view,
+                    state_path(spec)
+                ))
+            })?),
+            None => None,
+        };
+        let first_run = covered.is_none();
+        let covered = covered.unwrap_or_default();
+        let after: BTreeMap<(String, i32), i64> =
+            covered.archive_offsets.iter().map(|(s, p, o)| ((s.clone(), *p), *o)).collect();
+        // 1. what arrived since: the event times of archived rows past the covered offsets
+        let archive = RawArchive::open(stores.raw_archive.clone()).await?;
+        let arrivals = archive.event_times_after(&after).await?;
+        let recompute = dirty_spans(spec, arrivals.event_times.iter().copied(), DEFAULT_SESSION_LOOKAROUND);
+        // 2. batch runs made since (their truth may differ from what the serving store was corrected to)
+        let runs = view.runs().await?;
+        let newer: Vec<(EventTime, EventTime)> = runs
+            .iter()
+            .filter(|r| !r.dry_run && r.epoch > covered.batch_epoch && r.view_version.is_some())
+            .map(|r| (r.from, r.to))
+            .collect();
+        let recompute = merge_spans(recompute);
+        let all = merge_spans(recompute.iter().copied().chain(newer).collect());
+        // 3. recompute the dirty hours with the batch layer, then reconcile every span
+        let mut spans = Vec::new();
+        for (from, to) in all {
+            let dirty = recompute.iter().any(|(a, b)| *a < to && from < *b);
+            if dirty {
+                for (a, b) in recompute.iter().filter(|(a, b)| *a < to && from < *b) {
+                    let report = BatchRun::new(spec, *a, *b).dry_run(args.dry_run).progress(false).run().await?;
+                    if !args.dry_run {
+                        crate::cmd::batch::store_dead_letters(spec, &report).await?;
+                    }
+                }
+            }
+            let outcome = Reconcile::new(spec, from, to).dry_run(args.dry_run).run().await?;
+            spans.push(Span { from, to, recomputed: dirty, outcome });
+        }
+        // 4. record what is covered, last: a run that fails before this is redone by the next
+        if !args.dry_run {
+            let epoch = view.runs().await?.iter().filter(|r| !r.dry_run).map(|r| r.epoch).max().unwrap_or(0);
+            let state = Covered {
+                archive_offsets: arrivals.offsets.iter().map(|((s, p), o)| (s.clone(), *p, *o)).collect(),
+                batch_epoch: epoch.max(covered.batch_epoch),
+                at: Some(tidemark_stream::Clock::now(&tidemark_stream::SystemClock)),
+            };
+            view.put_beside(&state_path(spec), serde_json::to_vec_pretty(&state)?).await?;
+        }
+        let summary = Summary {
+            pipeline: spec.spec().name.clone(),
+            dry_run: args.dry_run,
+            first_run,
+            new_arrivals: arrivals.event_times.len() as u64,
+            differences: spans.iter().map(|s| s.outcome.differences).sum(),
+            corrections_applied: spans.iter().map(|s| s.outcome.corrections_applied).sum(),
+            spans,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            let mode = if summary.dry_run { " (dry run)" } else { "" };
+            let first = if first_run { ", first run: the whole archive" } else { "" };
+            println!("reconcile --changed {}{mode}: {} new arrivals{first}", summary.pipeline, summary.new_arrivals);
+            for s in &summary.spans {
+                let how = if s.recomputed { "batch + reconcile" } else { "reconcile (new batch run)" };
+                println!(
+                    "  [{}, {})  {how}: {} keys, {} differences, {} corrections applied",
+                    s.from, s.to, s.outcome.checked, s.outcome.differences, s.outcome.corrections_applied
+                );
+            }
+            if summary.spans.is_empty() {
+                println!("  nothing changed since the last run");
+            }
+            println!(
+                "total       {} differences, {} corrections applied",
+                summary.differences, summary.corrections_applied
+            );
+        }
+        let breached = summary.spans.iter().any(|s| s.outcome.contract.breached);
+        if args.fail_on_breach && breached {
+            eprintln!("contract breached: see the contract of each span (--json)");
+            return Ok(ExitCode::from(crate::exit::CONTRACT_BREACHED));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn name<T: serde::Serialize>(v: &T) -> String {

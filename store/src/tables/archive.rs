@@ -39,6 +39,15 @@ use crate::retry::backoff;
 /// Prefix of the archive's app transaction ids.
 pub const APP_ID_PREFIX: &str = "tidemark-archive/";
 
+/// What [`RawArchive::event_times_after`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArrivalsSince {
+    /// The recorded offset of every `(source, partition)` when read.
+    pub offsets: BTreeMap<(String, i32), i64>,
+    /// The event times of the rows past the given offsets, in no particular order.
+    pub event_times: Vec<EventTime>,
+}
+
 /// The app transaction id that records the highest archived offset of `(source, partition)`:
 /// `tidemark-archive/<source>/<partition>`, with every byte of `source` outside `[A-Za-z0-9._-]`
 /// written as `%XX` (so Kafka topic names stay readable and a `/` in a file path cannot collide).
@@ -440,6 +449,46 @@ impl RawArchive {
     pub async fn read_event_time_range(&self, from: EventTime, to: EventTime) -> Result<Vec<ArchiveRow>> {
         let ts = |t: EventTime| lit(ScalarValue::TimestampMicrosecond(Some(t.as_micros()), Some("UTC".into())));
         self.read_where(col(EVENT_TIME).gt_eq(ts(from)).and(col(EVENT_TIME).lt(ts(to)))).await
+    }
+
+    /// What was archived past `after` (per `(source, partition)`, the highest offset a reader has handled;
+    /// partitions it does not list count from the start): the event time of every such row, and the
+    /// recorded offsets at the time of reading, which the reader covers once it has handled them. Reads
+    /// the `event_time` column of those rows only (file statistics on `offset` skip older files).
+    pub async fn event_times_after(&self, after: &BTreeMap<(String, i32), i64>) -> Result<ArrivalsSince> {
+        let offsets = self.recorded_offsets().await?;
+        let mut filter: Option<Expr> = None;
+        for ((source, partition), upto) in &offsets {
+            let from = after.get(&(source.clone(), *partition)).copied();
+            if from.is_some_and(|f| f >= *upto) {
+                continue;
+            }
+            let mut f = col(SOURCE)
+                .eq(lit(source.as_str()))
+                .and(col(PARTITION).eq(lit(*partition)))
+                .and(col(OFFSET).lt_eq(lit(*upto)));
+            if let Some(from) = from {
+                f = f.and(col(OFFSET).gt(lit(from)));
+            }
+            filter = Some(match filter {
+                Some(x) => x.or(f),
+                None => f,
+            });
+        }
+        let Some(filter) = filter else { return Ok(ArrivalsSince { offsets, event_times: Vec::new() }) };
+        let table = self.state.lock().await.table.clone();
+        let batches = query_table(&table, |df| df.filter(filter)?.select_columns(&[EVENT_TIME])).await?;
+        let mut event_times = Vec::new();
+        for b in &batches {
+            let et = times(b, EVENT_TIME)?;
+            for i in 0..b.num_rows() {
+                event_times.push(
+                    EventTime::from_micros(et.value(i))
+                        .ok_or_else(|| Error::Corrupt(format!("raw archive column {EVENT_TIME} is out of range")))?,
+                );
+            }
+        }
+        Ok(ArrivalsSince { offsets, event_times })
     }
 
     async fn read_where(&self, filter: Expr) -> Result<Vec<ArchiveRow>> {

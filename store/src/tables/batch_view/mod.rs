@@ -186,6 +186,19 @@ impl BatchView {
         Ok(())
     }
 
+    /// Reads `relative` under the table root (`None` when it does not exist).
+    pub async fn get_beside(&self, relative: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.table().await?;
+        let url = || format!("{}/{relative}", self.url);
+        match table.object_store().get(&deltalake::Path::from(relative)).await {
+            Ok(got) => {
+                Ok(Some(got.bytes().await.map_err(|source| Error::ObjectStore { url: url(), source })?.to_vec()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::ObjectStore { url: url(), source }),
+        }
+    }
+
     /// The manifests of every run recorded beside the view (unreadable manifests are skipped), by epoch.
     pub async fn runs(&self) -> Result<Vec<RunManifest>> {
         let table = self.table().await?;
