@@ -133,7 +133,19 @@ impl<'a> Reconcile<'a> {
         // 2. diff
         let d = diff(spec, batch, &sides.serving_rows)?;
         // 3. evidence, and a cause for every difference
-        let gathered = evidence::gather(spec, serving, batch, &sides.serving_rows, from, to).await?;
+        let mut sessions = evidence::SessionIndex::new();
+        for r in batch.iter().chain(&sides.serving_rows) {
+            sessions.add(spec, &r.key);
+        }
+        let serving_watermark = sides
+            .serving_rows
+            .iter()
+            .filter_map(|r| match r.origin {
+                Origin::Speed { watermark, .. } => Some(watermark),
+                Origin::Batch { .. } => None,
+            })
+            .max();
+        let gathered = evidence::gather(spec, serving, &sessions, serving_watermark, from, to).await?;
         let explained = explain(spec, &d, batch.iter().map(|r| &r.key), &gathered.evidence);
         // 4. plan
         let newest_run = sides.batch_runs.last().cloned().unwrap_or_default();

@@ -115,6 +115,17 @@ fn print_table(o: &ReconcileOutcome) {
         e.duplicate_deliveries,
         e.restarts.len()
     );
+    let r = &e.reads;
+    if let (Some(a), Some(b)) = (r.event_time_from, r.event_time_to) {
+        println!(
+            "  read over [{a}, {b}): raw archive {} of {} files, {} rows, {} payloads; late ledger {} records",
+            r.archive_files_read,
+            r.archive_files,
+            r.archive_rows_read,
+            r.archive_payload_rows_read,
+            r.late_records_read
+        );
+    }
     for u in &e.unavailable {
         println!("  unavailable: {u}");
     }
