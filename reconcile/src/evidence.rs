@@ -2,13 +2,20 @@
 //! docs/reconcile.md, its "Evidence" table): the emission log's stream watermark and restarts, the late
 //! ledger and late-policy delta rows (late events per key), the raw archive (duplicate deliveries per key
 //! and arrivals for the lateness report), and what could not be gathered.
+//!
+//! The raw archive and the late ledger are read only over the event times that can count into a window
+//! starting in `[from, to)` ([`reach`]): the range, plus the largest fixed window after it, plus for
+//! sessions the largest gap before it and the end of the range's longest session after it (at most
+//! [`MAX_SESSION_REACH`] past `to`). The archive read is pruned by file statistics and columnar
+//! ([`RawArchive::read_range`]); the ledger lists only the days and hours of that range
+//! ([`DeadLetterStore::list_late_range`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use tidemark_core::window::WindowSpec;
 use tidemark_core::{Dimensions, Duration, EventTime, RowKey, ValidSpec, Window};
-use tidemark_store::{DeadLetterStore, MetricFilter, RawArchive, ServingStore};
+use tidemark_store::{ArchiveRow, DeadLetterStore, LateRecord, MetricFilter, RawArchive, ServingStore};
 
 use crate::error::Error;
 use crate::explain::Evidence;
@@ -30,6 +37,27 @@ pub struct EvidenceSummary {
     pub restarts: Vec<EventTime>,
     /// Evidence that could not be gathered, and why.
     pub unavailable: Vec<String>,
+    /// What was read of the raw archive and the late ledger.
+    pub reads: EvidenceReads,
+}
+
+/// What the evidence reads of the raw archive and the late ledger cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EvidenceReads {
+    /// Start of the event-time range read: the range's windows and the lookaround their kinds need.
+    pub event_time_from: Option<EventTime>,
+    /// End (exclusive) of the event-time range read.
+    pub event_time_to: Option<EventTime>,
+    /// Data files in the raw archive's latest version.
+    pub archive_files: u64,
+    /// Of those, files whose event-time statistics overlap the range: read (narrow columns).
+    pub archive_files_read: u64,
+    /// Rows decoded from them (narrow columns: id, times, coordinates).
+    pub archive_rows_read: u64,
+    /// Rows whose payload was decoded (the deliveries of ids archived more than once).
+    pub archive_payload_rows_read: u64,
+    /// Late-ledger objects fetched.
+    pub late_records_read: u64,
 }
 
 /// Everything a run gathers besides the rows.
@@ -43,9 +71,10 @@ pub(crate) struct Gathered {
 }
 
 /// Gathers the evidence for `[from, to)` from the late ledger, the raw archive and the serving store's
-/// delta rows. `sessions` holds the session windows of both sides (they place events in sessions),
-/// `serving_watermark` the highest watermark of the serving rows, and `stream` what the scan of the emission
-/// log found (the stream's watermark and restarts).
+/// delta rows. `sessions` holds the session windows of both sides read for the range (they place events in
+/// sessions and bound the event times read: it must hold every session key of the range);
+/// `serving_watermark` is the highest watermark the serving rows' speed origins carry, and `stream` what
+/// the scan of the emission log found (the stream's watermark and restarts).
 pub(crate) async fn gather(
     spec: &ValidSpec,
     serving: &dyn ServingStore,
@@ -57,10 +86,7 @@ pub(crate) async fn gather(
 ) -> Result<Gathered, Error> {
     let stores = &spec.spec().stores;
     let mut summary = EvidenceSummary::default();
-    let stream_watermark = match (stream.watermark, serving_watermark) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
+    let stream_watermark = stream.watermark.into_iter().chain(serving_watermark).max();
     if stream_watermark.is_none() {
         summary
             .unavailable
@@ -73,14 +99,27 @@ pub(crate) async fn gather(
         summary.unavailable.push("restarts: the emission log holds no firing of the range".into());
     }
 
+    let reach = reach(spec, sessions, from, to);
+    if let Some(end) = reach.cut {
+        summary.unavailable.push(format!(
+            "a session of the range ends at {end}: events after {} (the range's end + {}) were not read",
+            reach.to, MAX_SESSION_REACH
+        ));
+    }
+    summary.reads.event_time_from = Some(reach.from);
+    summary.reads.event_time_to = Some(reach.to);
     let (late_events, ledger_events) = match DeadLetterStore::open(&stores.dead_letter) {
-        Ok(dl) => match dl.list_late().await {
-            Ok(records) => late_keys(spec, &records, sessions, from, to),
-            Err(e) => {
-                summary.unavailable.push(format!("late ledger: {e}"));
-                (HashMap::new(), 0)
+        Ok(dl) => {
+            let listed = dl.list_late_range(reach.from, reach.to).await;
+            summary.reads.late_records_read = dl.stats().objects_read.load(std::sync::atomic::Ordering::Relaxed);
+            match listed {
+                Ok(records) => late_keys(spec, &records, sessions, from, to),
+                Err(e) => {
+                    summary.unavailable.push(format!("late ledger: {e}"));
+                    (HashMap::new(), 0)
+                }
             }
-        },
+        }
         Err(e) => {
             summary.unavailable.push(format!("late ledger: {e}"));
             (HashMap::new(), 0)
@@ -88,19 +127,26 @@ pub(crate) async fn gather(
     };
     let mut arrivals = Vec::new();
     let duplicate_deliveries = match RawArchive::open(stores.raw_archive.clone()).await {
-        Ok(archive) => match archive.read_all().await {
-            Ok(rows) => {
-                arrivals = rows
-                    .iter()
-                    .filter(|r| from <= r.event_time && r.event_time < to)
-                    .map(|r| Arrival {
-                        partition: r.coords.partition,
-                        offset: r.coords.offset,
-                        event_time: r.event_time,
-                        ingest_time: r.ingest_time,
+        Ok(archive) => match archive.read_range(reach.from, reach.to).arrivals(from, to).duplicates(true).run().await {
+            Ok(read) => {
+                let r = &read.stats;
+                summary.reads.archive_files = r.files_in_table;
+                summary.reads.archive_files_read = r.files_read;
+                summary.reads.archive_rows_read = r.rows_read;
+                summary.reads.archive_payload_rows_read = r.payload_rows_read;
+                let keys = duplicate_keys(spec, &read.duplicates, sessions, from, to);
+                // the same size: collected in place
+                arrivals = read
+                    .arrivals
+                    .into_iter()
+                    .map(|a| Arrival {
+                        partition: a.partition,
+                        offset: a.offset,
+                        event_time: a.event_time,
+                        ingest_time: a.ingest_time,
                     })
                     .collect();
-                duplicate_keys(spec, &rows, sessions, from, to)
+                keys
             }
             Err(e) => {
                 summary.unavailable.push(format!("raw archive (duplicate deliveries): {e}"));
@@ -123,6 +169,45 @@ pub(crate) async fn gather(
     summary.duplicate_deliveries = duplicate_deliveries.values().sum();
     let evidence = Evidence { late_events, duplicate_deliveries, stream_watermark, restart_watermarks: restarts };
     Ok(Gathered { evidence, summary, arrivals })
+}
+
+/// How far after `to` a session of the range is followed when reading events: the batch layer's default
+/// `max_lookaround`, beyond which it does not complete sessions either.
+pub(crate) const MAX_SESSION_REACH: Duration = Duration::from_secs(7 * 86_400);
+
+/// The event times whose events can count into a key of `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reach {
+    /// Start (inclusive).
+    pub(crate) from: EventTime,
+    /// End (exclusive).
+    pub(crate) to: EventTime,
+    /// The end of a session of the range that lies beyond `to` (cut at [`MAX_SESSION_REACH`]).
+    pub(crate) cut: Option<EventTime>,
+}
+
+/// The event-time range whose events can count into a window starting in `[from, to)`:
+/// - fixed windows: `[from, to + size)` (a window starting before `to` ends before that);
+/// - sessions: an event counts into a session containing it (duplicates), or into one its own session
+///   `[t, t + gap)` overlaps (late events), so `[from - gap, end of the latest session of the range)`, with
+///   the sessions of `sessions` that start in the range, cut at `to +` [`MAX_SESSION_REACH`].
+pub(crate) fn reach(spec: &ValidSpec, sessions: &SessionIndex, from: EventTime, to: EventTime) -> Reach {
+    let (mut lo, mut hi) = (from, to);
+    for m in spec.metrics() {
+        match &m.window {
+            WindowSpec::Fixed(f) => hi = hi.max(to.saturating_add(f.size())),
+            WindowSpec::Session(s) => lo = lo.min(from.saturating_sub(s.gap())),
+        }
+    }
+    let limit = to.saturating_add(MAX_SESSION_REACH);
+    let mut cut = None;
+    if let Some(end) = sessions.last_end(from, to) {
+        if end > limit {
+            cut = Some(end);
+        }
+        hi = hi.max(end.min(limit));
+    }
+    Reach { from: lo, to: hi, cut }
 }
 
 /// The stream facts of the range's emission log (`scanned`), completed with later firings: a firing whose
@@ -200,18 +285,36 @@ impl StreamFacts {
     }
 }
 
-/// Session windows of both sides, per (metric, dimensions), to find the session an event belongs to.
+/// Session windows of both sides, per (metric, dimensions), to find the session an event belongs to. Built
+/// incrementally: [`SessionIndex::add`] each key read (keys of other metrics are ignored).
 #[derive(Debug, Default)]
 pub(crate) struct SessionIndex {
-    windows: HashMap<(String, String), Vec<Window>>,
+    /// metric -> canonical dimensions -> sessions (each once, however many sides hold it)
+    windows: HashMap<String, HashMap<String, BTreeSet<Window>>>,
 }
 
 impl SessionIndex {
-    /// Adds the window of `key` when its metric has session windows (other keys are ignored).
+    /// Adds the window of `key` if its metric is a session metric of `spec`.
     pub(crate) fn add(&mut self, spec: &ValidSpec, key: &RowKey) {
-        if spec.metric(&key.metric).is_some_and(|m| matches!(m.window, WindowSpec::Session(_))) {
-            self.windows.entry((key.metric.clone(), key.dims.encode())).or_default().push(key.window);
+        if !spec.metric(&key.metric).is_some_and(|m| matches!(m.window, WindowSpec::Session(_))) {
+            return;
         }
+        let by_dims = match self.windows.get_mut(key.metric.as_str()) {
+            Some(m) => m,
+            None => self.windows.entry(key.metric.clone()).or_default(),
+        };
+        by_dims.entry(key.dims.encode()).or_default().insert(key.window);
+    }
+
+    /// The latest end of a session starting in `[from, to)`.
+    fn last_end(&self, from: EventTime, to: EventTime) -> Option<EventTime> {
+        self.windows
+            .values()
+            .flat_map(HashMap::values)
+            .flatten()
+            .filter(|w| from <= w.start() && w.start() < to)
+            .map(Window::end)
+            .max()
     }
 
     fn containing(&self, metric: &str, dims: &Dimensions, t: EventTime) -> Vec<Window> {
@@ -226,7 +329,8 @@ impl SessionIndex {
 
     fn matching(&self, metric: &str, dims: &Dimensions, keep: impl Fn(&Window) -> bool) -> Vec<Window> {
         self.windows
-            .get(&(metric.to_owned(), dims.encode()))
+            .get(metric)
+            .and_then(|m| m.get(&dims.encode()))
             .map(|ws| ws.iter().filter(|w| keep(w)).copied().collect())
             .unwrap_or_default()
     }
@@ -276,7 +380,7 @@ fn keys_of(
 /// Also returns how many records counted into at least one key.
 fn late_keys(
     spec: &ValidSpec,
-    records: &[tidemark_store::LateRecord],
+    records: &[LateRecord],
     sessions: &SessionIndex,
     from: EventTime,
     to: EventTime,
@@ -318,24 +422,24 @@ fn late_keys(
     (out, events)
 }
 
-/// Extra deliveries per key: archived events whose id was delivered more than once (different source
-/// coordinates), decoded with the spec's schema and assigned to windows with core.
+/// Extra deliveries per key: the groups of archived rows of one event id delivered more than once
+/// (different source coordinates), the first decoded with the spec's schema and assigned to windows with
+/// core.
 fn duplicate_keys(
     spec: &ValidSpec,
-    rows: &[tidemark_store::ArchiveRow],
+    groups: &[Vec<ArchiveRow>],
     sessions: &SessionIndex,
     from: EventTime,
     to: EventTime,
 ) -> HashMap<RowKey, u64> {
-    let mut by_id: HashMap<&str, Vec<&tidemark_store::ArchiveRow>> = HashMap::new();
-    for r in rows {
-        by_id.entry(r.event_id.as_str()).or_default().push(r);
-    }
     let mut out: HashMap<RowKey, u64> = HashMap::new();
-    for deliveries in by_id.values().filter(|d| d.len() > 1) {
-        let first = deliveries[0];
+    for deliveries in groups.iter().filter(|d| d.len() > 1) {
+        let first = &deliveries[0];
         let Ok(event) = spec.schema().decode(first.payload.as_bytes(), first.ingest_time) else { continue };
-        for k in keys_of(spec, &event, sessions, SessionReach::Containing, from, to) {
+        let mut keys = keys_of(spec, &event, sessions, SessionReach::Containing, from, to);
+        keys.sort();
+        keys.dedup();
+        for k in keys {
             *out.entry(k).or_default() += deliveries.len() as u64 - 1;
         }
     }
@@ -344,6 +448,8 @@ fn duplicate_keys(
 
 #[cfg(test)]
 mod tests {
+    use tidemark_core::Window;
+
     use super::*;
 
     fn t(secs: i64) -> EventTime {
@@ -369,5 +475,241 @@ mod tests {
         facts.observe(1, t(10));
         facts.observe(1, EventTime::MAX);
         assert_eq!((facts.watermark, facts.firings), (Some(EventTime::MAX), 2), "the drain counts as a watermark");
+    }
+
+    fn at(s: &str) -> EventTime {
+        s.parse().unwrap()
+    }
+
+    fn key(metric: &str, start: &str, end: &str, dims: &str) -> RowKey {
+        RowKey {
+            metric: metric.into(),
+            window: Window::new(at(start), at(end)).unwrap(),
+            dims: Dimensions::decode(dims).unwrap(),
+        }
+    }
+
+    /// A spec with 1-minute tumbling views per page and sessions (gap 2m) per user, its stores in `dir`.
+    fn spec_in(dir: &std::path::Path) -> ValidSpec {
+        let url = |s: &str| format!("file://{}", dir.join(s).display());
+        std::fs::write(dir.join("events.jsonl"), "").unwrap();
+        let text = format!(
+            r#"
+version = 1
+name = "issue19"
+[source]
+type = "file"
+path = "{events}"
+[event]
+id = "id"
+time = {{ field = "ts", format = "rfc3339" }}
+dimensions = ["page", "user"]
+[time]
+watermark_delay = "1s"
+allowed_lateness = "10m"
+late_policy = "dead_letter"
+[[metrics]]
+name = "views"
+dimensions = ["page"]
+window = {{ type = "tumbling", size = "1m" }}
+aggregates = [{{ name = "n", fn = "count" }}]
+[[metrics]]
+name = "sessions"
+dimensions = ["user"]
+window = {{ type = "session", gap = "2m" }}
+aggregates = [{{ name = "n", fn = "count" }}]
+[stores]
+raw_archive = "{raw}"
+serving = "{serving}"
+dead_letter = "{dead}"
+batch_view = "{batch}"
+"#,
+            events = dir.join("events.jsonl").display(),
+            raw = url("raw"),
+            serving = url("serving"),
+            dead = url("dead"),
+            batch = url("batch"),
+        );
+        tidemark_core::PipelineSpec::parse(&text, "spec.toml", Some(dir)).unwrap()
+    }
+
+    /// An archived event `id` at `ts` (page, user), received a second later, at `partition`/`offset`.
+    fn archived(id: &str, ts: &str, page: &str, user: &str, partition: i32, offset: i64) -> ArchiveRow {
+        ArchiveRow {
+            payload: format!(r#"{{"id":"{id}","ts":"{ts}","page":"{page}","user":"{user}"}}"#),
+            event_id: id.into(),
+            event_time: at(ts),
+            ingest_time: at(ts).saturating_add(Duration::from_secs(1)),
+            coords: tidemark_core::SourceCoordinates { source: "views".into(), partition, offset },
+        }
+    }
+
+    fn ledgered(offset: i64, ts: &str, missed: serde_json::Value) -> LateRecord {
+        LateRecord {
+            coordinates: tidemark_core::SourceCoordinates { source: "views".into(), partition: 0, offset },
+            event_time: at(ts),
+            body: serde_json::json!({ "event_id": format!("l{offset}"), "event_time": ts, "missed": [missed] }),
+        }
+    }
+
+    fn missed(metric: &str, start: &str, end: &str, dims: &str) -> serde_json::Value {
+        serde_json::json!({ "metric": metric, "window_start": start, "window_end": end, "dimensions": dims })
+    }
+
+    /// Issue 19: reconciling one day of a multi-day archive and late ledger reads only the files and ledger
+    /// folders of that day (plus the lookaround: the fixed windows' size, the session gap before it and the
+    /// range's sessions after it), and still attributes the duplicates and late events inside that reach,
+    /// sessions included; duplicates outside it are never read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue_19_evidence_reads_follow_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let stores = &spec.spec().stores;
+        let archive = RawArchive::open(stores.raw_archive.clone()).await.unwrap();
+        let p0 = |i: i64| i;
+        // one append (one file) per group
+        let files = [
+            // day 0: an id delivered twice, far before the range
+            vec![
+                archived("a0", "2026-11-23T10:00:00Z", "/a", "u9", 0, p0(1)),
+                archived("a0", "2026-11-23T10:00:00Z", "/a", "u9", 1, 1),
+            ],
+            // the range's day: `in1` delivered twice; `s1` opens user u2's session before midnight
+            vec![
+                archived("in1", "2026-11-24T05:00:10Z", "/a", "u1", 0, 10),
+                archived("b1", "2026-11-24T06:00:00Z", "/b", "u3", 0, 11),
+                archived("s1", "2026-11-24T23:58:30Z", "/b", "u2", 0, 12),
+                archived("in1", "2026-11-24T05:00:10Z", "/a", "u1", 1, 10),
+            ],
+            // just after the range: u2's session goes on (`s3` delivered twice); `x9` delivered twice
+            // after the session's end
+            vec![
+                archived("s2", "2026-11-25T00:02:00Z", "/c", "u2", 0, 20),
+                archived("s3", "2026-11-25T00:04:00Z", "/c", "u2", 0, 21),
+                archived("x9", "2026-11-25T00:09:00Z", "/c", "u3", 0, 22),
+                archived("s3", "2026-11-25T00:04:00Z", "/c", "u2", 1, 20),
+                archived("x9", "2026-11-25T00:09:00Z", "/c", "u3", 1, 21),
+            ],
+            // later that day: another id delivered twice
+            vec![
+                archived("d9", "2026-11-25T10:00:00Z", "/d", "u4", 0, 30),
+                archived("d9", "2026-11-25T10:00:00Z", "/d", "u4", 1, 30),
+            ],
+        ];
+        for rows in &files {
+            archive.append(rows).await.unwrap();
+        }
+
+        let dl = DeadLetterStore::open(&stores.dead_letter).unwrap();
+        dl.append_late(&[
+            ledgered(
+                1,
+                "2026-11-23T12:00:05Z",
+                missed("views", "2026-11-23T12:00:00Z", "2026-11-23T12:01:00Z", "page=/a"),
+            ),
+            ledgered(
+                2,
+                "2026-11-24T07:00:05Z",
+                missed("views", "2026-11-24T07:00:00Z", "2026-11-24T07:01:00Z", "page=/a"),
+            ),
+            // u2's own session as the stream saw it: it overlaps the range's session of u2
+            ledgered(
+                3,
+                "2026-11-25T00:05:00Z",
+                missed("sessions", "2026-11-25T00:05:00Z", "2026-11-25T00:07:00Z", "user=u2"),
+            ),
+            ledgered(
+                4,
+                "2026-11-25T12:00:05Z",
+                missed("views", "2026-11-25T12:00:00Z", "2026-11-25T12:01:00Z", "page=/d"),
+            ),
+        ])
+        .await
+        .unwrap();
+        // a record of the old layout, inside the range
+        let (objects, base) =
+            tidemark_store::objects::open(&url::Url::parse(&stores.dead_letter).unwrap(), &Default::default()).unwrap();
+        let old = ledgered(
+            5,
+            "2026-11-24T08:00:05Z",
+            missed("views", "2026-11-24T08:00:00Z", "2026-11-24T08:01:00Z", "page=/b"),
+        );
+        let path = base.join("late").join(hex_of("views").as_str()).join("0").join(format!("{:020}.json", 5).as_str());
+        let body = serde_json::json!({ "coordinates": old.coordinates, "body": old.body });
+        object_store::ObjectStoreExt::put(&*objects, &path, serde_json::to_vec(&body).unwrap().into()).await.unwrap();
+
+        let serving = tidemark_store::open(&spec.serving_store()).await.unwrap();
+        serving.init().await.unwrap();
+        let mut sessions = SessionIndex::default();
+        for k in [
+            key("sessions", "2026-11-24T05:00:10Z", "2026-11-24T05:02:10Z", "user=u1"),
+            key("sessions", "2026-11-24T06:00:00Z", "2026-11-24T06:02:00Z", "user=u3"),
+            key("sessions", "2026-11-24T23:58:30Z", "2026-11-25T00:06:00Z", "user=u2"),
+            // a session starting after the range does not widen the read
+            key("sessions", "2026-11-25T00:09:00Z", "2026-11-25T12:00:00Z", "user=u3"),
+            key("views", "2026-11-24T05:00:00Z", "2026-11-24T05:01:00Z", "page=/a"),
+        ] {
+            sessions.add(&spec, &k);
+        }
+        let (from, to) = (at("2026-11-24T00:00:00Z"), at("2026-11-25T00:00:00Z"));
+        let g = gather(&spec, &*serving, &sessions, None, &StreamFacts::default(), from, to).await.unwrap();
+
+        let reads = &g.summary.reads;
+        // the session gap before the range; the end of u2's session after it
+        assert_eq!(reads.event_time_from, Some(at("2026-11-23T23:58:00Z")));
+        assert_eq!(reads.event_time_to, Some(at("2026-11-25T00:06:00Z")));
+        assert_eq!((reads.archive_files, reads.archive_files_read), (4, 2), "{reads:?}");
+        assert_eq!(reads.archive_rows_read, 9);
+        // in1 and s3, twice each; x9 and d9 (outside the reach) and a0 (another day) are never read
+        assert_eq!(reads.archive_payload_rows_read, 4);
+        assert_eq!(reads.late_records_read, 3, "the range's two and the old layout's one");
+        let expected_dups: HashMap<RowKey, u64> = [
+            key("views", "2026-11-24T05:00:00Z", "2026-11-24T05:01:00Z", "page=/a"),
+            key("sessions", "2026-11-24T05:00:10Z", "2026-11-24T05:02:10Z", "user=u1"),
+            key("sessions", "2026-11-24T23:58:30Z", "2026-11-25T00:06:00Z", "user=u2"),
+        ]
+        .into_iter()
+        .map(|k| (k, 1))
+        .collect();
+        assert_eq!(g.evidence.duplicate_deliveries, expected_dups);
+        assert_eq!(g.summary.duplicate_deliveries, 3);
+        let expected_late: HashMap<RowKey, u64> = [
+            key("views", "2026-11-24T07:00:00Z", "2026-11-24T07:01:00Z", "page=/a"),
+            key("views", "2026-11-24T08:00:00Z", "2026-11-24T08:01:00Z", "page=/b"),
+            key("sessions", "2026-11-24T23:58:30Z", "2026-11-25T00:06:00Z", "user=u2"),
+        ]
+        .into_iter()
+        .map(|k| (k, 1))
+        .collect();
+        assert_eq!(g.evidence.late_events, expected_late);
+        assert_eq!(g.summary.late_events, 3);
+        // arrivals: the archived events of the range itself
+        let mut arrivals: Vec<(i32, i64)> = g.arrivals.iter().map(|a| (a.partition, a.offset)).collect();
+        arrivals.sort_unstable();
+        assert_eq!(arrivals, vec![(0, 10), (0, 11), (0, 12), (1, 10)]);
+        assert!(g.summary.unavailable.iter().all(|u| !u.contains("raw archive") && !u.contains("late ledger")));
+    }
+
+    #[test]
+    fn the_reach_follows_the_range_sessions_up_to_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (from, to) = (at("2026-11-24T00:00:00Z"), at("2026-11-25T00:00:00Z"));
+        let mut sessions = SessionIndex::default();
+        // no session: fixed windows after the range, the session gap before it
+        let r = reach(&spec, &sessions, from, to);
+        assert_eq!((r.from, r.to, r.cut), (at("2026-11-23T23:58:00Z"), at("2026-11-25T00:01:00Z"), None));
+        // a session of the range running ten days is followed for seven
+        sessions.add(&spec, &key("sessions", "2026-11-24T23:00:00Z", "2026-12-05T00:00:00Z", "user=u1"));
+        let r = reach(&spec, &sessions, from, to);
+        assert_eq!((r.to, r.cut), (at("2026-12-02T00:00:00Z"), Some(at("2026-12-05T00:00:00Z"))));
+        // both sides holding the same session index it once
+        sessions.add(&spec, &key("sessions", "2026-11-24T23:00:00Z", "2026-12-05T00:00:00Z", "user=u1"));
+        let u1 = Dimensions::decode("user=u1").unwrap();
+        assert_eq!(sessions.containing("sessions", &u1, at("2026-11-30T00:00:00Z")).len(), 1);
+    }
+
+    fn hex_of(s: &str) -> String {
+        s.bytes().map(|b| format!("{b:02x}")).collect()
     }
 }

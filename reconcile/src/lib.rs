@@ -36,6 +36,6 @@ pub use contract::{
 pub use corrections::{BlastRadius, CorrectionPlan, plan_corrections};
 pub use diff::{AggregateDiff, Columns, Diff, KeyDiff, MetricDiffSummary, Verdict, diff, diff_columns};
 pub use error::Error;
-pub use evidence::EvidenceSummary;
+pub use evidence::{EvidenceReads, EvidenceSummary};
 pub use explain::{Cause, Evidence, Explained, explain};
 pub use run::{Applied, Reconcile, ReconcileOutcome};

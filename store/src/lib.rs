@@ -10,7 +10,8 @@
 //! - [`PostgresStore`]: tokio-postgres (Postgres ≥ 15), COPY into a temp table, then `MERGE` under precedence.
 //! - [`DeltaStore`]: deltalake MERGE at an object_store URL, progress as Delta app transactions.
 //! - [`DeadLetterStore`]: append-only, idempotent dead letters under an object_store URL.
-//! - [`RawArchive`]: the raw event archive (Delta), appended exactly once per Kafka partition.
+//! - [`RawArchive`]: the raw event archive (Delta), appended exactly once per Kafka partition, read by
+//!   event-time range ([`RawArchive::read_range`]).
 //! - [`BatchView`]: the batch layer's output table; its definition is [`batch_view`].
 //! - [`objects`]: object stores by URL (`file://`, `s3://` with the AWS environment, shared `memory://`).
 //! - `testing` (feature `testing`): a throwaway Postgres per test binary, a fresh database per test, and a
@@ -46,11 +47,12 @@ pub use serving::delta::{DeltaStats, DeltaStore, DeltaStoreConfig, VacuumStats};
 pub use serving::postgres::{PgStats, PostgresStore, check_schema};
 pub use serving::{DEFAULT_SCHEMA, ServingStore, open};
 pub use tables::archive::{
-    APP_ID_PREFIX, AppendOutcome, ArchiveRow, ArchiveStats, ArrivalsSince, RawArchive, RawArchiveConfig, archive_app_id,
+    APP_ID_PREFIX, AppendOutcome, ArchiveRow, ArchiveStats, ArchivedArrival, ArrivalsSince, RangeEvidence, RangeRead,
+    RangeReadStats, RawArchive, RawArchiveConfig, archive_app_id,
 };
 pub use tables::batch_view::schema as batch_view;
 pub use tables::batch_view::{BatchView, RunManifest, ViewCommit};
-pub use tables::dead_letter::{DeadLetter, DeadLetterStore, LateRecord, Payload};
+pub use tables::dead_letter::{DeadLetter, DeadLetterStats, DeadLetterStore, LateRecord, Payload};
 
 /// The current time as an [`EventTime`].
 pub(crate) fn now() -> EventTime {

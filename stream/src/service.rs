@@ -518,7 +518,7 @@ fn late_records(entries: impl Iterator<Item = LateEvent>) -> Vec<LateRecord> {
                     "watermark": e.watermark.to_string(),
                 })).collect::<Vec<_>>(),
             });
-            LateRecord { coordinates, body }
+            LateRecord { coordinates, event_time: first.event_time, body }
         })
         .collect()
 }

@@ -1,7 +1,8 @@
 //! `tidemark backfill`: batch + reconcile a long range chunk by chunk, resumably.
 //!
 //! Each chunk `[from, to)` runs [`BatchRun`] (replacing the chunk's windows in the batch view) and then
-//! [`Reconcile`] (correcting the serving store for windows starting in the chunk). Only after both finished
+//! [`Reconcile`] (correcting the serving store for windows starting in the chunk; its evidence reads of the
+//! raw archive and late ledger cover only the chunk's event times and their lookaround). Only after both finished
 //! is the chunk's manifest written beside the batch view, at `<batch_view>/_backfill/<id>/<chunk>.json`,
 //! with one object-store `put` (atomic on local files and S3). The backfill id is derived from the pipeline
 //! name, the range and the chunk length, so a re-run of the same command finds the manifests and skips the

@@ -14,7 +14,8 @@ use tidemark_store::RawArchive;
 
 /// Measure lateness from the raw archive and advise watermark delay and allowed lateness.
 ///
-/// Reads the archived events whose event time is in [FROM, TO). Per source partition, in arrival (offset)
+/// Reads the archived events whose event time is in [FROM, TO) (only the archive files whose event-time
+/// statistics overlap the range, and only their time and coordinate columns). Per source partition, in arrival (offset)
 /// order, an event's disorder is how far its event time lies behind the newest event time seen before it on
 /// that partition; its ingest lag is ingest time minus event time. For each target completeness (share of
 /// events not behind the watermark) it prints the smallest watermark delay that reaches it on every
@@ -89,16 +90,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 async fn measure(spec: &ValidSpec, args: &Args) -> anyhow::Result<Output> {
     let url = &spec.spec().stores.raw_archive;
     let archive = RawArchive::open(url.clone()).await.with_context(|| format!("opening the raw archive {url}"))?;
-    let rows = archive.read_event_time_range(args.from, args.to).await?;
-    let mut by_source: BTreeMap<String, Vec<Arrival>> = BTreeMap::new();
-    for r in rows {
-        by_source.entry(r.coords.source).or_default().push(Arrival {
-            partition: r.coords.partition,
-            offset: r.coords.offset,
-            event_time: r.event_time,
-            ingest_time: r.ingest_time,
+    // only the files whose event times overlap the range, only the narrow columns (no payloads)
+    let read = archive.read_range(args.from, args.to).arrivals(args.from, args.to).run().await?;
+    let mut by_source: BTreeMap<u32, Vec<Arrival>> = BTreeMap::new();
+    for a in read.arrivals {
+        by_source.entry(a.source).or_default().push(Arrival {
+            partition: a.partition,
+            offset: a.offset,
+            event_time: a.event_time,
+            ingest_time: a.ingest_time,
         });
     }
+    let by_source: BTreeMap<String, Vec<Arrival>> =
+        by_source.into_iter().map(|(i, arrivals)| (read.sources[i as usize].clone(), arrivals)).collect();
     let time = &spec.spec().time;
     let sources = by_source
         .into_iter()

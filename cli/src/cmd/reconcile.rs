@@ -57,9 +57,8 @@ pub struct Args {
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let spec = super::load_valid_spec(&args.spec)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (from, to) = match (args.from, args.to) {
-        (Some(from), Some(to)) => (from, to),
-        _ => return runtime.block_on(changed::run(&spec, args)),
+    let (Some(from), Some(to)) = (args.from, args.to) else {
+        return runtime.block_on(changed::run(&spec, args));
     };
     if from >= to {
         return Err(super::user_error(format!("--from ({from}) must be before --to ({to})")));
@@ -275,6 +274,17 @@ fn print_table(o: &ReconcileOutcome) {
         e.duplicate_deliveries,
         e.restarts.len()
     );
+    let r = &e.reads;
+    if let (Some(a), Some(b)) = (r.event_time_from, r.event_time_to) {
+        println!(
+            "  read over [{a}, {b}): raw archive {} of {} files, {} rows, {} payloads; late ledger {} records",
+            r.archive_files_read,
+            r.archive_files,
+            r.archive_rows_read,
+            r.archive_payload_rows_read,
+            r.late_records_read
+        );
+    }
     for u in &e.unavailable {
         println!("  unavailable: {u}");
     }

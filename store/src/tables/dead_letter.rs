@@ -5,11 +5,19 @@
 //! (and its first-seen time). Payloads above `max_payload_bytes` are replaced by their SHA-256.
 //!
 //! The late ledger lives beside it: events that missed their windows (beyond allowed lateness, or under
-//! `late_policy = "dead_letter"`) are kept at `<base>/late/<hex(source)>/<partition>/<offset>.json`, one
-//! object per event holding every window it missed, with the same create-if-absent idempotency.
+//! `late_policy = "dead_letter"`), one object per event holding every window it missed, with the same
+//! create-if-absent idempotency. Records are filed by the event's UTC hour,
+//! `<base>/late_by_hour/<YYYY-MM-DD>/<HH>/<hex(source)>/<partition>/<offset>.json`, so a read of an
+//! event-time range ([`DeadLetterStore::list_late_range`]) lists only the days and hours it covers. The
+//! event time is decoded from the payload at those coordinates, so the path is still a function of the
+//! coordinates and a replay lands on the same object. Stores written before this layout hold records at
+//! `<base>/late/<hex(source)>/<partition>/<offset>.json`: every read still lists that prefix whole (an
+//! empty listing once no such record exists) and filters it by event time.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
@@ -74,14 +82,46 @@ impl DeadLetter {
     }
 }
 
-/// One late event in the late ledger: where it came from and what the speed layer recorded about it
-/// (a JSON value chosen by the writer: the windows it missed, its payload, the watermark).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One late event in the late ledger: where it came from, its event time (where the record is filed) and
+/// what the speed layer recorded about it (a JSON value chosen by the writer: the windows it missed, its
+/// payload, the watermark).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LateRecord {
     /// Where it came from (the ledger's key: one record per event).
     pub coordinates: SourceCoordinates,
+    /// The event's time: the ledger files the record under its UTC hour, and range reads select on it.
+    pub event_time: EventTime,
     /// What the writer recorded.
     pub body: serde_json::Value,
+}
+
+/// A late-ledger object as stored: records of the old layout have no `event_time` field and carry the
+/// event time (RFC 3339) in their body, as the stream service has always written it.
+#[derive(Deserialize)]
+struct StoredLate {
+    coordinates: SourceCoordinates,
+    #[serde(default)]
+    event_time: Option<EventTime>,
+    body: serde_json::Value,
+}
+
+impl StoredLate {
+    fn into_record(self, location: &ObjPath) -> Result<LateRecord> {
+        let event_time = self
+            .event_time
+            .or_else(|| self.body.get("event_time").and_then(|t| t.as_str()).and_then(|t| t.parse().ok()))
+            .ok_or_else(|| Error::Corrupt(format!("{location}: a late-ledger record without an event time")))?;
+        Ok(LateRecord { coordinates: self.coordinates, event_time, body: self.body })
+    }
+}
+
+/// Counters of a [`DeadLetterStore`] handle.
+#[derive(Debug, Default)]
+pub struct DeadLetterStats {
+    /// Listing requests made (one per page of a listing on object stores that page).
+    pub lists: AtomicU64,
+    /// Objects fetched and parsed (dead letters and late-ledger records).
+    pub objects_read: AtomicU64,
 }
 
 /// The dead-letter store (and the late ledger beside it).
@@ -90,6 +130,8 @@ pub struct DeadLetterStore {
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
     late_prefix: ObjPath,
+    legacy_late_prefix: ObjPath,
+    stats: DeadLetterStats,
 }
 
 impl fmt::Debug for DeadLetterStore {
@@ -113,8 +155,15 @@ impl DeadLetterStore {
             url: url.to_owned(),
             store,
             prefix: prefix.clone().join("dead_letters"),
-            late_prefix: prefix.join("late"),
+            late_prefix: prefix.clone().join("late_by_hour"),
+            legacy_late_prefix: prefix.join("late"),
+            stats: DeadLetterStats::default(),
         })
+    }
+
+    /// Counters of this handle.
+    pub fn stats(&self) -> &DeadLetterStats {
+        &self.stats
     }
 
     fn path(&self, c: &SourceCoordinates) -> ObjPath {
@@ -129,25 +178,63 @@ impl DeadLetterStore {
             .join(format!("{:020}.json", c.offset).as_str())
     }
 
+    /// Where the late ledger files `r`: under its event's UTC date and hour.
+    fn late_path(&self, r: &LateRecord) -> ObjPath {
+        let (date, hour) = date_hour(r.event_time.as_micros());
+        Self::path_under(&self.late_prefix.clone().join(date.as_str()).join(hour.as_str()), &r.coordinates)
+    }
+
     /// Appends `letters`. Returns how many were new (the rest were already stored and left unchanged).
     pub async fn append(&self, letters: &[DeadLetter]) -> Result<usize> {
         let puts = letters.iter().map(|l| Ok((self.path(&l.coordinates), serde_json::to_vec(l)?)));
         self.put_all(puts).await
     }
 
-    /// Appends late events to the late ledger. Returns how many were new (events already in the ledger
-    /// are left unchanged, so replays add nothing).
+    /// Appends late events to the late ledger, each under its event's UTC hour. Returns how many were new
+    /// (events already in the ledger are left unchanged, so replays add nothing). An event the old layout
+    /// already holds (written before the hourly layout) is stored again under its hour and counted as new;
+    /// readers keep one record per coordinates.
     pub async fn append_late(&self, records: &[LateRecord]) -> Result<usize> {
-        let puts =
-            records.iter().map(|r| Ok((Self::path_under(&self.late_prefix, &r.coordinates), serde_json::to_vec(r)?)));
+        let puts = records.iter().map(|r| Ok((self.late_path(r), serde_json::to_vec(r)?)));
         self.put_all(puts).await
     }
 
-    /// Every late-ledger record, sorted by coordinates.
+    /// Every late-ledger record (both layouts, one per coordinates), sorted by coordinates. Reads the
+    /// whole ledger: [`list_late_range`](Self::list_late_range) reads what a range needs.
     pub async fn list_late(&self) -> Result<Vec<LateRecord>> {
-        let mut out: Vec<LateRecord> = self.read_all(&self.late_prefix).await?;
-        out.sort_by(|a, b| a.coordinates.cmp(&b.coordinates));
-        Ok(out)
+        self.list_late_range(EventTime::MIN, EventTime::MAX).await
+    }
+
+    /// The late-ledger records of events whose time is in `[from, to)`, one per coordinates, sorted by
+    /// coordinates. Lists only the ledger's days (a day wholly inside the range) and hours (at its ends)
+    /// that the range covers; a range of more than ten years lists the ledger whole. Records of the old
+    /// layout (`late/`, written before the hourly one) are listed whole and filtered by event time, so
+    /// existing stores keep working; that listing is empty once the old layout holds nothing.
+    pub async fn list_late_range(&self, from: EventTime, to: EventTime) -> Result<Vec<LateRecord>> {
+        let mut out: BTreeMap<SourceCoordinates, LateRecord> = BTreeMap::new();
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let prefixes: Vec<ObjPath> = match hour_prefixes(from, to) {
+            Some(ps) => ps
+                .into_iter()
+                .map(|(date, hour)| {
+                    let day = self.late_prefix.clone().join(date.as_str());
+                    hour.map_or(day.clone(), |h| day.join(h.as_str()))
+                })
+                .collect(),
+            None => vec![self.late_prefix.clone()],
+        };
+        for prefix in prefixes.iter().chain([&self.legacy_late_prefix]) {
+            let stored: Vec<(ObjPath, StoredLate)> = self.read_prefix(prefix).await?;
+            for (location, s) in stored {
+                let r = s.into_record(&location)?;
+                if from <= r.event_time && r.event_time < to {
+                    out.entry(r.coordinates.clone()).or_insert(r);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// Writes each (path, body) if absent, 16 at a time; counts the new ones.
@@ -173,28 +260,99 @@ impl DeadLetterStore {
 
     /// Every stored dead letter, sorted by coordinates.
     pub async fn list(&self) -> Result<Vec<DeadLetter>> {
-        let mut out: Vec<DeadLetter> = self.read_all(&self.prefix).await?;
+        let mut out: Vec<DeadLetter> = self.read_prefix(&self.prefix).await?.into_iter().map(|(_, l)| l).collect();
         out.sort_by(|a, b| a.coordinates.cmp(&b.coordinates));
         Ok(out)
     }
 
-    async fn read_all<T: serde::de::DeserializeOwned>(&self, prefix: &ObjPath) -> Result<Vec<T>> {
+    /// Every object under `prefix`, parsed, with its location; fetched 16 at a time.
+    async fn read_prefix<T: serde::de::DeserializeOwned>(&self, prefix: &ObjPath) -> Result<Vec<(ObjPath, T)>> {
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
         let metas: Vec<_> = self
             .store
             .list(Some(prefix))
             .try_collect()
             .await
             .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
-        let mut out = Vec::with_capacity(metas.len());
-        for m in metas {
-            let got = self
-                .store
-                .get(&m.location)
-                .await
-                .map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
-            let bytes = got.bytes().await.map_err(|source| Error::ObjectStore { url: self.url.clone(), source })?;
-            out.push(serde_json::from_slice::<T>(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", m.location)))?);
+        futures::stream::iter(metas)
+            .map(|m| async move {
+                let failed = |source| Error::ObjectStore { url: self.url.clone(), source };
+                let got = self.store.get(&m.location).await.map_err(failed)?;
+                let bytes = got.bytes().await.map_err(failed)?;
+                self.stats.objects_read.fetch_add(1, Ordering::Relaxed);
+                let value =
+                    serde_json::from_slice::<T>(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", m.location)))?;
+                Ok((m.location, value))
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+    }
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+/// Ranges longer than this are read by listing the whole hourly ledger (ten years of days).
+const MAX_LISTED_DAYS: i64 = 3_653;
+
+/// The UTC date (`YYYY-MM-DD`) and hour (`HH`) of `us` µs since the epoch.
+fn date_hour(us: i64) -> (String, String) {
+    match chrono::DateTime::from_timestamp_micros(us) {
+        Some(d) => (d.format("%Y-%m-%d").to_string(), d.format("%H").to_string()),
+        None => ("out-of-range".to_owned(), "00".to_owned()),
+    }
+}
+
+/// The ledger folders that hold every record with an event time in `[from, to)` (`from < to`), in time
+/// order: `(date, None)` for a whole day inside the range, `(date, Some(hour))` for an hour at its ends.
+/// `None` when the range spans more than [`MAX_LISTED_DAYS`] (list everything instead).
+fn hour_prefixes(from: EventTime, to: EventTime) -> Option<Vec<(String, Option<String>)>> {
+    let start = from.as_micros().div_euclid(HOUR_US) * HOUR_US;
+    let end = (to.as_micros() - 1).div_euclid(HOUR_US) * HOUR_US + HOUR_US;
+    if end.saturating_sub(start) / DAY_US > MAX_LISTED_DAYS {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut h = start;
+    while h < end {
+        let (date, hour) = date_hour(h);
+        if h.rem_euclid(DAY_US) == 0 && h + DAY_US <= end {
+            out.push((date, None));
+            h += DAY_US;
+        } else {
+            out.push((date, Some(hour)));
+            h += HOUR_US;
         }
-        Ok(out)
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> EventTime {
+        s.parse().unwrap()
+    }
+
+    fn listed(from: &str, to: &str) -> Vec<String> {
+        hour_prefixes(t(from), t(to))
+            .unwrap()
+            .into_iter()
+            .map(|(d, h)| h.map_or(d.clone(), |h| format!("{d}/{h}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_range_lists_whole_days_and_the_hours_at_its_ends() {
+        assert_eq!(listed("2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"), vec!["2026-11-23"]);
+        assert_eq!(
+            listed("2026-11-22T22:30:00Z", "2026-11-24T01:00:00.000001Z"),
+            vec!["2026-11-22/22", "2026-11-22/23", "2026-11-23", "2026-11-24/00", "2026-11-24/01"]
+        );
+        assert_eq!(listed("2026-11-23T05:10:00Z", "2026-11-23T05:20:00Z"), vec!["2026-11-23/05"]);
+        // before the epoch too
+        assert_eq!(listed("1969-12-31T23:59:00Z", "1970-01-01T00:00:01Z"), vec!["1969-12-31/23", "1970-01-01/00"]);
+        assert!(hour_prefixes(EventTime::MIN, EventTime::MAX).is_none());
     }
 }

@@ -253,3 +253,89 @@ async fn memory_urls_and_plain_paths_work() {
     assert_eq!(plain.append(&input).await.unwrap().written, 3);
     assert!(path.join("_delta_log").is_dir());
 }
+
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+/// 2026-11-23T00:00:00Z.
+const DAY0: i64 = 1_795_392_000_000_000;
+
+/// An event of `id` at `event_us`, received a second later, at `(source, partition, offset)`.
+fn event(id: &str, event_us: i64, partition: i32, offset: i64) -> ArchiveRow {
+    ArchiveRow {
+        payload: serde_json::json!({ "id": id, "ts": event_us }).to_string(),
+        event_id: id.to_owned(),
+        event_time: EventTime::from_micros(event_us).unwrap(),
+        ingest_time: EventTime::from_micros(event_us + 1_000_000).unwrap(),
+        coords: SourceCoordinates { source: "clicks".to_owned(), partition, offset },
+    }
+}
+
+/// Three days of 100 events each (every 12 minutes from 01:00), one append (one file) per day; each day
+/// holds one event id delivered twice (partition 1 redelivers it), and day 0's last event is redelivered
+/// on day 1 with its day-0 event time.
+async fn three_days(archive: &RawArchive) -> Vec<Vec<ArchiveRow>> {
+    let mut days = Vec::new();
+    let mut offset = 0;
+    for d in 0..3i64 {
+        let mut rows: Vec<ArchiveRow> = (0..100)
+            .map(|i| {
+                offset += 1;
+                event(&format!("d{d}-{i}"), DAY0 + d * DAY + HOUR + i * 12 * MINUTE, 0, offset)
+            })
+            .collect();
+        rows.push(event(&format!("d{d}-7"), DAY0 + d * DAY + HOUR + 7 * 12 * MINUTE, 1, 100 * d));
+        if d == 1 {
+            // received on day 1, so it lands in day 1's partition (and file)
+            let mut again = event("d0-99", DAY0 + HOUR + 99 * 12 * MINUTE, 1, 100 * d + 1);
+            again.ingest_time = EventTime::from_micros(DAY0 + DAY + 2 * HOUR).unwrap();
+            rows.push(again);
+        }
+        assert_eq!(archive.append(&rows).await.unwrap().written, rows.len() as u64);
+        days.push(rows);
+    }
+    days
+}
+
+/// Issue 19: a range read opens only the files whose event-time statistics overlap the range (the archive's
+/// Delta statistics hold `event_time`), decodes only their narrow columns, and reads payloads only of ids
+/// delivered twice within the range.
+#[tokio::test]
+async fn issue_19_a_range_read_skips_the_files_of_other_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = RawArchive::open(url(dir.path())).await.unwrap();
+    let days = three_days(&archive).await;
+    let (from, to) = (EventTime::from_micros(DAY0 + DAY).unwrap(), EventTime::from_micros(DAY0 + 2 * DAY).unwrap());
+
+    let read = archive.read_range(from, to).arrivals(from, to).duplicates(true).run().await.unwrap();
+    assert_eq!(read.stats.files_in_table, 3);
+    assert_eq!(read.stats.files_read, 1, "only day 1's file: {:?}", read.stats);
+    // day 1's file: its 101 events plus the redelivery of day 0's last event (outside the range)
+    assert_eq!(read.stats.rows_read, 102);
+    assert_eq!(read.stats.rows_in_range, 101);
+    assert_eq!(read.arrivals.len(), 101);
+    assert_eq!(read.sources, vec!["clicks".to_owned()]);
+    let a = read.arrivals.iter().find(|a| a.partition == 1 && a.offset == 100).unwrap();
+    assert_eq!(a.event_time, days[1][100].event_time);
+    assert_eq!(a.ingest_time, days[1][100].ingest_time);
+    // the duplicate inside the range, with both deliveries; day 0's redelivered id is outside the range
+    let mut expected = vec![days[1][7].clone(), days[1][100].clone()];
+    expected.sort_by(|a, b| a.coords.cmp(&b.coords));
+    assert_eq!(read.duplicates, vec![expected]);
+    assert_eq!((read.stats.payload_files_read, read.stats.payload_rows_read), (1, 2));
+
+    // arrivals of a sub-range, without duplicates (no event ids read)
+    let noon = EventTime::from_micros(DAY0 + DAY + 12 * HOUR).unwrap();
+    let read = archive.read_range(from, to).arrivals(from, noon).run().await.unwrap();
+    assert!(read.duplicates.is_empty());
+    assert_eq!(read.arrivals.len(), 56, "01:00 + 12 min steps before noon: 55, and the redelivered d1-7");
+    assert_eq!(read.stats.payload_rows_read, 0);
+
+    // a range over two days reads both files; day 0's id redelivered on day 1 is now a duplicate
+    let read = archive.read_range(EventTime::from_micros(DAY0).unwrap(), to).duplicates(true).run().await.unwrap();
+    assert_eq!(read.stats.files_read, 2);
+    let ids: Vec<&str> = read.duplicates.iter().map(|d| d[0].event_id.as_str()).collect();
+    assert_eq!(ids, vec!["d0-7", "d0-99", "d1-7"]);
+    // an empty range reads nothing
+    let read = archive.read_range(to, to).duplicates(true).run().await.unwrap();
+    assert_eq!(read.stats, tidemark_store::RangeReadStats::default());
+}

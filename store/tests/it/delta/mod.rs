@@ -9,6 +9,7 @@ use tidemark_store::{DeadLetter, DeadLetterStore, DeltaStore, DeltaStoreConfig, 
 use crate::common;
 
 mod archive;
+mod late_ledger;
 
 async fn open(dir: &std::path::Path) -> DeltaStore {
     let url = format!("file://{}", dir.display());

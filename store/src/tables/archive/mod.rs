@@ -8,6 +8,13 @@
 //! deltalake accepts two commits with the same (appId, version), so the skip check is what makes it
 //! exactly once; a racing commit that records one of the same appIds makes ours conflict
 //! (`ConcurrentTransaction`), and the loser reloads, skips again and retries.
+//!
+//! Reads: [`RawArchive::read_range`] (`range.rs`) reads an event-time range, pruned by file statistics and
+//! columnar; the batch layer reads the files itself.
+
+mod range;
+
+pub use range::{ArchivedArrival, RangeEvidence, RangeRead, RangeReadStats};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -17,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema};
-use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::functions_aggregate::expr_fn::max;
 use deltalake::datafusion::prelude::{Expr, col, lit};
 use deltalake::kernel::transaction::CommitProperties;
@@ -30,7 +36,7 @@ use url::Url;
 
 use crate::delta_io::{
     column, create_table_if_missing, ensure_local_dir, is_conflict, longs, open_table, parse_base, query_table,
-    recorded_txn_version, scan_table, strings, times, ts_type,
+    recorded_txn_version, strings, times, ts_type,
 };
 use crate::error::{Error, Result};
 use crate::flat::date_of;
@@ -437,20 +443,6 @@ impl RawArchive {
         Ok(state.recorded.get(&(source.to_owned(), partition)).copied().flatten())
     }
 
-    /// Every archived row of the latest version, sorted by source coordinates. Reads the whole table: for
-    /// tests, checks and small tables.
-    pub async fn read_all(&self) -> Result<Vec<ArchiveRow>> {
-        self.read_where(lit(true)).await
-    }
-
-    /// The archived rows of the latest version whose event time is in `[from, to)`, sorted by source
-    /// coordinates. The filter is pushed into the Delta scan, where file statistics (min/max event time
-    /// per file) let it skip files wholly outside the range.
-    pub async fn read_event_time_range(&self, from: EventTime, to: EventTime) -> Result<Vec<ArchiveRow>> {
-        let ts = |t: EventTime| lit(ScalarValue::TimestampMicrosecond(Some(t.as_micros()), Some("UTC".into())));
-        self.read_where(col(EVENT_TIME).gt_eq(ts(from)).and(col(EVENT_TIME).lt(ts(to)))).await
-    }
-
     /// What was archived past `after` (per `(source, partition)`, the highest offset a reader has handled;
     /// partitions it does not list count from the start): the event time of every such row, and the
     /// recorded offsets at the time of reading, which the reader covers once it has handled them. Reads
@@ -491,36 +483,20 @@ impl RawArchive {
         Ok(ArrivalsSince { offsets, event_times })
     }
 
-    async fn read_where(&self, filter: Expr) -> Result<Vec<ArchiveRow>> {
+    /// Every archived row of the latest version, sorted by source coordinates. Reads the whole table,
+    /// payloads included, so it exists for tests only (feature `testing`): production reads go through
+    /// [`read_range`](Self::read_range).
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn read_all(&self) -> Result<Vec<ArchiveRow>> {
         let table = {
             let mut state = self.state.lock().await;
             self.reload(&mut state).await?;
             state.table.clone()
         };
-        let batches = scan_table(&table, filter).await?;
+        let all = deltalake::datafusion::prelude::lit(true);
         let mut out = Vec::new();
-        let corrupt = |w: &str| Error::Corrupt(format!("raw archive column {w} is out of range"));
-        for b in &batches {
-            let id = strings(b, EVENT_ID)?;
-            let et = times(b, EVENT_TIME)?;
-            let it = times(b, INGEST_TIME)?;
-            let source = strings(b, SOURCE)?;
-            let partition = int32s(b, PARTITION)?;
-            let offset = longs(b, OFFSET)?;
-            let payload = strings(b, PAYLOAD)?;
-            for i in 0..b.num_rows() {
-                out.push(ArchiveRow {
-                    event_id: id.value(i).to_owned(),
-                    event_time: EventTime::from_micros(et.value(i)).ok_or_else(|| corrupt(EVENT_TIME))?,
-                    ingest_time: EventTime::from_micros(it.value(i)).ok_or_else(|| corrupt(INGEST_TIME))?,
-                    coords: SourceCoordinates {
-                        source: source.value(i).to_owned(),
-                        partition: partition.value(i),
-                        offset: offset.value(i),
-                    },
-                    payload: payload.value(i).to_owned(),
-                });
-            }
+        for b in &crate::delta_io::scan_table(&table, all).await? {
+            out.extend(range::archive_rows(b)?);
         }
         out.sort_by(|a, b| a.coords.cmp(&b.coords));
         Ok(out)
