@@ -205,17 +205,19 @@ impl DeltaStore {
             return flats.into_iter().map(Flat::into_row).collect();
         }
         // a delta counts only while its key's row is a speed row: a batch row (or a batch tombstone) holds
-        // the truth, late events included, and supersedes every delta of the key (ServingStore::read_deltas)
-        let (rows, deltas): (Vec<Flat>, Vec<Flat>) = self
-            .scan_flats(&["row", "delta"], false, metrics, from, to)
-            .await?
-            .into_iter()
-            .partition(|f| matches!(f.kind, Kind::Row));
+        // the truth, late events included, and supersedes every delta of the key (ServingStore::read_deltas).
+        // Deltas are few (none unless late_policy = "append"), so they are read first and the batch rows only
+        // when there are any: the range's speed rows are never held.
+        let deltas = self.scan_flats(&["delta"], false, metrics, from, to).await?;
+        if deltas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch_rows =
+            self.scan_flats_where(&["row"], false, metrics, from, to, col("layer").eq(lit("batch"))).await?;
         fn key(f: &Flat) -> (&str, i64, i64, &str) {
             (&f.metric, f.window_start, f.window_end, &f.dims)
         }
-        let batch_keys: std::collections::HashSet<_> =
-            rows.iter().filter(|f| f.layer == tidemark_core::Layer::Batch).map(key).collect();
+        let batch_keys: std::collections::HashSet<_> = batch_rows.iter().map(key).collect();
         deltas.into_iter().filter(|f| !batch_keys.contains(&key(f))).map(Flat::into_row).collect()
     }
 
@@ -257,6 +259,19 @@ impl DeltaStore {
         from: EventTime,
         to: EventTime,
     ) -> Result<Vec<Flat>> {
+        self.scan_flats_where(kinds, live_only, metrics, from, to, lit(true)).await
+    }
+
+    /// [`scan_flats`](Self::scan_flats) of the records that also match `extra`.
+    async fn scan_flats_where(
+        &self,
+        kinds: &[&str],
+        live_only: bool,
+        metrics: &MetricFilter,
+        from: EventTime,
+        to: EventTime,
+        extra: Expr,
+    ) -> Result<Vec<Flat>> {
         let table = self.latest(false).await?;
         let mut filter = col("kind")
             .in_list(kinds.iter().map(|k| lit(*k)).collect(), false)
@@ -273,7 +288,7 @@ impl DeltaStore {
         if let MetricFilter::Only(m) = metrics {
             filter = filter.and(col("metric").in_list(m.iter().map(|x| lit(x.as_str())).collect(), false));
         }
-        let batches = scan_table(&table, filter).await?;
+        let batches = scan_table(&table, filter.and(extra)).await?;
         let mut flats = Vec::new();
         for b in &batches {
             flats.extend(from_batch(b)?.into_iter().filter(|f| metrics.matches(&f.metric)));
