@@ -37,7 +37,7 @@ use crate::delta_io::{
     stream_table, strings, times,
 };
 use crate::error::{Error, Result};
-use crate::flat::{self, Flat, Kind};
+use crate::flat::{self, Flat};
 use crate::model::{
     self, ApplyOutcome, AuditEntry, CommitMarker, CorrectionBatch, Emission, MetricFilter, SourceProgress,
     StoredAuditEntry, WriteOutcome, WriteStats,
