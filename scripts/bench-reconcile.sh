@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Issue 19's whole-command benchmark: `tidemark reconcile` of a generated one-day pipeline, with a DuckDB
+# full-outer-join diff of the same two Delta tables run beside it. Numbers go in docs/benchmarks.md.
+#
+#   scripts/bench-reconcile.sh [--events N] [--dir DIR] [--fresh] [--bin PATH] [--max-rss-gib G] [--threads T]
+#
+#   --events N       distinct page views in the day (default 10000000); rate = N / 86400 views/s of event time
+#   --dir DIR        data directory (default ${TIDEMARK_BENCH_DATA:-/work/bench-data}/N); reused across runs
+#   --fresh          delete DIR's data and regenerate (default: gen/stream/batch run only when not done yet)
+#   --bin PATH       the tidemark binary (default $TIDEMARK_BIN or ~/.cargo/target-tidemark/release/tidemark;
+#                    build it first: cargo build --release -p tidemark-cli)
+#   --max-rss-gib G  kill a step whose resident memory exceeds G GiB (default 20: the machine has 24 GiB) and
+#                    record it as killed; a step is also killed when MemAvailable drops under 1 GiB
+#   --threads T      DuckDB threads (default: all cores)
+#
+# Steps, each measured by scripts/bench/measure.py (wall, user+sys CPU, peak RSS from wait4):
+#   gen        tidemark gen: one day (2026-01-01) of N views, 10k Zipf users, 1% late by 30 s .. 10 min,
+#              0.1% duplicate deliveries, no malformed lines, seed 7 -> DIR/events.jsonl
+#   stream     tidemark stream --finish over that file (arrival order) -> raw archive, serving, late ledger
+#   batch      tidemark batch of the day -> batch view
+#   (then DIR/serving is copied to DIR/serving.pristine; every later run starts from a fresh copy of it, so
+#    reruns see the same uncorrected serving store)
+#   reconcile1 tidemark reconcile of the day: finds and corrects the differences the stream left
+#   duckdb1    the DuckDB diff of the serving table at the version reconcile1 started from (same state)
+#   reconcile2 tidemark reconcile again: nothing to correct
+#   duckdb2    the DuckDB diff of the corrected serving table (expect 0 differences)
+# Results: DIR/results.jsonl (one JSON object per step and run), the table on stdout, logs in DIR/logs/.
+set -euo pipefail
+
+EVENTS=10000000
+DIR=""
+FRESH=0
+BIN="${TIDEMARK_BIN:-$HOME/.cargo/target-tidemark/release/tidemark}"
+MAX_RSS_GIB=20
+THREADS=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --events) EVENTS="$2"; shift 2 ;;
+    --dir) DIR="$2"; shift 2 ;;
+    --fresh) FRESH=1; shift ;;
+    --bin) BIN="$2"; shift 2 ;;
+    --max-rss-gib) MAX_RSS_GIB="$2"; shift 2 ;;
+    --threads) THREADS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ "$EVENTS" =~ ^[0-9]+$ && "$EVENTS" -gt 0 ]] || { echo "--events must be a positive integer" >&2; exit 2; }
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DIR="${DIR:-${TIDEMARK_BENCH_DATA:-/work/bench-data}/$EVENTS}"
+VENV="${TIDEMARK_BENCH_VENV:-$HOME/.cache/tidemark/bench-venv}"
+FROM=2026-01-01T00:00:00Z
+TO=2026-01-02T00:00:00Z
+
+[[ -x "$BIN" ]] || { echo "no tidemark binary at $BIN (cargo build --release -p tidemark-cli, or --bin)" >&2; exit 2; }
+
+# The Python side: a venv with pinned versions (pip only; nothing else is downloaded).
+PY_PINS=(duckdb==2.0.1 deltalake==1.6.6 pyarrow==26.0.1)
+if ! "$VENV/bin/python" -c 'import duckdb, deltalake, pyarrow' 2>/dev/null; then
+  echo "creating $VENV (${PY_PINS[*]})" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "${PY_PINS[@]}"
+fi
+PY="$VENV/bin/python"
+
+if [[ $FRESH -eq 1 && -d "$DIR" ]]; then
+  [[ -f "$DIR/spec.toml" || -z "$(ls -A "$DIR")" ]] || { echo "$DIR is not a bench data directory: not deleting it" >&2; exit 2; }
+  rm -rf "$DIR"
+fi
+mkdir -p "$DIR/logs"
+cp "$HERE/bench/reconcile-day.toml" "$DIR/spec.toml"
+"$BIN" validate --spec "$DIR/spec.toml" --format json > "$DIR/spec.json"
+RESULTS="$DIR/results.jsonl"
+RATE="$("$PY" -c "print(repr($EVENTS / 86400))")"
+
+measure() { # measure LABEL [measure.py options] -- COMMAND...
+  local label="$1"; shift
+  "$PY" "$HERE/bench/measure.py" run --label "$label" --results "$RESULTS" --max-rss-gib "$MAX_RSS_GIB" "$@"
+}
+
+echo "tidemark reconcile benchmark: $EVENTS events, $DIR, $("$BIN" --version) ($BIN, built $(date -r "$BIN" -u +%FT%TZ))" >&2
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+if [[ ! -f "$DIR/.gen.done" ]]; then
+  measure gen --stdout "$DIR/logs/gen.json" --stderr "$DIR/logs/gen.log" -- \
+    "$BIN" gen --to file --out "$DIR/events.jsonl" --events "$EVENTS" --seed 7 --rate "$RATE" --start "$FROM" \
+      --disorder 3s --late-share 0.01 --late-min 30s --late-max 10m --duplicate-share 0.001 --malformed-share 0 \
+      --users 10000 --json
+  touch "$DIR/.gen.done"
+fi
+if [[ ! -f "$DIR/.stream.done" ]]; then
+  rm -rf "$DIR/raw" "$DIR/serving" "$DIR/serving.pristine" "$DIR/dead_letter" "$DIR/batch" "$DIR/.batch.done"
+  measure stream --stdout "$DIR/logs/stream.out" --stderr "$DIR/logs/stream.log" -- \
+    "$BIN" stream --spec "$DIR/spec.toml" --finish --listen off
+  touch "$DIR/.stream.done"
+fi
+if [[ ! -f "$DIR/.batch.done" ]]; then
+  rm -rf "$DIR/batch"
+  measure batch --stdout "$DIR/logs/batch.out" --stderr "$DIR/logs/batch.log" -- \
+    "$BIN" batch --spec "$DIR/spec.toml" --from "$FROM" --to "$TO"
+  rm -rf "$DIR/serving.pristine"
+  cp -a "$DIR/serving" "$DIR/serving.pristine"
+  touch "$DIR/.batch.done"
+fi
+
+# Every run starts from the serving store as the stream left it.
+rm -rf "$DIR/serving" "$DIR"/report-*
+cp -a "$DIR/serving.pristine" "$DIR/serving"
+V0="$("$PY" -c "from deltalake import DeltaTable; print(DeltaTable('$DIR/serving/serving').version())")"
+DUCK=("$PY" "$HERE/bench/duckdb_diff.py" --spec-json "$DIR/spec.json" --from "$FROM" --to "$TO" --json)
+[[ -n "$THREADS" ]] && DUCK+=(--threads "$THREADS")
+
+status=0
+measure reconcile1 --outcome reconcile --stdout "$DIR/logs/reconcile1.json" --stderr "$DIR/logs/reconcile1.log" -- \
+  "$BIN" reconcile --spec "$DIR/spec.toml" --from "$FROM" --to "$TO" --json --report-dir "$DIR/report-1" || status=1
+measure duckdb1 --outcome duckdb --stdout "$DIR/logs/duckdb1.json" --stderr "$DIR/logs/duckdb1.log" -- \
+  "${DUCK[@]}" --serving-version "$V0" || status=1
+measure reconcile2 --outcome reconcile --stdout "$DIR/logs/reconcile2.json" --stderr "$DIR/logs/reconcile2.log" -- \
+  "$BIN" reconcile --spec "$DIR/spec.toml" --from "$FROM" --to "$TO" --json --report-dir "$DIR/report-2" || status=1
+measure duckdb2 --outcome duckdb --stdout "$DIR/logs/duckdb2.json" --stderr "$DIR/logs/duckdb2.log" -- \
+  "${DUCK[@]}" || status=1
+
+echo
+echo "$EVENTS events, serving v$V0 before reconcile1 (gen/stream/batch: latest recorded run; results in $RESULTS)"
+"$PY" "$HERE/bench/measure.py" table --results "$RESULTS" --labels gen,stream,batch,reconcile1,duckdb1,reconcile2,duckdb2
+"$PY" - "$DIR/logs/duckdb1.json" <<'EOF' || true
+import json, sys
+c = json.load(open(sys.argv[1]))["counts"]
+print(f"first run: {c['differences']} of {c['checked']} window keys differ ({c['share_rows_differing']:.2%}); "
+      f"{c['keys_differing']} of {c['keys']} dimension keys have a difference ({c['share_keys_differing']:.2%})")
+EOF
+exit $status
