@@ -18,8 +18,9 @@
 #              0.1% duplicate deliveries, no malformed lines, seed 7 -> DIR/events.jsonl
 #   stream     tidemark stream --finish over that file (arrival order) -> raw archive, serving, late ledger
 #   batch      tidemark batch of the day -> batch view
-#   (then DIR/serving is copied to DIR/serving.pristine; every later run starts from a fresh copy of it, so
-#    reruns see the same uncorrected serving store)
+#   (then DIR/serving is copied to DIR/serving.pristine, and every later run starts from a fresh copy of it, so
+#    reruns see the same uncorrected serving store; the copies are hard links, free of disk space: Delta never
+#    changes a file in place, a commit only adds files)
 #   reconcile1 tidemark reconcile of the day: finds and corrects the differences the stream left
 #   duckdb1    the DuckDB diff of the serving table at the version reconcile1 started from (same state)
 #   reconcile2 tidemark reconcile again: nothing to correct
@@ -41,7 +42,7 @@ while [[ $# -gt 0 ]]; do
     --bin) BIN="$2"; shift 2 ;;
     --max-rss-gib) MAX_RSS_GIB="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -100,13 +101,13 @@ if [[ ! -f "$DIR/.batch.done" ]]; then
   measure batch --stdout "$DIR/logs/batch.out" --stderr "$DIR/logs/batch.log" -- \
     "$BIN" batch --spec "$DIR/spec.toml" --from "$FROM" --to "$TO"
   rm -rf "$DIR/serving.pristine"
-  cp -a "$DIR/serving" "$DIR/serving.pristine"
+  cp -al "$DIR/serving" "$DIR/serving.pristine"
   touch "$DIR/.batch.done"
 fi
 
-# Every run starts from the serving store as the stream left it.
+# Every run starts from the serving store as the stream left it (hard links: Delta only adds files).
 rm -rf "$DIR/serving" "$DIR"/report-*
-cp -a "$DIR/serving.pristine" "$DIR/serving"
+cp -al "$DIR/serving.pristine" "$DIR/serving"
 V0="$("$PY" -c "from deltalake import DeltaTable; print(DeltaTable('$DIR/serving/serving').version())")"
 DUCK=("$PY" "$HERE/bench/duckdb_diff.py" --spec-json "$DIR/spec.json" --from "$FROM" --to "$TO" --json)
 [[ -n "$THREADS" ]] && DUCK+=(--threads "$THREADS")
