@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
+use tidemark_core::spec::CompiledMetric;
 use tidemark_core::{AggValue, Duration, EventTime, MetricRow, Pane, RowKey, ValidSpec};
 
 use crate::diff::{Diff, Verdict};
@@ -135,10 +136,18 @@ pub struct ContractReport {
 }
 
 fn within(spec: &ValidSpec, key: &RowKey, emitted: &BTreeMap<String, AggValue>, truth: &MetricRow) -> bool {
-    let Some(m) = spec.metric(&key.metric) else { return false };
-    m.aggregates.iter().all(|a| {
+    spec.metric(&key.metric).is_some_and(|m| values_within(m, emitted, &truth.values))
+}
+
+/// Whether every aggregate of `metric` in `emitted` equals the one in `truth` within its tolerance.
+pub(crate) fn values_within(
+    metric: &CompiledMetric,
+    emitted: &BTreeMap<String, AggValue>,
+    truth: &BTreeMap<String, AggValue>,
+) -> bool {
+    metric.aggregates.iter().all(|a| {
         let got = emitted.get(&a.name).copied().unwrap_or(AggValue::Null);
-        let want = truth.values.get(&a.name).copied().unwrap_or(AggValue::Null);
+        let want = truth.get(&a.name).copied().unwrap_or(AggValue::Null);
         a.tolerance.within(want, got)
     })
 }

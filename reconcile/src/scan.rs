@@ -22,11 +22,11 @@ use foldhash::fast::FixedState;
 use futures::TryStreamExt as _;
 use tidemark_core::spec::CompiledMetric;
 use tidemark_core::window::WindowSpec;
-use tidemark_core::{AggValue, Dimensions, Duration, EventTime, MetricRow, Pane, RowKey, ValidSpec, Window};
+use tidemark_core::{Dimensions, Duration, EventTime, MetricRow, Pane, RowKey, ValidSpec, Window};
 use tidemark_store::batch_view::parse_values;
 use tidemark_store::{BatchView, EmissionChunk, ServingStore};
 
-use crate::contract::ContractTally;
+use crate::contract::{ContractTally, values_within};
 use crate::diff::{Diff, KeyDiff, Verdict, diff};
 use crate::error::Error;
 use crate::evidence::{SessionIndex, StreamFacts};
@@ -157,15 +157,6 @@ fn first_value(text: &str, name: &str) -> f64 {
         rest = &value[len..];
     }
     0.0
-}
-
-/// Whether `emitted` equals the batch values within every aggregate's tolerance.
-fn within(metric: &CompiledMetric, emitted: &BTreeMap<String, AggValue>, truth: &BTreeMap<String, AggValue>) -> bool {
-    metric.aggregates.iter().all(|a| {
-        let got = emitted.get(&a.name).copied().unwrap_or(AggValue::Null);
-        let want = truth.get(&a.name).copied().unwrap_or(AggValue::Null);
-        a.tolerance.within(want, got)
-    })
 }
 
 /// The UTC days of `[from, to)`, each cut to the range.
@@ -393,7 +384,7 @@ async fn scan_partition(
                 }
                 if e.flags & FOT_MISMATCH != 0
                     && let Some(emitted) = mismatched.get(&key).and_then(|t| parse_values(t))
-                    && within(metric, &emitted, &row.values)
+                    && values_within(metric, &emitted, &row.values)
                 {
                     // equal within tolerance though not in text
                     tally.first_on_time_within += 1;
@@ -481,6 +472,8 @@ fn scan_emissions(
 
 #[cfg(test)]
 mod tests {
+    use tidemark_core::AggValue;
+
     use super::*;
 
     #[test]

@@ -18,7 +18,7 @@ use foldhash::fast::RandomState as FoldBuild;
 use tidemark_core::spec::CompiledMetric;
 use tidemark_core::{AggValue, Dimensions, MetricRow, Tolerance, ValidSpec};
 
-use super::compare::{Diff, KeyDiff, MetricDiffSummary, Verdict, compare_key, duplicate, value_of};
+use super::compare::{Diff, KeyDiff, Verdict, compare_key, duplicate, value_of};
 use crate::error::Error;
 
 /// Below this many rows per side the two sides are converted and sorted on one thread.
@@ -463,25 +463,8 @@ fn summarize(tallies: BTreeMap<&str, Tally>, mut differences: Vec<KeyDiff>) -> D
             }
         }
     }
-    // Drift totals in key order, so the floating-point sums do not depend on the input order.
-    let mut drift_sums: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
-    for d in differences.iter().filter(|d| d.verdict == Verdict::ValueDrift) {
-        let summary: &mut MetricDiffSummary =
-            out.metrics.get_mut(&d.key.metric).expect("every difference's metric is counted");
-        let sums = drift_sums.entry(&d.key.metric).or_default();
-        for a in d.aggregates.iter().filter(|a| !a.within) {
-            let abs = a.abs.unwrap_or(0.0);
-            summary.max_abs_drift = summary.max_abs_drift.max(abs);
-            sums.0 += abs;
-            sums.1 += 1;
-        }
-    }
-    for (metric, (sum, n)) in drift_sums {
-        if let Some(m) = out.metrics.get_mut(metric) {
-            m.mean_abs_drift = if n == 0 { 0.0 } else { sum / n as f64 };
-        }
-    }
     out.differences = differences;
+    out.recompute_drift();
     out
 }
 
