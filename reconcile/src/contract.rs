@@ -152,6 +152,18 @@ pub(crate) fn values_within(
     })
 }
 
+/// Per key, its first on-time firing (earliest emission, then lowest revision).
+pub(crate) fn first_on_time(emissions: &[SpeedFiring]) -> HashMap<&RowKey, &SpeedFiring> {
+    let mut first: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
+    for e in emissions.iter().filter(|e| e.pane == Pane::OnTime) {
+        let slot = first.entry(&e.key).or_insert(e);
+        if (e.emitted_at, e.revision) < (slot.emitted_at, slot.revision) {
+            *slot = e;
+        }
+    }
+    first
+}
+
 /// The tallies of rows held in memory (the batch rows of the range, its speed firings in any order, and
 /// their diff), and the first emission of every key that fired.
 pub fn tally_rows(
@@ -161,17 +173,11 @@ pub fn tally_rows(
     diff: &Diff,
 ) -> (BTreeMap<String, ContractTally>, HashMap<RowKey, EventTime>) {
     let fin_target = spec.spec().contract.finalization_latency;
-    let mut first_on_time: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
+    let first_on_time = first_on_time(emissions);
     let mut first_any: HashMap<RowKey, EventTime> = HashMap::new();
     for e in emissions {
         let t = first_any.entry(e.key.clone()).or_insert(e.emitted_at);
         *t = (*t).min(e.emitted_at);
-        if e.pane == Pane::OnTime {
-            let slot = first_on_time.entry(&e.key).or_insert(e);
-            if (e.emitted_at, e.revision) < (slot.emitted_at, slot.revision) {
-                *slot = e;
-            }
-        }
     }
     let differing: HashMap<&RowKey, Verdict> = diff.differences.iter().map(|d| (&d.key, d.verdict)).collect();
     let mut tallies: BTreeMap<String, ContractTally> = BTreeMap::new();

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use tidemark_core::{AggValue, EventTime, MetricRow, Pane, RowKey, ValidSpec};
+use tidemark_core::{AggValue, EventTime, MetricRow, RowKey, ValidSpec};
 
 use crate::contract::{ContractReport, SpeedFiring};
 use crate::explain::{Cause, Explained};
@@ -50,13 +50,7 @@ pub fn chart_rows(
     explained: &[Explained],
 ) -> BTreeMap<String, BTreeMap<i64, ChartPoint>> {
     let differing: HashMap<&RowKey, ()> = explained.iter().map(|e| (&e.diff.key, ())).collect();
-    let mut first_on_time: HashMap<&RowKey, &SpeedFiring> = HashMap::new();
-    for e in emissions.iter().filter(|e| e.pane == Pane::OnTime) {
-        let slot = first_on_time.entry(&e.key).or_insert(e);
-        if (e.emitted_at, e.revision) < (slot.emitted_at, slot.revision) {
-            *slot = e;
-        }
-    }
+    let first_on_time = crate::contract::first_on_time(emissions);
     let mut out: BTreeMap<String, BTreeMap<i64, ChartPoint>> = BTreeMap::new();
     for r in batch {
         let agg = spec.metric(&r.key.metric).and_then(|m| m.aggregates.first()).map(|a| a.name.as_str());
