@@ -9,7 +9,7 @@ use tidemark_core::{CompiledMetric, Event, EventSchema, EventTime, ValidSpec, Wi
 
 use crate::output::{Output, Record, RejectedRecord};
 use crate::state::{EventId, SeenIds};
-use crate::watermark::{Watermark, WatermarkTracker};
+use crate::watermark::{Observed, PartitionSuspicion, SuspectPolicy, Watermark, WatermarkTracker};
 use crate::window_state::fixed::FixedState;
 use crate::window_state::session::SessionState;
 use crate::window_state::{Arrival, Routing, Step};
@@ -113,6 +113,15 @@ pub struct Engine {
     pub(crate) next_early: Option<EventTime>,
 }
 
+/// The tracker's suspect policy from the spec's `[time]`.
+pub(crate) fn suspect_policy(policy: &TimePolicy) -> SuspectPolicy {
+    SuspectPolicy {
+        lead: policy.suspect_lead,
+        confirmations: policy.suspect_confirmations,
+        expiry: policy.suspect_expiry,
+    }
+}
+
 impl Engine {
     /// An engine with empty state for `spec`.
     pub fn new(spec: &ValidSpec) -> Self {
@@ -122,7 +131,7 @@ impl Engine {
             fingerprint: crate::checkpoint::fingerprint(spec),
             schema: spec.schema().clone(),
             states: metrics.iter().map(MetricState::new).collect(),
-            watermarks: WatermarkTracker::new(policy.watermark_delay, policy.idle_timeout),
+            watermarks: WatermarkTracker::new(policy.watermark_delay, policy.idle_timeout, suspect_policy(&policy)),
             policy,
             metrics,
             seen: SeenIds::default(),
@@ -202,7 +211,8 @@ impl Engine {
                 } else {
                     accounts.duplicates_suppressed += 1;
                 }
-                self.watermarks.observe(p, t, now);
+                // A suspect is aggregated like any event; it only does not move the watermark.
+                let _: Observed = self.watermarks.observe(p, t, now);
                 Some(event)
             }
         };
@@ -268,9 +278,19 @@ impl Engine {
         self.seen.expire(wm);
     }
 
+    /// The latest processing time the engine was given (`None` before any).
+    pub fn processing_time(&self) -> Option<EventTime> {
+        self.last_now
+    }
+
     /// The operator watermark (`None` before the first one).
     pub fn watermark(&self) -> Option<EventTime> {
         self.watermarks.current()
+    }
+
+    /// Per known partition: its suspects and how far its event times run ahead of its watermark.
+    pub fn suspicion(&self) -> Vec<(i32, PartitionSuspicion)> {
+        self.watermarks.suspicion().collect()
     }
 
     /// Each known partition's watermark at processing time `now`.

@@ -27,7 +27,8 @@ pub mod testing;
 mod watermark;
 mod window_state;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{ArrivalClock, Clock, ManualClock, SystemClock};
+pub use checkpoint::FORMAT as CHECKPOINT_FORMAT;
 pub use engine::{Engine, PartitionAccounts};
 pub use error::Error;
 pub use output::{LateEvent, LateReason, Output, Record, RejectedRecord};
@@ -36,4 +37,4 @@ pub use source::file::FileSource;
 pub use source::kafka::{KafkaConfig, KafkaSource};
 pub use source::replay::{FileReplay, ReceivedAt};
 pub use source::{Assignment, Offsets, Partition, Polled, Source};
-pub use watermark::{Watermark, WatermarkTracker};
+pub use watermark::{Observed, PartitionSuspicion, SuspectPolicy, Watermark, WatermarkTracker};

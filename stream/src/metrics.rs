@@ -109,6 +109,9 @@ pub struct Metrics {
     partition_watermark: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
     partition_idle: Family<PartitionLabel, Gauge>,
     partition_lag: Family<PartitionLabel, Gauge>,
+    suspects: Family<PartitionLabel, Counter>,
+    suspects_pending: Family<PartitionLabel, Gauge>,
+    watermark_lead: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
     watermark: Gauge<f64, AtomicU64>,
     /// Seconds from the start of a flush to its commit.
     pub flush_seconds: Histogram,
@@ -134,6 +137,8 @@ pub struct Metrics {
     /// Event ids remembered for de-duplication.
     pub remembered_events: Gauge,
     last: Mutex<BTreeMap<i32, PartitionAccounts>>,
+    /// Suspects seen per partition as last exported (the counter follows the engine's cumulative count).
+    last_suspects: Mutex<BTreeMap<i32, u64>>,
     health: Mutex<Health>,
     last_commit_us: AtomicI64,
 }
@@ -158,6 +163,9 @@ impl Metrics {
             partition_watermark: Family::default(),
             partition_idle: Family::default(),
             partition_lag: Family::default(),
+            suspects: Family::default(),
+            suspects_pending: Family::default(),
+            watermark_lead: Family::default(),
             watermark: Gauge::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             flushes: Counter::default(),
@@ -172,6 +180,7 @@ impl Metrics {
             live_rows: Gauge::default(),
             remembered_events: Gauge::default(),
             last: Mutex::new(BTreeMap::new()),
+            last_suspects: Mutex::new(BTreeMap::new()),
             health: Mutex::new(Health::Starting),
             last_commit_us: AtomicI64::new(0),
             registry: Registry::default(),
@@ -193,6 +202,21 @@ impl Metrics {
         );
         registry.register("partition_idle", "1 when the partition is idle", m.partition_idle.clone());
         registry.register("partition_lag", "Records behind the partition's end", m.partition_lag.clone());
+        registry.register(
+            "watermark_suspects",
+            "Events far ahead of their partition's event-time frontier, held back from the watermark",
+            m.suspects.clone(),
+        );
+        registry.register(
+            "watermark_suspects_pending",
+            "Suspects waiting for confirmation, per partition",
+            m.suspects_pending.clone(),
+        );
+        registry.register(
+            "partition_max_event_lead_seconds",
+            "Largest event time delivered (suspects included) minus the partition's watermark",
+            m.watermark_lead.clone(),
+        );
         registry.register("watermark_seconds", "Operator watermark, Unix seconds", m.watermark.clone());
         registry.register("flush_seconds", "Flush latency: start to commit", m.flush_seconds.clone());
         registry.register("flushes", "Flushes committed", m.flushes.clone());
@@ -249,6 +273,23 @@ impl Metrics {
                 Watermark::Idle => {
                     self.partition_idle.get_or_create(&label).set(1);
                 }
+            }
+        }
+    }
+
+    /// Sets the suspect series from the engine's per-partition view.
+    pub fn observe_suspects(&self, partitions: &[(i32, crate::PartitionSuspicion)]) {
+        let mut last = self.last_suspects.lock().expect("metrics lock");
+        for (p, s) in partitions {
+            let label = PartitionLabel { partition: *p };
+            let before = last.insert(*p, s.seen).unwrap_or(0);
+            if s.seen > before {
+                self.suspects.get_or_create(&label).inc_by(s.seen - before);
+            }
+            self.suspects_pending.get_or_create(&label).set(i64::try_from(s.pending).unwrap_or(i64::MAX));
+            if let (Some(max), Some(trusted)) = (s.max_seen, s.trusted) {
+                let lead = max.as_micros().saturating_sub(trusted.as_micros()) as f64 / 1e6;
+                self.watermark_lead.get_or_create(&label).set(lead);
             }
         }
     }

@@ -17,7 +17,7 @@ use tidemark_store::{
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
+use crate::clock::{ArrivalClock, Clock};
 use crate::engine::{Engine, PartitionAccounts};
 use crate::error::Error;
 use crate::metrics::{FlushStep, Health, Metrics};
@@ -140,6 +140,11 @@ pub struct Service<S> {
     positions: Offsets,
     /// Next offset per partition, as committed.
     committed: Offsets,
+    /// Processing time from the records' arrival, for sources that carry it ([`Source::arrival_clock`]).
+    arrival: Option<ArrivalClock>,
+    /// Partitions assigned before processing time was known (no record yet): registered at the first
+    /// record's arrival, as a live run would have registered them.
+    unregistered: Vec<i32>,
 }
 
 impl<S> std::fmt::Debug for Service<S> {
@@ -214,8 +219,6 @@ impl<S: Source> Service<S> {
         metrics.observe_accounts(engine.accounts());
         Ok(Service {
             pipeline,
-            engine,
-            source,
             sinks,
             clock,
             config,
@@ -224,6 +227,10 @@ impl<S: Source> Service<S> {
             sequence: marker.sequence,
             positions: committed.clone(),
             committed,
+            arrival: source.arrival_clock().then(|| ArrivalClock::new(engine.processing_time())),
+            unregistered: Vec::new(),
+            source,
+            engine,
         })
     }
 
@@ -272,8 +279,9 @@ impl<S: Source> Service<S> {
                     self.metrics.paused.set(0);
                 }
             }
-            let now = self.clock.now();
-            self.engine.advance(now, &mut out);
+            if let Some(now) = self.processing_now() {
+                self.engine.advance(now, &mut out);
+            }
 
             // 2. Stop when everything consumed is committed.
             let nothing_pending = pending_records == 0 && out.is_empty() && archive_rows.is_empty();
@@ -318,9 +326,9 @@ impl<S: Source> Service<S> {
             }
             buf.clear();
             let polled = self.source.poll(&mut buf, self.config.poll_max, self.config.poll_wait).await?;
-            let now = self.clock.now();
+            let wall = self.clock.now();
             for a in &polled.assignments {
-                self.on_assignment(a, now, &mut out)?;
+                self.on_assignment(a, &mut out)?;
             }
             let bytes = self.advance_positions(&buf);
             pending_bytes += bytes;
@@ -328,6 +336,13 @@ impl<S: Source> Service<S> {
             pending_records += buf.len();
             let archiving = self.sinks.archive.is_some();
             for r in buf.drain(..) {
+                let now = match &mut self.arrival {
+                    Some(clock) => clock.record(r.received_at, wall),
+                    None => wall,
+                };
+                for p in self.unregistered.drain(..) {
+                    self.engine.register_partition(p, now);
+                }
                 // One decode serves the engine and the archive row; the record's payload and coordinates
                 // move into the row.
                 let decoded = self.engine.process(&r, now, &mut out);
@@ -338,10 +353,14 @@ impl<S: Source> Service<S> {
                     archive_rows.push(row);
                 }
             }
+            if let Some(clock) = &mut self.arrival {
+                clock.set_caught_up(polled.caught_up, wall);
+            }
             if polled.end {
                 ended = true;
                 if self.config.finish_at_end {
-                    self.engine.drain(self.clock.now(), &mut out);
+                    let now = self.processing_now().unwrap_or(wall);
+                    self.engine.drain(now, &mut out);
                 }
             }
         };
@@ -357,12 +376,25 @@ impl<S: Source> Service<S> {
         })
     }
 
-    fn on_assignment(&mut self, a: &Assignment, now: EventTime, out: &mut Output) -> Result<(), Error> {
+    /// Processing time now: the wall clock, or the arrival clock (`None` before its first record).
+    fn processing_now(&self) -> Option<EventTime> {
+        let wall = self.clock.now();
+        match &self.arrival {
+            Some(clock) => clock.now(wall),
+            None => Some(wall),
+        }
+    }
+
+    fn on_assignment(&mut self, a: &Assignment, out: &mut Output) -> Result<(), Error> {
+        let now = self.processing_now();
         match a {
             Assignment::Assigned(parts) => {
                 tracing::info!(?parts, "partitions assigned");
                 for (_, p) in parts {
-                    self.engine.register_partition(*p, now);
+                    match now {
+                        Some(now) => self.engine.register_partition(*p, now),
+                        None => self.unregistered.push(*p),
+                    }
                 }
                 // Resume where this instance's engine state is, not where the group or the last commit
                 // is: records consumed but not yet committed are already in the state.
@@ -371,7 +403,9 @@ impl<S: Source> Service<S> {
             Assignment::Revoked(parts) => {
                 tracing::info!(?parts, "partitions revoked");
                 for (_, p) in parts {
-                    self.engine.remove_partition(*p, now, out);
+                    self.unregistered.retain(|q| q != p);
+                    // Before any record there is no processing time: nothing can fire yet anyway.
+                    self.engine.remove_partition(*p, now.unwrap_or(EventTime::MIN), out);
                 }
             }
         }
@@ -473,7 +507,9 @@ impl<S: Source> Service<S> {
         self.metrics.archived.inc_by(done.archived);
         self.metrics.committed(now);
         self.metrics.observe_accounts(self.engine.accounts());
-        self.metrics.observe_watermarks(self.engine.watermark(), &self.engine.partition_watermarks(now));
+        let processing = self.processing_now().unwrap_or(now);
+        self.metrics.observe_watermarks(self.engine.watermark(), &self.engine.partition_watermarks(processing));
+        self.metrics.observe_suspects(&self.engine.suspicion());
         for ((_, p), end) in self.source.end_offsets() {
             let pos = self.positions.iter().find(|((_, q), _)| *q == p).map_or(0, |(_, o)| *o);
             self.metrics.observe_lag(p, end - pos);

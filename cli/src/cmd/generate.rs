@@ -25,7 +25,8 @@ tidemark gen --to file --out events.jsonl --events 100000 --seed 7\n  \
 tidemark gen --to kafka --brokers localhost:9092 --topic pageviews --events 1000000\n  \
 tidemark gen --to kafka --brokers localhost:9092 --topic pageviews --live --rate 200   # real time, now\n  \
 tidemark gen --to file --out - --events 10 --late-share 0 --malformed-share 0 | head -3\n\n\
-Kafka records are keyed by user, so each user's views stay in order within one partition.")]
+Kafka records are keyed by user, so each user's views stay in order within one partition, and stamped\n\
+with their arrival time (CreateTime), which tidemark stream takes as the arrival clock.")]
 pub struct Args {
     /// Where to write.
     #[arg(long, value_enum)]
@@ -224,7 +225,12 @@ async fn send_kafka(
                 tokio::time::sleep(wait).await;
             }
         }
-        let mut record = FutureRecord::to(topic).key(user.as_bytes()).payload(buf.as_slice());
+        // The record's timestamp is the line's arrival, so a consumer's arrival clock (the record timestamp)
+        // sees the simulated arrivals whether the topic is read live or as a backlog.
+        let mut record = FutureRecord::to(topic)
+            .key(user.as_bytes())
+            .payload(buf.as_slice())
+            .timestamp(arrival.as_micros().div_euclid(1000));
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {

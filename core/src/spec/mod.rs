@@ -104,6 +104,12 @@ pub enum SourceSpec {
         /// `{ env = "VAR" }` or `{ file = "/path" }`; secrets are never printed.
         #[serde(default, serialize_with = "serialize_options")]
         options: BTreeMap<String, ClientOption>,
+        /// Where each record's arrival time comes from (`timestamp`, the default, `create_time`,
+        /// `log_append_time` or `{ field = "name" }`). It is the receive time `future_event` is judged by, the speed layer's
+        /// processing clock (idleness, early panes, emission times and so every latency the contract
+        /// reports) and the raw archive's `ingest_time`, so a backlog replays as the live run it records.
+        #[serde(default)]
+        arrival: KafkaArrival,
     },
     /// A JSON Lines file replayed in arrival order (one partition; line numbers are offsets).
     File {
@@ -116,6 +122,24 @@ pub enum SourceSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         received_at: Option<String>,
     },
+}
+
+/// Where a Kafka record's arrival time comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KafkaArrival {
+    /// The record's timestamp, whichever kind the topic stamps (`CreateTime` by default in Kafka).
+    #[default]
+    Timestamp,
+    /// The record's `CreateTime`, as the producer set it (trusts the producers' clocks); a record stamped
+    /// otherwise stops the service with an error naming `source.arrival`.
+    CreateTime,
+    /// The broker's append time: the topic must be configured `message.timestamp.type=LogAppendTime`
+    /// (a record stamped otherwise stops the service with an error naming `source.arrival`).
+    LogAppendTime,
+    /// A payload field holding the arrival time (RFC 3339 or epoch milliseconds), e.g. a collector's
+    /// `received_at`; records without a readable value fall back to the record timestamp.
+    Field(String),
 }
 
 /// A client property value.
@@ -215,6 +239,17 @@ pub struct TimePolicy {
     /// If set, open windows emit early (provisional) results this often.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub early_firing: Option<Duration>,
+    /// An event whose time runs ahead of its partition's event-time frontier (largest trusted event time
+    /// plus the arrival time elapsed since) by more than this is a *suspect*: it is aggregated, but it
+    /// does not move the watermark until confirmed. Default 1m.
+    pub suspect_lead: Duration,
+    /// Suspects needed to confirm a jump of a partition's event time (the watermark then moves to the
+    /// smallest of them). `n` tolerates `n - 1` wrong clocks per partition within `suspect_expiry`
+    /// events. Default 3.
+    pub suspect_confirmations: u32,
+    /// A suspect not confirmed within this many later trusted events of its partition is forgotten.
+    /// Default 1000.
+    pub suspect_expiry: u32,
 }
 
 impl Default for TimePolicy {
@@ -226,6 +261,9 @@ impl Default for TimePolicy {
             late_policy: LatePolicy::Update,
             max_future_skew: Duration::from_secs(300),
             early_firing: None,
+            suspect_lead: Duration::from_secs(60),
+            suspect_confirmations: 3,
+            suspect_expiry: 1000,
         }
     }
 }

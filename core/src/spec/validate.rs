@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::{
-    AggregateSpec, ClientOption, CompiledAggregate, CompiledMetric, ContractSpec, EventSpec, MetricSpec, PipelineSpec,
+    AggregateSpec, ClientOption, CompiledAggregate, CompiledMetric, ContractSpec, EventSpec, KafkaArrival, MetricSpec,
+    PipelineSpec,
     SPEC_VERSION, SourceSpec, SpecError, SpecErrors, StoresSpec, TimePolicy, ValidSpec, WindowDef, is_postgres,
 };
 use crate::aggregate::{AggregateFn, InputRef, Tolerance};
@@ -53,7 +54,10 @@ fn check_header(c: &mut Checker<'_>, version: u32, name: &str) {
 /// `[source]`: Kafka settings and client options, or the replayed file's path (resolved).
 fn check_source(c: &mut Checker<'_>, source: &mut SourceSpec, base_dir: Option<&Path>) {
     match source {
-        SourceSpec::Kafka { brokers, topic, group, options } => {
+        SourceSpec::Kafka { brokers, topic, group, options, arrival } => {
+            if let KafkaArrival::Field(f) = arrival {
+                c.field("source.arrival.field".into(), f);
+            }
             for (k, v) in [("brokers", &*brokers), ("topic", &*topic), ("group", &*group)] {
                 if v.trim().is_empty() {
                     c.err(format!("source.{k}"), "must not be empty");
@@ -114,6 +118,13 @@ fn check_event(c: &mut Checker<'_>, ev: &EventSpec) {
 /// `[time]`: the speed layer's event-time policy.
 fn check_time(c: &mut Checker<'_>, time: &TimePolicy) {
     c.positive("time.idle_timeout", time.idle_timeout);
+    c.positive("time.suspect_lead", time.suspect_lead);
+    if time.suspect_confirmations == 0 {
+        c.err("time.suspect_confirmations", "must be at least 1 (1 trusts every event at once)");
+    }
+    if time.suspect_expiry == 0 {
+        c.err("time.suspect_expiry", "must be at least 1");
+    }
     if let Some(e) = time.early_firing {
         c.positive("time.early_firing", e);
     }

@@ -16,7 +16,7 @@
 //!
 //! Consumption uses rdkafka's [`StreamConsumer`]: `poll` awaits, it never blocks the runtime.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,12 +25,12 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, Timestamp};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
-use tidemark_core::spec::{ClientOption, SourceSpec, is_sensitive_option};
+use tidemark_core::spec::{ClientOption, KafkaArrival, SourceSpec, is_sensitive_option};
 use tidemark_core::{EventTime, SourceCoordinates};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -41,14 +41,22 @@ use crate::clock::{Clock, SystemClock};
 use crate::output::Record;
 
 /// librdkafka properties tidemark sets itself; options may not override them.
-const FORCED: [(&str, &str); 6] = [
+const FORCED: [(&str, &str); 7] = [
     ("bootstrap.servers", "it comes from source.brokers"),
     ("metadata.broker.list", "it is an alias of bootstrap.servers, which comes from source.brokers"),
     ("group.id", "it comes from source.group"),
     ("enable.auto.commit", "offsets are committed with the serving store's rows, never automatically"),
     ("enable.auto.offset.store", "offsets are committed with the serving store's rows, never automatically"),
     ("auto.offset.reset", "a partition without a stored offset is read from the beginning, so nothing is skipped"),
+    ("enable.partition.eof", "records are merged in arrival order, which needs to know when a partition is read to its end"),
 ];
+
+/// Records buffered per partition for the arrival-order merge before that partition's fetching pauses.
+pub const MERGE_BUFFER_RECORDS: usize = 20_000;
+
+/// How long the merge waits for a partition that is neither delivering nor at its end (a broker that
+/// stopped answering for it) before it releases the other partitions' records without it.
+pub const MERGE_STALL: Duration = Duration::from_secs(5);
 
 /// How often librdkafka reports statistics (the partitions' end offsets for the lag metric) unless the
 /// options set `statistics.interval.ms`.
@@ -73,6 +81,8 @@ pub struct KafkaConfig {
     pub group: String,
     /// Extra librdkafka properties (TLS, SASL, timeouts, ...).
     pub options: BTreeMap<String, ClientOption>,
+    /// Where each record's arrival time comes from.
+    pub arrival: KafkaArrival,
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -90,6 +100,7 @@ impl fmt::Debug for KafkaConfig {
             .field("topic", &self.topic)
             .field("group", &self.group)
             .field("options", &options)
+            .field("arrival", &self.arrival)
             .finish()
     }
 }
@@ -97,17 +108,24 @@ impl fmt::Debug for KafkaConfig {
 impl KafkaConfig {
     /// A config without extra options.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>, group: impl Into<String>) -> Self {
-        KafkaConfig { brokers: brokers.into(), topic: topic.into(), group: group.into(), options: BTreeMap::new() }
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            group: group.into(),
+            options: BTreeMap::new(),
+            arrival: KafkaArrival::default(),
+        }
     }
 
     /// The config of a pipeline spec's `source` (which must be `type = "kafka"`).
     pub fn from_spec(spec: &SourceSpec) -> Result<Self, Error> {
         match spec {
-            SourceSpec::Kafka { brokers, topic, group, options } => Ok(KafkaConfig {
+            SourceSpec::Kafka { brokers, topic, group, options, arrival } => Ok(KafkaConfig {
                 brokers: brokers.clone(),
                 topic: topic.clone(),
                 group: group.clone(),
                 options: options.clone(),
+                arrival: arrival.clone(),
             }),
             SourceSpec::File { .. } => Err(Error::KafkaConfig {
                 field: "source.type".into(),
@@ -158,7 +176,8 @@ impl KafkaConfig {
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true");
         Ok(cfg)
     }
 
@@ -176,10 +195,12 @@ impl KafkaConfig {
         Ok(KafkaSource {
             topic: self.topic.clone(),
             group: self.group.clone(),
+            arrival: self.arrival.clone(),
             consumer,
             shared,
             notify,
             pending_error: None,
+            merge: Merge::default(),
         })
     }
 }
@@ -378,11 +399,74 @@ impl ConsumerContext for SourceContext {
 pub struct KafkaSource {
     topic: String,
     group: String,
+    arrival: KafkaArrival,
     consumer: StreamConsumer<SourceContext>,
     shared: Arc<Mutex<Shared>>,
     notify: Arc<Notify>,
     /// An error met after records were appended, returned by the next poll.
     pending_error: Option<Error>,
+    /// Records fetched but not yet released, per partition.
+    merge: Merge,
+}
+
+/// The arrival-order merge: records fetched per partition wait until every assigned partition either has
+/// a record buffered or is read to its end; then the one with the earliest (arrival, partition, offset)
+/// goes first. So a backlog is consumed in the order it arrived, across partitions, as a live run would
+/// have consumed it (Kafka Streams picks records the same way).
+#[derive(Debug, Default)]
+struct Merge {
+    queues: BTreeMap<i32, VecDeque<Record>>,
+    /// Partitions read to their end (librdkafka's partition EOF) with nothing fetched since.
+    at_end: BTreeSet<i32>,
+    /// Next offset expected from the consumer per partition (one past the last record fetched).
+    next_fetch: BTreeMap<i32, i64>,
+    /// Partitions whose fetching the merge paused (their buffer is full).
+    paused: BTreeSet<i32>,
+    /// Since when a partition has blocked the merge (empty, not at its end) while others wait.
+    blocked_since: Option<Instant>,
+}
+
+impl Merge {
+    /// Forgets what was buffered for `partition`.
+    fn reset(&mut self, partition: i32) {
+        self.queues.remove(&partition);
+        self.at_end.remove(&partition);
+        self.next_fetch.remove(&partition);
+    }
+
+    /// Whether the earliest buffered record may go: every assigned partition has a record or is at its
+    /// end (or the wait for the silent ones has stalled). Returns its partition.
+    fn next(&mut self, assigned: &BTreeSet<i32>) -> Option<i32> {
+        let head = self
+            .queues
+            .iter()
+            .filter_map(|(p, q)| q.front().map(|r| ((r.received_at, *p, r.coords.offset), *p)))
+            .min()
+            .map(|(_, p)| p)?;
+        let blocked =
+            assigned.iter().any(|p| !self.at_end.contains(p) && self.queues.get(p).is_none_or(VecDeque::is_empty));
+        if !blocked {
+            self.blocked_since = None;
+            return Some(head);
+        }
+        let since = *self.blocked_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= MERGE_STALL {
+            tracing::warn!(
+                waited_s = MERGE_STALL.as_secs(),
+                "a Kafka partition neither delivers nor reports its end: releasing the others without it \
+                 (arrival order across partitions is not kept meanwhile)"
+            );
+            return Some(head);
+        }
+        None
+    }
+
+    /// Whether every assigned partition is read to its end and nothing is buffered.
+    fn caught_up(&self, assigned: &BTreeSet<i32>) -> bool {
+        !assigned.is_empty()
+            && assigned.iter().all(|p| self.at_end.contains(p))
+            && self.queues.values().all(VecDeque::is_empty)
+    }
 }
 
 impl fmt::Debug for KafkaSource {
@@ -420,6 +504,19 @@ impl KafkaSource {
         Ok(tpl)
     }
 
+    /// Pauses or resumes fetching of some partitions of the topic.
+    fn set_paused(&self, partitions: &[i32], paused: bool) -> Result<(), Error> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.list(partitions.iter().map(|p| ((self.topic.clone(), *p), None)))?;
+        if paused {
+            self.consumer.pause(&tpl).map_err(|source| Error::Kafka { action: "pause", source })
+        } else {
+            self.consumer.resume(&tpl).map_err(|source| Error::Kafka { action: "resume", source })
+        }
+    }
+
     /// The error for a consumer error event, or `None` when librdkafka recovers by itself.
     fn consume_error(&self, e: KafkaError) -> Option<Error> {
         if let Some((code, reason)) = self.consumer.client().fatal_error() {
@@ -448,14 +545,36 @@ impl KafkaSource {
     }
 }
 
-/// The record of one message: Kafka timestamp (else now) as `received_at`; a null payload is empty.
-fn record(m: &BorrowedMessage<'_>) -> Record {
-    let received_at = m.timestamp().to_millis().and_then(EventTime::from_millis).unwrap_or_else(|| SystemClock.now());
-    Record {
+/// The record of one message, its arrival time taken as `arrival` says (a record without a timestamp
+/// arrives now); a null payload is empty.
+fn record(m: &BorrowedMessage<'_>, arrival: &KafkaArrival) -> Result<Record, Error> {
+    let stamp = m.timestamp();
+    let wrong_type = |expected: &str| Error::KafkaConfig {
+        field: "source.arrival".into(),
+        reason: format!(
+            "is {expected:?} but {}[{}] offset {} is stamped {stamp:?}: set the topic's \
+             message.timestamp.type to match, or choose the other arrival",
+            m.topic(),
+            m.partition(),
+            m.offset()
+        ),
+    };
+    let stamped = match (arrival, stamp) {
+        (_, Timestamp::NotAvailable) => None,
+        (KafkaArrival::CreateTime, Timestamp::LogAppendTime(_)) => return Err(wrong_type("create_time")),
+        (KafkaArrival::LogAppendTime, Timestamp::CreateTime(_)) => return Err(wrong_type("log_append_time")),
+        (_, Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms)) => EventTime::from_millis(ms),
+    };
+    let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+    let from_field = match arrival {
+        KafkaArrival::Field(name) => crate::source::replay::field_time(&payload, name),
+        _ => None,
+    };
+    Ok(Record {
         coords: SourceCoordinates { source: m.topic().to_owned(), partition: m.partition(), offset: m.offset() },
-        received_at,
-        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-    }
+        received_at: from_field.or(stamped).unwrap_or_else(|| SystemClock.now()),
+        payload,
+    })
 }
 
 impl Source for KafkaSource {
@@ -464,8 +583,21 @@ impl Source for KafkaSource {
     fn seek(&mut self, offsets: &Offsets) -> Result<(), Error> {
         let mut shared = lock(&self.shared);
         shared.seek.extend(offsets.iter().map(|(p, o)| (p.clone(), *o)));
-        let now: Vec<(Partition, Option<i64>)> =
-            offsets.iter().filter(|(p, _)| shared.assigned.contains(*p)).map(|(p, o)| (p.clone(), Some(*o))).collect();
+        let merge = &mut self.merge;
+        let now: Vec<(Partition, Option<i64>)> = offsets
+            .iter()
+            .filter(|(p, _)| shared.assigned.contains(*p))
+            .filter(|((_, p), o)| {
+                // Already there: the next record released would be the one at `o`.
+                let next = merge.queues.get(p).and_then(|q| q.front()).map(|r| r.coords.offset);
+                let there = next.or_else(|| merge.next_fetch.get(p).copied()) == Some(**o);
+                if !there {
+                    merge.reset(*p);
+                }
+                !there
+            })
+            .map(|(p, o)| (p.clone(), Some(*o)))
+            .collect();
         drop(shared);
         if now.is_empty() {
             return Ok(());
@@ -487,6 +619,8 @@ impl Source for KafkaSource {
         Ok(())
     }
 
+    /// Records are released in arrival order across partitions (see [`Merge`]): a record waits until every
+    /// assigned partition has one buffered or is read to its end.
     async fn poll(&mut self, out: &mut Vec<Record>, max: usize, wait: Duration) -> Result<Polled, Error> {
         if let Some(e) = self.pending_error.take() {
             return Err(e);
@@ -494,20 +628,42 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + wait;
         let mut polled = Polled::default();
         loop {
-            {
+            let assigned: BTreeSet<i32> = {
                 let mut shared = lock(&self.shared);
                 if let Some(reason) = shared.failure.take() {
                     return Err(Error::KafkaFatal { reason });
                 }
                 if !shared.events.is_empty() {
                     polled.assignments.append(&mut shared.events);
+                    // Buffers of partitions no longer assigned (or assigned afresh) are stale.
+                    let now_assigned: BTreeSet<i32> = shared.assigned.iter().map(|(_, p)| *p).collect();
+                    for a in &polled.assignments {
+                        let (Assignment::Assigned(parts) | Assignment::Revoked(parts)) = a;
+                        for (_, p) in parts {
+                            self.merge.reset(*p);
+                            self.merge.paused.remove(p);
+                        }
+                    }
+                    self.merge.queues.retain(|p, _| now_assigned.contains(p));
                     break;
+                }
+                shared.assigned.iter().map(|(_, p)| *p).collect()
+            };
+            // Release what the merge allows.
+            while polled.records < max
+                && let Some(p) = self.merge.next(&assigned)
+            {
+                let q = self.merge.queues.get_mut(&p).expect("next names a non-empty queue");
+                out.push(q.pop_front().expect("non-empty"));
+                polled.records += 1;
+                if q.len() < MERGE_BUFFER_RECORDS / 2 && self.merge.paused.remove(&p) {
+                    self.set_paused(&[p], false)?;
                 }
             }
             if polled.records >= max {
                 break;
             }
-            // Wait for the first record; after it take only what is already fetched.
+            // Fetch more: wait for the first record; after one was released take only what is there.
             let until = if polled.records == 0 { deadline } else { Instant::now() };
             let received = tokio::select! {
                 biased;
@@ -517,8 +673,25 @@ impl Source for KafkaSource {
             match received {
                 Err(_elapsed) => break,
                 Ok(Ok(m)) => {
-                    out.push(record(&m));
-                    polled.records += 1;
+                    let r = match record(&m, &self.arrival) {
+                        Ok(r) => r,
+                        Err(e) if polled.records == 0 => return Err(e),
+                        Err(e) => {
+                            self.pending_error = Some(e);
+                            break;
+                        }
+                    };
+                    let p = r.coords.partition;
+                    self.merge.at_end.remove(&p);
+                    self.merge.next_fetch.insert(p, r.coords.offset + 1);
+                    let q = self.merge.queues.entry(p).or_default();
+                    q.push_back(r);
+                    if q.len() >= MERGE_BUFFER_RECORDS && self.merge.paused.insert(p) {
+                        self.set_paused(&[p], true)?;
+                    }
+                }
+                Ok(Err(KafkaError::PartitionEOF(p))) => {
+                    self.merge.at_end.insert(p);
                 }
                 Ok(Err(e)) => {
                     if let Some(err) = self.consume_error(e) {
@@ -531,31 +704,27 @@ impl Source for KafkaSource {
                 }
             }
         }
+        let assigned: BTreeSet<i32> = lock(&self.shared).assigned.iter().map(|(_, p)| *p).collect();
+        polled.caught_up = self.merge.caught_up(&assigned);
         Ok(polled)
     }
 
     fn pause(&mut self) -> Result<(), Error> {
         let mut shared = lock(&self.shared);
         shared.paused = true;
-        let parts: Vec<_> = shared.assigned.iter().map(|p| (p.clone(), None)).collect();
+        let parts: Vec<i32> = shared.assigned.iter().map(|(_, p)| *p).collect();
         drop(shared);
-        let tpl = self.list(parts)?;
-        if tpl.count() > 0 {
-            self.consumer.pause(&tpl).map_err(|source| Error::Kafka { action: "pause", source })?;
-        }
-        Ok(())
+        self.set_paused(&parts, true)
     }
 
     fn resume(&mut self) -> Result<(), Error> {
         let mut shared = lock(&self.shared);
         shared.paused = false;
-        let parts: Vec<_> = shared.assigned.iter().map(|p| (p.clone(), None)).collect();
+        // Partitions whose merge buffer is full stay paused.
+        let parts: Vec<i32> =
+            shared.assigned.iter().map(|(_, p)| *p).filter(|p| !self.merge.paused.contains(p)).collect();
         drop(shared);
-        let tpl = self.list(parts)?;
-        if tpl.count() > 0 {
-            self.consumer.resume(&tpl).map_err(|source| Error::Kafka { action: "resume", source })?;
-        }
-        Ok(())
+        self.set_paused(&parts, false)
     }
 
     /// Remembers the offsets for later assignments and commits the assigned ones to the group
@@ -579,6 +748,11 @@ impl Source for KafkaSource {
     /// The high watermark of each assigned partition as of librdkafka's latest statistics (taken from
     /// the last fetch response of that partition, so a paused partition's value is the one from before
     /// the pause). Statistics are delivered by `poll`; partitions not fetched yet are absent.
+    /// Yes: the record timestamp (or the spec's arrival field) is the processing clock.
+    fn arrival_clock(&self) -> bool {
+        true
+    }
+
     fn end_offsets(&mut self) -> Offsets {
         let shared = lock(&self.shared);
         shared.ends.iter().filter(|(p, _)| shared.assigned.contains(*p)).map(|(p, o)| (p.clone(), *o)).collect()

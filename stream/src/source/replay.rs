@@ -39,7 +39,7 @@ impl ReceivedAt {
     }
 }
 
-fn field_time(line: &[u8], name: &str) -> Option<EventTime> {
+pub(crate) fn field_time(line: &[u8], name: &str) -> Option<EventTime> {
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     match v.get(name)? {
         serde_json::Value::String(s) => EventTime::parse_rfc3339(s),

@@ -4,3 +4,4 @@
 mod common;
 mod props;
 mod scenarios;
+mod suspects;
