@@ -68,51 +68,44 @@ mod tests {
 }
 
 /// Processing time taken from the records themselves, for sources whose records carry their arrival time
-/// (a Kafka record's timestamp): each record is processed at its arrival time, and between records time
-/// stands still unless the source is caught up, when it runs with the wall clock from the last arrival.
-/// A backlog is thereby processed at the times it arrived, however fast it is read, and a silent live
-/// topic still sees time pass (idle partitions, early panes).
+/// (a Kafka record's timestamp): each record is processed at its arrival time; between records time stands
+/// still, except while the source has nothing to deliver, when it runs with the wall clock (polls that
+/// came back empty). A backlog is thereby processed at the times it arrived, however fast or slowly it is
+/// read, and a silent live topic still sees time pass (idle partitions, early panes).
 ///
 /// Arrivals are clamped to the wall clock, so a producer stamping records in the future cannot move
 /// processing time past now, and processing time never goes backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArrivalClock {
-    /// Processing time at the last record (or restore); `None` before any.
-    base: Option<EventTime>,
-    /// Wall time at which `base` was set, or at which the source caught up.
-    wall_at: EventTime,
-    caught_up: bool,
+    /// Processing time reached; `None` before the first record of a fresh pipeline.
+    now: Option<EventTime>,
 }
 
 impl ArrivalClock {
     /// A clock resuming at `start` (the processing time a restored engine reached), or unknown.
     pub fn new(start: Option<EventTime>) -> Self {
-        ArrivalClock { base: start, wall_at: EventTime::MIN, caught_up: false }
+        ArrivalClock { now: start }
     }
 
-    /// Processing time at wall time `wall`; `None` before the first record of a fresh pipeline.
-    pub fn now(&self, wall: EventTime) -> Option<EventTime> {
-        let base = self.base?;
-        Some(if self.caught_up { base.saturating_add(wall.since(self.wall_at).unwrap_or(Duration::ZERO)) } else { base })
+    /// Processing time now (`None` before the first record of a fresh pipeline).
+    pub fn now(&self) -> Option<EventTime> {
+        self.now
     }
 
-    /// A record that arrived at `received_at` is processed now (wall time `wall`); returns its
-    /// processing time.
+    /// A record that arrived at `received_at` is processed at wall time `wall`; returns its processing
+    /// time.
     pub fn record(&mut self, received_at: EventTime, wall: EventTime) -> EventTime {
         let t = received_at.min(wall);
-        let now = self.now(wall).map_or(t, |n| n.max(t));
-        self.base = Some(now);
-        self.wall_at = wall;
+        let now = self.now.map_or(t, |n| n.max(t));
+        self.now = Some(now);
         now
     }
 
-    /// Whether the source is caught up after a poll at wall time `wall`.
-    pub fn set_caught_up(&mut self, caught_up: bool, wall: EventTime) {
-        if caught_up != self.caught_up {
-            // Freeze (or start running) at the time reached so far.
-            self.base = self.now(wall);
-            self.wall_at = wall;
-            self.caught_up = caught_up;
+    /// The source delivered nothing for `silent` of wall time, up to wall time `wall`: time runs on (never
+    /// past the wall clock).
+    pub fn silent(&mut self, silent: Duration, wall: EventTime) {
+        if let Some(n) = self.now {
+            self.now = Some(n.saturating_add(silent).min(wall).max(n));
         }
     }
 }
@@ -126,20 +119,20 @@ mod arrival_tests {
     }
 
     #[test]
-    fn a_backlog_runs_on_record_time_and_a_caught_up_source_on_the_wall() {
+    fn a_backlog_runs_on_record_time_and_a_silent_source_on_the_wall() {
         let mut c = ArrivalClock::new(None);
-        assert_eq!(c.now(s(1000)), None, "no time before the first record");
+        c.silent(Duration::from_secs(5), s(1000));
+        assert_eq!(c.now(), None, "no time before the first record");
         assert_eq!(c.record(s(10), s(1000)), s(10));
-        assert_eq!(c.now(s(1500)), Some(s(10)), "not caught up: time stands still between records");
+        assert_eq!(c.now(), Some(s(10)), "time stands still between records, however long they take");
         assert_eq!(c.record(s(5), s(1600)), s(10), "an earlier stamp does not move time back");
         assert_eq!(c.record(s(20), s(1700)), s(20));
-        c.set_caught_up(true, s(1800));
-        assert_eq!(c.now(s(1830)), Some(s(50)), "caught up: the wall clock runs from when it caught up");
-        assert_eq!(c.record(s(40), s(1840)), s(60), "a record stamped before the running time");
+        c.silent(Duration::from_secs(30), s(1800));
+        assert_eq!(c.now(), Some(s(50)), "nothing to deliver: the wall clock runs");
+        assert_eq!(c.record(s(40), s(1840)), s(50), "a record stamped before the running time");
         assert_eq!(c.record(s(5000), s(1850)), s(1850), "a stamp past the wall clock is clamped to it");
-        c.set_caught_up(false, s(1860));
-        assert_eq!(c.now(s(9999)), Some(s(1860)), "a new backlog freezes time again");
-        let restored = ArrivalClock::new(Some(s(77)));
-        assert_eq!(restored.now(s(1000)), Some(s(77)));
+        c.silent(Duration::from_secs(60), s(1870));
+        assert_eq!(c.now(), Some(s(1870)), "never past the wall clock");
+        assert_eq!(ArrivalClock::new(Some(s(77))).now(), Some(s(77)));
     }
 }

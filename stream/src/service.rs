@@ -107,6 +107,9 @@ pub struct RunSummary {
     pub offsets: Offsets,
     /// The writer epoch this run held.
     pub writer_epoch: u64,
+    /// Far-ahead events held back from the watermark (suspects), per partition, since the partition was
+    /// last assigned (or restored).
+    pub suspects: BTreeMap<i32, u64>,
 }
 
 /// A running pipeline: engine state, source and sinks.
@@ -325,8 +328,14 @@ impl<S: Source> Service<S> {
                 continue;
             }
             buf.clear();
+            let asked = self.clock.now();
             let polled = self.source.poll(&mut buf, self.config.poll_max, self.config.poll_wait).await?;
             let wall = self.clock.now();
+            if buf.is_empty()
+                && let Some(clock) = &mut self.arrival
+            {
+                clock.silent(wall.since(asked).unwrap_or(tidemark_core::Duration::ZERO), wall);
+            }
             for a in &polled.assignments {
                 self.on_assignment(a, &mut out)?;
             }
@@ -353,9 +362,6 @@ impl<S: Source> Service<S> {
                     archive_rows.push(row);
                 }
             }
-            if let Some(clock) = &mut self.arrival {
-                clock.set_caught_up(polled.caught_up, wall);
-            }
             if polled.end {
                 ended = true;
                 if self.config.finish_at_end {
@@ -373,15 +379,15 @@ impl<S: Source> Service<S> {
             accounts: self.engine.accounts().clone(),
             offsets: self.committed.clone(),
             writer_epoch: self.epoch,
+            suspects: self.engine.suspicion().into_iter().map(|(p, s)| (p, s.seen)).collect(),
         })
     }
 
     /// Processing time now: the wall clock, or the arrival clock (`None` before its first record).
     fn processing_now(&self) -> Option<EventTime> {
-        let wall = self.clock.now();
         match &self.arrival {
-            Some(clock) => clock.now(wall),
-            None => Some(wall),
+            Some(clock) => clock.now(),
+            None => Some(self.clock.now()),
         }
     }
 

@@ -170,6 +170,9 @@ impl WatermarkTracker {
         let policy = self.suspects;
         let p = self.partitions.entry(partition).or_insert_with(|| PartitionTime::new(now));
         p.max_seen = Some(p.max_seen.map_or(t, |m| m.max(t)));
+        if t > now.saturating_add(policy.lead) {
+            tracing::debug!(partition, %t, %now, frontier = %p.frontier(now), max = ?p.max_event, at = %p.frontier_at, pending = p.suspects.len(), "an event ahead of processing time");
+        }
         if policy.confirmations <= 1 || t <= p.frontier(now).saturating_add(policy.lead) {
             p.raise(t, now);
             p.last_active = p.last_active.max(now);

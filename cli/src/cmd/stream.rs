@@ -172,9 +172,10 @@ async fn run_service<S: Source>(
             t.4 + a.duplicates_suppressed,
         )
     });
+    let suspects: u64 = summary.suspects.values().sum();
     eprintln!(
         "stream {}: {} flushes; since the pipeline began: consumed {} = aggregated {} + late {} + dead-lettered {} \
-         + duplicates {}",
+         + duplicates {}; {suspects} far-ahead events held back from the watermark (suspects)",
         match summary.stopped {
             Stopped::Shutdown => "stopped on signal",
             Stopped::EndOfInput => "reached the end of its input",

@@ -51,8 +51,9 @@ const FORCED: [(&str, &str); 7] = [
     ("enable.partition.eof", "records are merged in arrival order, which needs to know when a partition is read to its end"),
 ];
 
-/// Records buffered per partition for the arrival-order merge before that partition's fetching pauses.
-pub const MERGE_BUFFER_RECORDS: usize = 20_000;
+/// Payload bytes the arrival-order merge buffers over all partitions: a partition whose buffer holds its
+/// share (this divided by the assigned partitions) pauses fetching until half of it is released.
+pub const MERGE_BUFFER_BYTES: usize = 32 << 20;
 
 /// How long the merge waits for a partition that is neither delivering nor at its end (a broker that
 /// stopped answering for it) before it releases the other partitions' records without it.
@@ -302,6 +303,9 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            return; // not an error: the arrival-order merge takes it from `recv`
+        }
         tracing::warn!(error = %error, reason, "Kafka client error (librdkafka retries)");
     }
 
@@ -416,6 +420,10 @@ pub struct KafkaSource {
 #[derive(Debug, Default)]
 struct Merge {
     queues: BTreeMap<i32, VecDeque<Record>>,
+    /// Payload bytes buffered per partition.
+    bytes: BTreeMap<i32, usize>,
+    /// Arrival of the last record fetched per partition (for records without a timestamp).
+    last_arrival: BTreeMap<i32, EventTime>,
     /// Partitions read to their end (librdkafka's partition EOF) with nothing fetched since.
     at_end: BTreeSet<i32>,
     /// Next offset expected from the consumer per partition (one past the last record fetched).
@@ -430,13 +438,15 @@ impl Merge {
     /// Forgets what was buffered for `partition`.
     fn reset(&mut self, partition: i32) {
         self.queues.remove(&partition);
+        self.bytes.remove(&partition);
         self.at_end.remove(&partition);
         self.next_fetch.remove(&partition);
     }
 
     /// Whether the earliest buffered record may go: every assigned partition has a record or is at its
-    /// end (or the wait for the silent ones has stalled). Returns its partition.
-    fn next(&mut self, assigned: &BTreeSet<i32>) -> Option<i32> {
+    /// end (or the wait for the silent ones has stalled; the wait does not count while fetching is
+    /// paused, `fetching` false). Returns its partition.
+    fn next(&mut self, assigned: &BTreeSet<i32>, fetching: bool) -> Option<i32> {
         let head = self
             .queues
             .iter()
@@ -448,6 +458,10 @@ impl Merge {
         if !blocked {
             self.blocked_since = None;
             return Some(head);
+        }
+        if !fetching {
+            self.blocked_since = None;
+            return None;
         }
         let since = *self.blocked_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= MERGE_STALL {
@@ -461,12 +475,6 @@ impl Merge {
         None
     }
 
-    /// Whether every assigned partition is read to its end and nothing is buffered.
-    fn caught_up(&self, assigned: &BTreeSet<i32>) -> bool {
-        !assigned.is_empty()
-            && assigned.iter().all(|p| self.at_end.contains(p))
-            && self.queues.values().all(VecDeque::is_empty)
-    }
 }
 
 impl fmt::Debug for KafkaSource {
@@ -545,9 +553,10 @@ impl KafkaSource {
     }
 }
 
-/// The record of one message, its arrival time taken as `arrival` says (a record without a timestamp
-/// arrives now); a null payload is empty.
-fn record(m: &BorrowedMessage<'_>, arrival: &KafkaArrival) -> Result<Record, Error> {
+/// The record of one message, its arrival time taken as `arrival` says; a record without a timestamp (or
+/// field) arrives with the previous record of its partition (`previous`), or now if it is the first; a
+/// null payload is empty.
+fn record(m: &BorrowedMessage<'_>, arrival: &KafkaArrival, previous: Option<EventTime>) -> Result<Record, Error> {
     let stamp = m.timestamp();
     let wrong_type = |expected: &str| Error::KafkaConfig {
         field: "source.arrival".into(),
@@ -572,7 +581,7 @@ fn record(m: &BorrowedMessage<'_>, arrival: &KafkaArrival) -> Result<Record, Err
     };
     Ok(Record {
         coords: SourceCoordinates { source: m.topic().to_owned(), partition: m.partition(), offset: m.offset() },
-        received_at: from_field.or(stamped).unwrap_or_else(|| SystemClock.now()),
+        received_at: from_field.or(stamped).or(previous).unwrap_or_else(|| SystemClock.now()),
         payload,
     })
 }
@@ -628,7 +637,7 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + wait;
         let mut polled = Polled::default();
         loop {
-            let assigned: BTreeSet<i32> = {
+            let (assigned, fetching) = {
                 let mut shared = lock(&self.shared);
                 if let Some(reason) = shared.failure.take() {
                     return Err(Error::KafkaFatal { reason });
@@ -647,16 +656,20 @@ impl Source for KafkaSource {
                     self.merge.queues.retain(|p, _| now_assigned.contains(p));
                     break;
                 }
-                shared.assigned.iter().map(|(_, p)| *p).collect()
+                (shared.assigned.iter().map(|(_, p)| *p).collect::<BTreeSet<i32>>(), !shared.paused)
             };
+            let share = MERGE_BUFFER_BYTES / assigned.len().max(1);
             // Release what the merge allows.
             while polled.records < max
-                && let Some(p) = self.merge.next(&assigned)
+                && let Some(p) = self.merge.next(&assigned, fetching)
             {
                 let q = self.merge.queues.get_mut(&p).expect("next names a non-empty queue");
-                out.push(q.pop_front().expect("non-empty"));
+                let r = q.pop_front().expect("non-empty");
+                let bytes = self.merge.bytes.entry(p).or_default();
+                *bytes = bytes.saturating_sub(r.payload.len());
+                out.push(r);
                 polled.records += 1;
-                if q.len() < MERGE_BUFFER_RECORDS / 2 && self.merge.paused.remove(&p) {
+                if *bytes < share / 2 && self.merge.paused.remove(&p) && fetching {
                     self.set_paused(&[p], false)?;
                 }
             }
@@ -673,7 +686,8 @@ impl Source for KafkaSource {
             match received {
                 Err(_elapsed) => break,
                 Ok(Ok(m)) => {
-                    let r = match record(&m, &self.arrival) {
+                    let previous = self.merge.last_arrival.get(&m.partition()).copied();
+                    let r = match record(&m, &self.arrival, previous) {
                         Ok(r) => r,
                         Err(e) if polled.records == 0 => return Err(e),
                         Err(e) => {
@@ -682,15 +696,19 @@ impl Source for KafkaSource {
                         }
                     };
                     let p = r.coords.partition;
+                    self.merge.last_arrival.insert(p, r.received_at);
                     self.merge.at_end.remove(&p);
                     self.merge.next_fetch.insert(p, r.coords.offset + 1);
-                    let q = self.merge.queues.entry(p).or_default();
-                    q.push_back(r);
-                    if q.len() >= MERGE_BUFFER_RECORDS && self.merge.paused.insert(p) {
+                    let bytes = self.merge.bytes.entry(p).or_default();
+                    *bytes += r.payload.len();
+                    let full = *bytes >= share;
+                    self.merge.queues.entry(p).or_default().push_back(r);
+                    if full && self.merge.paused.insert(p) {
                         self.set_paused(&[p], true)?;
                     }
                 }
                 Ok(Err(KafkaError::PartitionEOF(p))) => {
+                    tracing::debug!(partition = p, next = ?self.merge.next_fetch.get(&p), "partition read to its end");
                     self.merge.at_end.insert(p);
                 }
                 Ok(Err(e)) => {
@@ -704,8 +722,6 @@ impl Source for KafkaSource {
                 }
             }
         }
-        let assigned: BTreeSet<i32> = lock(&self.shared).assigned.iter().map(|(_, p)| *p).collect();
-        polled.caught_up = self.merge.caught_up(&assigned);
         Ok(polled)
     }
 

@@ -36,9 +36,6 @@ pub struct Polled {
     pub assignments: Vec<Assignment>,
     /// The source has nothing more and never will (a file at its end); Kafka never ends.
     pub end: bool,
-    /// Every assigned partition is read to its end and nothing is held back: what arrives next arrives
-    /// now (the service's arrival clock then follows the wall clock).
-    pub caught_up: bool,
 }
 
 /// A source of records, consumed by one task.
@@ -70,8 +67,8 @@ pub trait Source: Send {
 
     /// Whether records' `received_at` is the processing clock (Kafka: the record timestamp). The service
     /// then processes each record at its arrival time and lets processing time run with the wall clock
-    /// only while the source is caught up (see [`Polled::caught_up`]), so a backlog is processed as the
-    /// live run it records. Default: no (the service's clock is processing time).
+    /// only while polls come back empty ([`crate::ArrivalClock`]), so a backlog is processed as the live
+    /// run it records. Default: no (the service's clock is processing time).
     fn arrival_clock(&self) -> bool {
         false
     }
