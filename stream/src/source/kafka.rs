@@ -135,6 +135,12 @@ impl KafkaConfig {
         }
     }
 
+    /// Sets where records' arrival times come from.
+    pub fn arrival(mut self, arrival: KafkaArrival) -> Self {
+        self.arrival = arrival;
+        self
+    }
+
     /// Adds (or replaces) one librdkafka property.
     pub fn option(mut self, key: impl Into<String>, value: ClientOption) -> Self {
         self.options.insert(key.into(), value);

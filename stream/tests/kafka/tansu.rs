@@ -265,3 +265,58 @@ async fn end_offsets_report_each_partitions_high_watermark() {
     assert_exactly_once(&topic, &m.records.iter().collect::<Vec<_>>(), &produced);
     m.source.close().await;
 }
+
+/// Issue 24: records come out in arrival (record timestamp) order across partitions, however the
+/// partitions' data was fetched: partition 0 holds the early half of the arrivals and partition 1 the
+/// late half, interleaved by timestamp; the source must not hand out partition 1's records before
+/// partition 0's earlier ones. Each record's `received_at` is its timestamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_24_records_come_in_arrival_order_across_partitions() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let broker = Broker::start().await;
+    let topic = unique("arrivals");
+    broker.create_topic(&topic, 2).await;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).set("linger.ms", "5").create().unwrap();
+    // partition p gets the records with arrival 1_700_000_000_000 + 10 ms * (2 i + p), i < 500; partition 1
+    // is produced first, so its data is on the broker (and fetched) before partition 0's
+    let base = 1_700_000_000_000i64;
+    for p in [1, 0] {
+        let mut pending = Vec::new();
+        for i in 0..500i64 {
+            let ms = base + 10 * (2 * i + i64::from(p));
+            let payload = format!("{p}-{i}");
+            let record = FutureRecord::<(), str>::to(&topic).partition(p).payload(&payload).timestamp(ms);
+            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for d in pending {
+            d.await.unwrap().unwrap();
+        }
+    }
+    let store = Store::default();
+    let mut m = Member::new(&config(broker.bootstrap(), &topic, &unique("g")), &store);
+    consume_until(&mut [&mut m], 1000, PATIENCE).await;
+    let arrivals: Vec<i64> = m.records.iter().map(|r| r.received_at.as_micros() / 1000).collect();
+    let expected: Vec<i64> = (0..1000).map(|k| base + 10 * k).collect();
+    assert_eq!(arrivals, expected, "merged by arrival across the two partitions");
+    m.source.close().await;
+
+    // A spec that demands the broker's append time refuses records stamped by their producer.
+    let config = config(broker.bootstrap(), &topic, &unique("g"))
+        .arrival(tidemark_core::spec::KafkaArrival::LogAppendTime);
+    let mut source = config.build().unwrap();
+    source.seek(&Offsets::new()).unwrap();
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    let err = loop {
+        match source.poll(&mut out, 100, Duration::from_millis(200)).await {
+            Err(e) => break e,
+            Ok(_) => assert!(started.elapsed() < PATIENCE, "no error after {} records", out.len()),
+        }
+    };
+    assert!(out.is_empty());
+    let text = err.to_string();
+    assert!(text.contains("source.arrival") && text.contains("CreateTime"), "{text}");
+    assert_eq!(err.actor(), tidemark_core::Actor::User);
+    source.close().await;
+}
