@@ -134,7 +134,10 @@ async fn finish(mut child: Child, dir: &Path, spec: &Path, log: &Path, records: 
     let text = std::fs::read_to_string(log).unwrap();
     assert_eq!(status.code(), Some(0), "{text}");
     std::fs::write(format!("/tmp/kw-{}.log", dir.file_name().unwrap().to_str().unwrap()), &text).unwrap();
-    let summary = text.lines().find(|l| l.contains("since the pipeline began: consumed ")).unwrap_or_else(|| panic!("no summary: {text}"));
+    let summary = text
+        .lines()
+        .find(|l| l.contains("since the pipeline began: consumed "))
+        .unwrap_or_else(|| panic!("no summary: {text}"));
     let numbers: Vec<u64> = summary
         .split("consumed ")
         .nth(1)
@@ -151,7 +154,8 @@ async fn finish(mut child: Child, dir: &Path, spec: &Path, log: &Path, records: 
     let at = |c: &tidemark_core::SourceCoordinates| format!("[{}]@{}", c.partition, c.offset);
     let dead = dl.list().await.unwrap().into_iter().map(|d| (at(&d.coordinates), d.reason.to_string())).collect();
     let ledger = dl.list_late().await.unwrap();
-    let late_sample: Vec<String> = ledger.iter().take(3).map(|l| format!("{} {} {}", l.coordinates, l.event_time, l.body)).collect();
+    let late_sample: Vec<String> =
+        ledger.iter().take(3).map(|l| format!("{} {} {}", l.coordinates, l.event_time, l.body)).collect();
     let late_coords = ledger.into_iter().map(|l| at(&l.coordinates)).collect();
 
     let spec_s = spec.to_str().unwrap().to_owned();

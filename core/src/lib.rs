@@ -23,7 +23,8 @@ pub use dims::Dimensions;
 pub use error::{Actor, Error};
 pub use row::{Layer, MetricRow, Origin, Pane, RowChange, RowKey};
 pub use spec::{
-    CompiledAggregate, CompiledMetric, KafkaArrival, LatePolicy, PipelineSpec, SpecError, SpecErrors, StoreLocation, ValidSpec,
+    CompiledAggregate, CompiledMetric, KafkaArrival, LatePolicy, PipelineSpec, SpecError, SpecErrors, StoreLocation,
+    ValidSpec,
 };
 pub use time::{Duration, EventTime};
 pub use window::{FixedWindows, SessionSet, SessionUpdate, SessionWindows, Window, WindowSpec};

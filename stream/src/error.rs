@@ -21,7 +21,9 @@ pub enum Error {
     #[error("cannot decode the engine checkpoint: {0}")]
     CheckpointDecode(#[source] serde_json::Error),
     /// A checkpoint was written by an engine with another format version.
-    #[error("checkpoint format {found} is not supported (this build writes format {expected} and reads 2 and {expected})")]
+    #[error(
+        "checkpoint format {found} is not supported (this build writes format {expected} and reads 2 and {expected})"
+    )]
     CheckpointFormat {
         /// The blob's format.
         found: u32,

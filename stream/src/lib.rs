@@ -27,8 +27,8 @@ pub mod testing;
 mod watermark;
 mod window_state;
 
-pub use clock::{ArrivalClock, Clock, ManualClock, SystemClock};
 pub use checkpoint::FORMAT as CHECKPOINT_FORMAT;
+pub use clock::{ArrivalClock, Clock, ManualClock, SystemClock};
 pub use engine::{Engine, PartitionAccounts};
 pub use error::Error;
 pub use output::{LateEvent, LateReason, Output, Record, RejectedRecord};

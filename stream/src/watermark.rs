@@ -142,7 +142,10 @@ impl WatermarkTracker {
     }
 
     /// A tracker from a checkpoint of format 2, which knew no suspects.
-    pub(crate) fn from_legacy(partitions: BTreeMap<i32, (Option<EventTime>, EventTime)>, current: Option<EventTime>) -> Self {
+    pub(crate) fn from_legacy(
+        partitions: BTreeMap<i32, (Option<EventTime>, EventTime)>,
+        current: Option<EventTime>,
+    ) -> Self {
         let partitions = partitions
             .into_iter()
             .map(|(id, (max_event, last_active))| {
@@ -152,7 +155,11 @@ impl WatermarkTracker {
                 (id, p)
             })
             .collect();
-        WatermarkTracker { partitions, current, ..WatermarkTracker::new(Duration::ZERO, Duration::ZERO, SuspectPolicy::default()) }
+        WatermarkTracker {
+            partitions,
+            current,
+            ..WatermarkTracker::new(Duration::ZERO, Duration::ZERO, SuspectPolicy::default())
+        }
     }
 
     /// Makes a partition known (e.g. on assignment) as active at `now`. Known partitions are unchanged.

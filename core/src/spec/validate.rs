@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::{
     AggregateSpec, ClientOption, CompiledAggregate, CompiledMetric, ContractSpec, EventSpec, KafkaArrival, MetricSpec,
-    PipelineSpec,
-    SPEC_VERSION, SourceSpec, SpecError, SpecErrors, StoresSpec, TimePolicy, ValidSpec, WindowDef, is_postgres,
+    PipelineSpec, SPEC_VERSION, SourceSpec, SpecError, SpecErrors, StoresSpec, TimePolicy, ValidSpec, WindowDef,
+    is_postgres,
 };
 use crate::aggregate::{AggregateFn, InputRef, Tolerance};
 use crate::decode::{EventSchema, ValueType};

@@ -48,11 +48,15 @@ const FORCED: [(&str, &str); 7] = [
     ("enable.auto.commit", "offsets are committed with the serving store's rows, never automatically"),
     ("enable.auto.offset.store", "offsets are committed with the serving store's rows, never automatically"),
     ("auto.offset.reset", "a partition without a stored offset is read from the beginning, so nothing is skipped"),
-    ("enable.partition.eof", "records are merged in arrival order, which needs to know when a partition is read to its end"),
+    (
+        "enable.partition.eof",
+        "records are merged in arrival order, which needs to know when a partition is read to its end",
+    ),
 ];
 
-/// Payload bytes the arrival-order merge buffers over all partitions: a partition whose buffer holds its
-/// share (this divided by the assigned partitions) pauses fetching until half of it is released.
+/// Payload bytes the arrival-order merge buffers over all partitions while it waits for a partition that
+/// has nothing fetched yet; beyond it, the earliest buffered record goes without waiting (fetching is never
+/// paused for the merge: librdkafka's own prefetch limits bound what it holds).
 pub const MERGE_BUFFER_BYTES: usize = 32 << 20;
 
 /// How long the merge waits for a partition that is neither delivering nor at its end (a broker that
@@ -426,25 +430,25 @@ pub struct KafkaSource {
 #[derive(Debug, Default)]
 struct Merge {
     queues: BTreeMap<i32, VecDeque<Record>>,
-    /// Payload bytes buffered per partition.
-    bytes: BTreeMap<i32, usize>,
+    /// Payload bytes buffered over all partitions.
+    bytes: usize,
     /// Arrival of the last record fetched per partition (for records without a timestamp).
     last_arrival: BTreeMap<i32, EventTime>,
     /// Partitions read to their end (librdkafka's partition EOF) with nothing fetched since.
     at_end: BTreeSet<i32>,
     /// Next offset expected from the consumer per partition (one past the last record fetched).
     next_fetch: BTreeMap<i32, i64>,
-    /// Partitions whose fetching the merge paused (their buffer is full).
-    paused: BTreeSet<i32>,
-    /// Since when a partition has blocked the merge (empty, not at its end) while others wait.
-    blocked_since: Option<Instant>,
+    /// Since when a partition has blocked the merge (empty, not at its end) while others wait, and
+    /// whether that wait was reported as stalled.
+    blocked_since: Option<(Instant, bool)>,
 }
 
 impl Merge {
     /// Forgets what was buffered for `partition`.
     fn reset(&mut self, partition: i32) {
-        self.queues.remove(&partition);
-        self.bytes.remove(&partition);
+        if let Some(q) = self.queues.remove(&partition) {
+            self.bytes -= q.iter().map(|r| r.payload.len()).sum::<usize>();
+        }
         self.at_end.remove(&partition);
         self.next_fetch.remove(&partition);
     }
@@ -461,7 +465,7 @@ impl Merge {
             .map(|(_, p)| p)?;
         let blocked =
             assigned.iter().any(|p| !self.at_end.contains(p) && self.queues.get(p).is_none_or(VecDeque::is_empty));
-        if !blocked {
+        if !blocked || self.bytes >= MERGE_BUFFER_BYTES {
             self.blocked_since = None;
             return Some(head);
         }
@@ -469,18 +473,20 @@ impl Merge {
             self.blocked_since = None;
             return None;
         }
-        let since = *self.blocked_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= MERGE_STALL {
+        let (since, warned) = self.blocked_since.get_or_insert_with(|| (Instant::now(), false));
+        if since.elapsed() < MERGE_STALL {
+            return None;
+        }
+        if !*warned {
+            *warned = true;
             tracing::warn!(
                 waited_s = MERGE_STALL.as_secs(),
                 "a Kafka partition neither delivers nor reports its end: releasing the others without it \
                  (arrival order across partitions is not kept meanwhile)"
             );
-            return Some(head);
         }
-        None
+        Some(head)
     }
-
 }
 
 impl fmt::Debug for KafkaSource {
@@ -656,28 +662,26 @@ impl Source for KafkaSource {
                         let (Assignment::Assigned(parts) | Assignment::Revoked(parts)) = a;
                         for (_, p) in parts {
                             self.merge.reset(*p);
-                            self.merge.paused.remove(p);
                         }
                     }
-                    self.merge.queues.retain(|p, _| now_assigned.contains(p));
+                    let stale: Vec<i32> =
+                        self.merge.queues.keys().filter(|p| !now_assigned.contains(p)).copied().collect();
+                    for p in stale {
+                        self.merge.reset(p);
+                    }
                     break;
                 }
                 (shared.assigned.iter().map(|(_, p)| *p).collect::<BTreeSet<i32>>(), !shared.paused)
             };
-            let share = MERGE_BUFFER_BYTES / assigned.len().max(1);
             // Release what the merge allows.
             while polled.records < max
                 && let Some(p) = self.merge.next(&assigned, fetching)
             {
                 let q = self.merge.queues.get_mut(&p).expect("next names a non-empty queue");
                 let r = q.pop_front().expect("non-empty");
-                let bytes = self.merge.bytes.entry(p).or_default();
-                *bytes = bytes.saturating_sub(r.payload.len());
+                self.merge.bytes -= r.payload.len();
                 out.push(r);
                 polled.records += 1;
-                if *bytes < share / 2 && self.merge.paused.remove(&p) && fetching {
-                    self.set_paused(&[p], false)?;
-                }
             }
             if polled.records >= max {
                 break;
@@ -705,13 +709,8 @@ impl Source for KafkaSource {
                     self.merge.last_arrival.insert(p, r.received_at);
                     self.merge.at_end.remove(&p);
                     self.merge.next_fetch.insert(p, r.coords.offset + 1);
-                    let bytes = self.merge.bytes.entry(p).or_default();
-                    *bytes += r.payload.len();
-                    let full = *bytes >= share;
+                    self.merge.bytes += r.payload.len();
                     self.merge.queues.entry(p).or_default().push_back(r);
-                    if full && self.merge.paused.insert(p) {
-                        self.set_paused(&[p], true)?;
-                    }
                 }
                 Ok(Err(KafkaError::PartitionEOF(p))) => {
                     tracing::debug!(partition = p, next = ?self.merge.next_fetch.get(&p), "partition read to its end");
@@ -742,9 +741,7 @@ impl Source for KafkaSource {
     fn resume(&mut self) -> Result<(), Error> {
         let mut shared = lock(&self.shared);
         shared.paused = false;
-        // Partitions whose merge buffer is full stay paused.
-        let parts: Vec<i32> =
-            shared.assigned.iter().map(|(_, p)| *p).filter(|p| !self.merge.paused.contains(p)).collect();
+        let parts: Vec<i32> = shared.assigned.iter().map(|(_, p)| *p).collect();
         drop(shared);
         self.set_paused(&parts, false)
     }

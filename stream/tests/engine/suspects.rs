@@ -27,18 +27,16 @@ struct Input {
 fn window() -> impl Strategy<Value = String> {
     prop_oneof![
         (1i64..120).prop_map(|s| format!("{{ type = \"tumbling\", size = \"{s}s\" }}")),
-        (1i64..30, 1i64..4).prop_map(|(sl, m)| format!(
-            "{{ type = \"hopping\", size = \"{}s\", slide = \"{sl}s\" }}",
-            sl * m
-        )),
+        (1i64..30, 1i64..4)
+            .prop_map(|(sl, m)| format!("{{ type = \"hopping\", size = \"{}s\", slide = \"{sl}s\" }}", sl * m)),
         (1i64..60).prop_map(|g| format!("{{ type = \"session\", gap = \"{g}s\" }}")),
     ]
 }
 
 fn input() -> impl Strategy<Value = Input> {
     let event = (
-        0i64..4,                                       // arrival step
-        prop_oneof![8 => 0i64..10, 1 => 0i64..900],      // delay: mostly seconds, some minutes (late)
+        0i64..4,                                    // arrival step
+        prop_oneof![8 => 0i64..10, 1 => 0i64..900], // delay: mostly seconds, some minutes (late)
         0..PARTITIONS,
         0usize..3,
         -50i64..50,
@@ -96,17 +94,18 @@ fn run(input: &Input, with_far_ahead: bool) -> (Seen, Output) {
         engine.register_partition(p, start);
     }
     let mut seen = Seen { watermarks: Vec::new(), late: Vec::new(), aggregated: 0, late_routed: 0 };
-    let mut send = |engine: &mut Engine, out: &mut Output, id: String, arrival: i64, t: i64, p: i32, k: usize, v: i64| {
-        let o = &mut offsets[usize::try_from(p).unwrap()];
-        let rec = Record {
-            coords: SourceCoordinates { source: "t".into(), partition: p, offset: *o },
-            // receive times far on, so no lead is a `future_event`: this is about the watermark alone
-            received_at: received(),
-            payload: payload(&id, t, ["a", "b", "c"][k], v),
+    let mut send =
+        |engine: &mut Engine, out: &mut Output, id: String, arrival: i64, t: i64, p: i32, k: usize, v: i64| {
+            let o = &mut offsets[usize::try_from(p).unwrap()];
+            let rec = Record {
+                coords: SourceCoordinates { source: "t".into(), partition: p, offset: *o },
+                // receive times far on, so no lead is a `future_event`: this is about the watermark alone
+                received_at: received(),
+                payload: payload(&id, t, ["a", "b", "c"][k], v),
+            };
+            *o += 1;
+            engine.process(&rec, s(arrival), out);
         };
-        *o += 1;
-        engine.process(&rec, s(arrival), out);
-    };
     let mut far = input.far_ahead.clone();
     far.sort_by_key(|f| f.0);
     let mut far = far.into_iter().peekable();

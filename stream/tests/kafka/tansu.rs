@@ -302,8 +302,8 @@ async fn issue_24_records_come_in_arrival_order_across_partitions() {
     m.source.close().await;
 
     // A spec that demands the broker's append time refuses records stamped by their producer.
-    let config = config(broker.bootstrap(), &topic, &unique("g"))
-        .arrival(tidemark_core::spec::KafkaArrival::LogAppendTime);
+    let config =
+        config(broker.bootstrap(), &topic, &unique("g")).arrival(tidemark_core::spec::KafkaArrival::LogAppendTime);
     let mut source = config.build().unwrap();
     source.seek(&Offsets::new()).unwrap();
     let mut out = Vec::new();
