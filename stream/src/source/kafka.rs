@@ -11,6 +11,11 @@
 //! - [`Source::end_offsets`] (the lag metric) comes from librdkafka's statistics, emitted every
 //!   `statistics.interval.ms` (default [`STATISTICS_INTERVAL_MS`] here; `0` in the options turns the lag
 //!   metric off): the high watermark of every assigned partition, as of the last fetch from it.
+//! - Records are released in arrival order across partitions: a record waits until every assigned partition
+//!   has one buffered or is read to its end (librdkafka's partition EOF), then the earliest (record
+//!   timestamp, partition, offset) goes first, as Kafka Streams picks them. While it waits at most
+//!   [`MERGE_BUFFER_BYTES`] are buffered and a silent partition is waited for [`MERGE_STALL`]. Each
+//!   record's `received_at` is its arrival as `source.arrival` says (default: the record timestamp).
 //! - TLS and SASL (`security.protocol`, `ssl.*`, `sasl.*`: PLAIN, SCRAM-SHA-256/512) are plain
 //!   librdkafka options; librdkafka is built with OpenSSL. GSSAPI (Kerberos) is not built in.
 //!
@@ -640,7 +645,7 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    /// Records are released in arrival order across partitions (see [`Merge`]): a record waits until every
+    /// Records are released in arrival order across partitions (see the module docs): a record waits until every
     /// assigned partition has one buffered or is read to its end.
     async fn poll(&mut self, out: &mut Vec<Record>, max: usize, wait: Duration) -> Result<Polled, Error> {
         if let Some(e) = self.pending_error.take() {
