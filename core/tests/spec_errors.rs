@@ -280,3 +280,42 @@ fn issue_19_a_file_source_names_its_arrival_field() {
     let errors = errors_of(&file("has space"));
     assert!(errors.iter().any(|e| e.contains("shop.toml") && e.contains("source.received_at")), "{errors:?}");
 }
+
+#[test]
+fn issue_24_a_kafka_source_names_its_arrival_and_the_suspect_settings_are_checked() {
+    use tidemark_core::spec::{KafkaArrival, SourceSpec};
+    let kafka = |arrival: &str| {
+        patched(
+            "type = \"kafka\"\nbrokers = \"localhost:9092\"\ntopic = \"orders\"\ngroup = \"tidemark\"",
+            &format!(
+                "type = \"kafka\"\nbrokers = \"localhost:9092\"\ntopic = \"orders\"\ngroup = \"tidemark\"\n{arrival}"
+            ),
+        )
+    };
+    let arrival_of = |text: &str| match &PipelineSpec::parse(text, "shop.toml", None).unwrap().spec().source {
+        SourceSpec::Kafka { arrival, .. } => arrival.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(arrival_of(&kafka("")), KafkaArrival::Timestamp, "the default");
+    assert_eq!(arrival_of(&kafka("arrival = \"log_append_time\"")), KafkaArrival::LogAppendTime);
+    let field = kafka("arrival = { field = \"received_at\" }");
+    assert_eq!(arrival_of(&field), KafkaArrival::Field("received_at".into()));
+    // printed and parsed again: the same
+    let printed = PipelineSpec::parse(&field, "shop.toml", None).unwrap().to_toml();
+    assert_eq!(arrival_of(&printed), KafkaArrival::Field("received_at".into()), "{printed}");
+    let errors = errors_of(&kafka("arrival = { field = \"has space\" }"));
+    assert!(errors.iter().any(|e| e.contains("source.arrival.field")), "{errors:?}");
+    // an unknown kind: the file, the [source] table and the kinds there are (serde's tagged `source` enum
+    // does not say which key of it held the value)
+    let errors = errors_of(&kafka("arrival = \"wall_clock\""));
+    assert!(
+        errors.iter().any(|e| e.contains("shop.toml") && e.contains("wall_clock") && e.contains("log_append_time")),
+        "{errors:?}"
+    );
+
+    let timed = |time: &str| patched("[time]", &format!("[time]\n{time}"));
+    let errors = errors_of(&timed("suspect_confirmations = 0\nsuspect_expiry = 0\nsuspect_lead = \"0s\""));
+    for field in ["time.suspect_confirmations", "time.suspect_expiry", "time.suspect_lead"] {
+        assert!(errors.iter().any(|e| e.contains(field)), "{field}: {errors:?}");
+    }
+}
