@@ -73,7 +73,14 @@ pub(crate) fn plan(
             let panes = panes.collect_with_engine(Engine::Streaming)?.unwrap_single();
             let window_range = range.map(|(from, to)| (from.as_micros() - size, to.as_micros()));
             let windows = merge_panes(panes, &merge, slide, n, window_range)?;
-            return Ok(windows.lazy().with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)));
+            // the merge emits key by key; the view is written in window-start order (as the other window
+            // kinds come out), so its row groups' start statistics are tight and readers that go window by
+            // window (the reconciler's per-start index) stay local
+            let by_start = SortMultipleOptions::default().with_maintain_order(true);
+            return Ok(windows
+                .lazy()
+                .sort([WINDOW_START], by_start)
+                .with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)));
         }
         _ => group(in_range(copies(events.with_column(last_start))), aggs.over_events),
     };
