@@ -113,6 +113,10 @@ fn issue_19_a_replay_measures_latency_on_the_recorded_arrival_clock() {
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = tidemark(&["reconcile", "--spec", &spec, "--from", FROM, "--to", TO, "--dry-run", "--json"]);
     assert_eq!(code, 0, "{err}");
+    // report.json / --json: a drained watermark is not a time
+    let evidence = &json(&out)["evidence"];
+    assert_eq!(evidence["stream_drained"], true, "{evidence}");
+    assert!(evidence["stream_watermark"].is_null(), "{evidence}");
     let latency = &json(&out)["contract"]["metrics"][0]["finalization_latency"];
     assert!(latency["n"].as_u64().unwrap() > 0, "{latency}");
     // a window fires when the watermark (newest arrival's event time - 1 s delay) passes its end: seconds

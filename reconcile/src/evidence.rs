@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use tidemark_core::window::WindowSpec;
 use tidemark_core::{Dimensions, Duration, EventTime, RowKey, ValidSpec, Window};
-use tidemark_store::{ArchiveRow, DeadLetterStore, LateRecord, MetricFilter, RawArchive, ServingStore};
+use tidemark_store::{ArchiveRow, DeadLetterStore, LateRecord, MetricFilter, RangeEvidence, RawArchive, ServingStore};
 
 use crate::error::Error;
 use crate::explain::Evidence;
@@ -31,14 +31,27 @@ pub struct EvidenceSummary {
     pub delta_events: u64,
     /// Extra deliveries of an event id (raw archive) counted into keys of the range.
     pub duplicate_deliveries: u64,
-    /// A lower bound of the stream's operator watermark (the highest watermark any speed firing carried).
+    /// A lower bound of the stream's operator watermark (the highest watermark any speed firing carried);
+    /// [`EventTime::MAX`] once a `--finish` run drained its input (report.json then says null and
+    /// `stream_drained: true`, not a time in the year 148108).
+    #[serde(serialize_with = "watermark_json")]
     pub stream_watermark: Option<EventTime>,
+    /// Whether the stream drained its input (`tidemark stream --finish`): every window has fired for good.
+    pub stream_drained: bool,
     /// Stream restarts seen in the emission log (new writer epochs), with the watermark before each.
     pub restarts: Vec<EventTime>,
     /// Evidence that could not be gathered, and why.
     pub unavailable: Vec<String>,
     /// What was read of the raw archive and the late ledger.
     pub reads: EvidenceReads,
+}
+
+/// A drained watermark ([`EventTime::MAX`]) as null: it is not a time ([`EvidenceSummary::stream_drained`]).
+fn watermark_json<S: serde::Serializer>(w: &Option<EventTime>, s: S) -> Result<S::Ok, S::Error> {
+    match w {
+        Some(t) if *t != EventTime::MAX => s.serialize_some(t),
+        _ => s.serialize_none(),
+    }
 }
 
 /// What the evidence reads of the raw archive and the late ledger cost.
@@ -85,6 +98,7 @@ pub(crate) async fn gather(
     to: EventTime,
 ) -> Result<Gathered, Error> {
     let stores = &spec.spec().stores;
+    let clock = crate::run::Clock::start();
     let mut summary = EvidenceSummary::default();
     let stream_watermark = stream.watermark.into_iter().chain(serving_watermark).max();
     if stream_watermark.is_none() {
@@ -94,6 +108,7 @@ pub(crate) async fn gather(
     }
     let restarts = stream.restarts();
     summary.stream_watermark = stream_watermark;
+    summary.stream_drained = stream_watermark == Some(EventTime::MAX);
     summary.restarts = restarts.clone();
     if stream.firings == 0 {
         summary.unavailable.push("restarts: the emission log holds no firing of the range".into());
@@ -125,39 +140,35 @@ pub(crate) async fn gather(
             (HashMap::new(), 0)
         }
     };
+    clock.lap("evidence: the late ledger");
     let mut arrivals = Vec::new();
-    let duplicate_deliveries = match RawArchive::open(stores.raw_archive.clone()).await {
-        Ok(archive) => match archive.read_range(reach.from, reach.to).arrivals(from, to).duplicates(true).run().await {
-            Ok(read) => {
-                let r = &read.stats;
-                summary.reads.archive_files = r.files_in_table;
-                summary.reads.archive_files_read = r.files_read;
-                summary.reads.archive_rows_read = r.rows_read;
-                summary.reads.archive_payload_rows_read = r.payload_rows_read;
-                let keys = duplicate_keys(spec, &read.duplicates, sessions, from, to);
-                // the same size: collected in place
-                arrivals = read
-                    .arrivals
-                    .into_iter()
-                    .map(|a| Arrival {
-                        partition: a.partition,
-                        offset: a.offset,
-                        event_time: a.event_time,
-                        ingest_time: a.ingest_time,
-                    })
-                    .collect();
-                keys
-            }
-            Err(e) => {
-                summary.unavailable.push(format!("raw archive (duplicate deliveries): {e}"));
-                HashMap::new()
-            }
-        },
+    let duplicate_deliveries = match read_archive(&stores.raw_archive, reach, from, to).await {
+        Ok(read) => {
+            let r = &read.stats;
+            summary.reads.archive_files = r.files_in_table;
+            summary.reads.archive_files_read = r.files_read;
+            summary.reads.archive_rows_read = r.rows_read;
+            summary.reads.archive_payload_rows_read = r.payload_rows_read;
+            let keys = duplicate_keys(spec, &read.duplicates, sessions, from, to);
+            // the same size: collected in place
+            arrivals = read
+                .arrivals
+                .into_iter()
+                .map(|a| Arrival {
+                    partition: a.partition,
+                    offset: a.offset,
+                    event_time: a.event_time,
+                    ingest_time: a.ingest_time,
+                })
+                .collect();
+            keys
+        }
         Err(e) => {
             summary.unavailable.push(format!("raw archive (duplicate deliveries): {e}"));
             HashMap::new()
         }
     };
+    clock.lap("evidence: the raw archive");
     // late-policy `append`: late events within the allowed lateness reach the serving store as delta rows
     // beside the row (the row itself keeps the on-time value), so they are late-event evidence too
     let mut late_events = late_events;
@@ -165,10 +176,19 @@ pub(crate) async fn gather(
         summary.delta_events += d.events;
         *late_events.entry(d.key).or_default() += d.events;
     }
+    clock.lap("evidence: delta rows");
     summary.late_events = ledger_events + summary.delta_events;
     summary.duplicate_deliveries = duplicate_deliveries.values().sum();
     let evidence = Evidence { late_events, duplicate_deliveries, stream_watermark, restart_watermarks: restarts };
     Ok(Gathered { evidence, summary, arrivals })
+}
+
+/// Reads the raw archive at `url` over `reach`: every delivery of ids archived more than once, and the
+/// arrivals of events in `[from, to)`; an error as text (the evidence is then unavailable, the run goes on).
+/// (Read on its own task beside the scan, it slowed the scan as much as it saved: both want both cores.)
+async fn read_archive(url: &str, reach: Reach, from: EventTime, to: EventTime) -> Result<RangeEvidence, String> {
+    let archive = RawArchive::open(url).await.map_err(|e| e.to_string())?;
+    archive.read_range(reach.from, reach.to).arrivals(from, to).duplicates(true).run().await.map_err(|e| e.to_string())
 }
 
 /// How far after `to` a session of the range is followed when reading events: the batch layer's default

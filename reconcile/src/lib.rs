@@ -6,7 +6,8 @@
 //! - the pure parts it is made of: `diff/` (the comparison, [`diff()`]; its columnar engine, [`Columns`] and
 //!   [`diff_columns`]), `evidence.rs` (what the stores tell besides the rows), `explain.rs` (cause
 //!   attribution, [`explain()`]), `corrections.rs` (the idempotent correction batch, [`plan_corrections`]),
-//!   `contract.rs` (the contract report, [`contract_report`]);
+//!   `contract.rs` (the contract report, [`contract_report`]), `differences_file.rs` (every difference as
+//!   Parquet, [`read_differences`]);
 //! - the report page: [`html`] (the offline page), [`lateness`] (lateness distribution and advice) and
 //!   [`svg`] (its charts).
 //!
@@ -19,6 +20,7 @@
 mod contract;
 mod corrections;
 mod diff;
+mod differences_file;
 pub mod dirty;
 mod error;
 mod evidence;
@@ -35,6 +37,7 @@ pub use contract::{
 };
 pub use corrections::{BlastRadius, CorrectionPlan, plan_corrections};
 pub use diff::{AggregateDiff, Columns, Diff, KeyDiff, MetricDiffSummary, Verdict, diff, diff_columns};
+pub use differences_file::{DifferenceRecord, read_differences};
 pub use error::Error;
 pub use evidence::{EvidenceReads, EvidenceSummary};
 pub use explain::{Cause, Evidence, Explained, explain};

@@ -94,7 +94,7 @@ pub struct ReconcileOutcome {
     pub report_json: Option<PathBuf>,
     /// Where report.html was written.
     pub report_html: Option<PathBuf>,
-    /// Where every explained difference was written (JSON Lines).
+    /// Where every explained difference was written (`differences.parquet`, see [`crate::read_differences`]).
     pub differences_file: Option<PathBuf>,
 }
 
@@ -133,21 +133,27 @@ impl<'a> Reconcile<'a> {
         if from >= to {
             return Err(Error::InvalidRange { from, to });
         }
+        let clock = Clock::start();
         // 1-2. both sides, compared partition by partition
         let sides = self.read_sides().await?;
+        clock.lap("read and compare both sides");
         let serving = &*sides.serving;
         let scanned = &sides.scanned;
         let d = &scanned.diff;
         // 3. evidence, and a cause for every difference
         let stream = evidence::stream_after(spec, serving, scanned, to).await?;
+        clock.lap("read the emission log after the range");
         let gathered =
             evidence::gather(spec, serving, &scanned.sessions, scanned.serving_watermark, &stream, from, to).await?;
         let explained = explain(spec, d, scanned.batch_session_keys.iter(), &gathered.evidence);
+        clock.lap("gather evidence and explain");
         // 4. plan
         let newest_run = sides.batch_runs.last().cloned().unwrap_or_default();
         let plan = plan_corrections(spec, (from, to), &explained, &scanned.fix_rows, &newest_run, sides.epoch);
+        clock.lap("plan corrections");
         // 5. apply
         let (applied, corrections_applied) = self.apply(serving, &plan.batch).await?;
+        clock.lap("apply corrections");
         let corrected = corrected_at(serving, &plan.batch, applied).await?;
         // 6. contract report, outcome and report files
         let late_in_batch = late_events_of_batch_keys(spec, &gathered.evidence.late_events, scanned);
@@ -159,6 +165,7 @@ impl<'a> Reconcile<'a> {
             corrections: &corrected,
             late_events: &late_in_batch,
         });
+        clock.lap("contract report");
         let n_changes = plan.batch.changes.len() as u64;
         let mut outcome = ReconcileOutcome {
             pipeline: spec.spec().name.clone(),
@@ -185,6 +192,7 @@ impl<'a> Reconcile<'a> {
         };
         if let Some(dir) = &self.report_dir {
             write_report(dir, spec, &mut outcome, &explained, &scanned.chart, &gathered.arrivals)?;
+            clock.lap("write the report");
         }
         Ok(outcome)
     }
@@ -225,6 +233,22 @@ impl<'a> Reconcile<'a> {
                 ApplyOutcome::AlreadyApplied => (Applied::Already, 0),
             }
         })
+    }
+}
+
+/// Logs (at debug level) the time each step of a run took.
+pub(crate) struct Clock(std::cell::Cell<std::time::Instant>);
+
+impl Clock {
+    pub(crate) fn start() -> Self {
+        Clock(std::cell::Cell::new(std::time::Instant::now()))
+    }
+
+    /// Logs the time since the previous lap (or the start) as `step`'s.
+    pub(crate) fn lap(&self, step: &str) {
+        let now = std::time::Instant::now();
+        let took = now.duration_since(self.0.replace(now));
+        tracing::debug!(step, ms = took.as_millis() as u64, "reconcile step done");
     }
 }
 
@@ -293,11 +317,11 @@ fn cause_counts(explained: &[Explained]) -> BTreeMap<Cause, u64> {
     causes
 }
 
-/// Differences of each (metric, cause) that `report.json` lists; all of them go to `differences.jsonl`.
+/// Differences of each (metric, cause) that `report.json` lists; all of them go to `differences.parquet`.
 const REPORT_SAMPLE: usize = 20;
 
-/// Step 6: writes `report.json` (the outcome and a sample of each cause's differences), `differences.jsonl`
-/// (every explained difference, one JSON object a line) and `report.html` into `dir` (created if missing),
+/// Step 6: writes `report.json` (the outcome and a sample of each cause's differences),
+/// `differences.parquet` (every explained difference, one row each) and `report.html` into `dir` (created if missing),
 /// and records their paths in `outcome`.
 fn write_report(
     dir: &Path,
@@ -307,11 +331,10 @@ fn write_report(
     chart: &BTreeMap<String, BTreeMap<i64, ChartPoint>>,
     arrivals: &[Arrival],
 ) -> Result<(), Error> {
-    use std::io::Write as _;
     let (from, to) = (outcome.from, outcome.to);
     std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
     let (json_path, html_path, all_path) =
-        (dir.join("report.json"), dir.join("report.html"), dir.join("differences.jsonl"));
+        (dir.join("report.json"), dir.join("report.html"), dir.join("differences.parquet"));
     outcome.report_json = Some(json_path.clone());
     outcome.report_html = Some(html_path.clone());
     outcome.differences_file = Some(all_path.clone());
@@ -340,13 +363,7 @@ fn write_report(
     let json = serde_json::to_vec_pretty(&ReportFile { outcome, sample_per_cause: REPORT_SAMPLE, explained: &sample })
         .map_err(|e| Error::Internal(format!("serializing the report: {e}")))?;
     std::fs::write(&json_path, json).map_err(|source| Error::Io { path: json_path.clone(), source })?;
-    let io = |source| Error::Io { path: all_path.clone(), source };
-    let mut all = std::io::BufWriter::new(std::fs::File::create(&all_path).map_err(io)?);
-    for e in explained {
-        serde_json::to_writer(&mut all, e).map_err(|e| Error::Internal(format!("serializing a difference: {e}")))?;
-        all.write_all(b"\n").map_err(io)?;
-    }
-    all.flush().map_err(io)?;
+    crate::differences_file::write(&all_path, explained)?;
     std::fs::write(&html_path, html).map_err(|source| Error::Io { path: html_path.clone(), source })?;
     Ok(())
 }

@@ -55,6 +55,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    // warnings, and with RUST_LOG=tidemark_reconcile=debug the time of each step
+    super::stream::init_logging(super::stream::LogFormat::Text);
     let spec = super::load_valid_spec(&args.spec)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (Some(from), Some(to)) = (args.from, args.to) else {
@@ -316,5 +318,8 @@ fn print_table(o: &ReconcileOutcome) {
     }
     if let (Some(j), Some(h)) = (&o.report_json, &o.report_html) {
         println!("report      {} and {}", j.display(), h.display());
+    }
+    if let Some(d) = &o.differences_file {
+        println!("differences {} (every difference, Parquet)", d.display());
     }
 }

@@ -181,13 +181,17 @@ async fn run_case(rows: Vec<(bool, i64, u8, i64, Fate)>, phantoms: Vec<(bool, i6
         }
     }
     assert_eq!(outcome.verdicts, verdicts);
-    // every difference is in differences.jsonl, each key once, as the in-memory diff has it
-    let all = std::fs::read_to_string(dir.path().join("report/differences.jsonl")).unwrap();
-    let listed: Vec<serde_json::Value> = all.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // every difference is in differences.parquet, each key once, sorted as the in-memory diff has it
+    let listed = tidemark_reconcile::read_differences(&dir.path().join("report/differences.parquet")).unwrap();
     assert_eq!(listed.len(), expected.differences.len());
     for (got, want) in listed.iter().zip(&expected.differences) {
-        assert_eq!(got["verdict"], serde_json::to_value(want.verdict).unwrap());
-        assert_eq!(got["key"], serde_json::to_value(&want.key).unwrap());
+        assert_eq!(got.verdict, serde_json::to_value(want.verdict).unwrap().as_str().unwrap());
+        assert_eq!(got.metric, want.key.metric);
+        assert_eq!(
+            (got.window_start, got.window_end),
+            (want.key.window.start().as_micros(), want.key.window.end().as_micros())
+        );
+        assert_eq!(got.dims, want.key.dims.encode());
     }
     // afterwards the serving store equals the batch view, and a second run finds nothing
     let again = Reconcile::new(&spec, from, to).run().await.unwrap();
