@@ -78,8 +78,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 /// tidemark at info, dependencies at warn; the Delta kernel logs an ERROR for every probe of a table that
-/// does not exist yet (which the store then creates), so it is silenced.
-const DEFAULT_LOG_FILTER: &str = "warn,tidemark=info,tidemark_stream=info,tidemark_store=info,buoyant_kernel=off";
+/// does not exist yet (which the store then creates), so it is silenced, and deltalake's MERGE warns on
+/// every merge that it derived a metric it reports (not a problem of the data), so it says errors only.
+const DEFAULT_LOG_FILTER: &str = "warn,tidemark=info,tidemark_stream=info,tidemark_store=info,buoyant_kernel=off,\
+                                  deltalake_core::operations::merge=error";
 
 pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
