@@ -108,10 +108,11 @@ fn run(input: &Input, with_far_ahead: bool) -> (Seen, Output) {
         };
     let mut far = input.far_ahead.clone();
     far.sort_by_key(|f| f.0);
-    let mut far = far.into_iter().peekable();
+    // numbered: the input may hold the same far-ahead tuple twice, and two events of one id are a duplicate
+    let mut far = far.into_iter().enumerate().peekable();
     let mut last_arrival = input.events[0].0;
     for (i, &(arrival, t, p, k, v)) in input.events.iter().enumerate() {
-        while let Some(&(at, fp, extra)) = far.peek()
+        while let Some(&(j, (at, fp, extra))) = far.peek()
             && at <= i
         {
             far.next();
@@ -119,7 +120,7 @@ fn run(input: &Input, with_far_ahead: bool) -> (Seen, Output) {
                 // Ahead of everything the input holds by more than the lead plus all the arrival time.
                 let max_t = input.events.iter().map(|e| e.1.max(e.0)).max().unwrap();
                 let lead = max_t + (arrival - input.events[0].0) + i64::from(LEAD_S) + 1 + extra;
-                send(&mut engine, &mut out, format!("far{at}-{fp}-{extra}"), last_arrival, lead, fp, 0, 1);
+                send(&mut engine, &mut out, format!("far{j}-{at}-{fp}-{extra}"), last_arrival, lead, fp, 0, 1);
             }
         }
         // No watermark yet and the minimum one judge alike.
@@ -129,10 +130,10 @@ fn run(input: &Input, with_far_ahead: bool) -> (Seen, Output) {
         last_arrival = arrival;
     }
     if with_far_ahead {
-        for (at, fp, extra) in far {
+        for (j, (at, fp, extra)) in far {
             let max_t = input.events.iter().map(|e| e.1.max(e.0)).max().unwrap();
             let lead = max_t + (last_arrival - input.events[0].0) + i64::from(LEAD_S) + 1 + extra;
-            send(&mut engine, &mut out, format!("far{at}-{fp}-{extra}"), last_arrival, lead, fp, 0, 1);
+            send(&mut engine, &mut out, format!("far{j}-{at}-{fp}-{extra}"), last_arrival, lead, fp, 0, 1);
         }
     }
     seen.late = out.late.iter().filter(|l| !l.event_id.starts_with("far")).map(|l| l.event_id.clone()).collect();
