@@ -185,7 +185,6 @@ pub(crate) async fn gather(
 
 /// Reads the raw archive at `url` over `reach`: every delivery of ids archived more than once, and the
 /// arrivals of events in `[from, to)`; an error as text (the evidence is then unavailable, the run goes on).
-/// (Read on its own task beside the scan, it slowed the scan as much as it saved: both want both cores.)
 async fn read_archive(url: &str, reach: Reach, from: EventTime, to: EventTime) -> Result<RangeEvidence, String> {
     let archive = RawArchive::open(url).await.map_err(|e| e.to_string())?;
     archive.read_range(reach.from, reach.to).arrivals(from, to).duplicates(true).run().await.map_err(|e| e.to_string())

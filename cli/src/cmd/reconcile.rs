@@ -55,7 +55,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    // warnings, and with RUST_LOG=tidemark_reconcile=debug the time of each step
+    // the stream's default filter (tidemark at info, dependencies at warn); with
+    // RUST_LOG=tidemark_reconcile=debug also the time of each step
     super::stream::init_logging(super::stream::LogFormat::Text);
     let spec = super::load_valid_spec(&args.spec)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
