@@ -12,7 +12,7 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use super::DeltaStore;
-use super::schema::{KEY_COLUMNS, VALUE_COLUMNS, to_batch};
+use super::schema::{KEY_COLUMNS, VALUE_COLUMNS, kind_str, to_batch};
 use crate::delta_io::{is_conflict, recorded_txn_version};
 use crate::error::{Error, Result};
 use crate::flat::Flat;
@@ -40,7 +40,8 @@ fn precedence() -> Expr {
     s("kind").eq(lit("row")).and(batch_wins.or(speed_wins))
 }
 
-/// Join on the key, plus literal partition filters so that the MERGE only scans touched partitions.
+/// Join on the key, plus literal partition filters so that the MERGE only scans touched partitions (on a
+/// table created before `kind` was a partition column, the kind filter is an ordinary one).
 fn join_predicate(flats: &[Flat]) -> Expr {
     let mut pred = KEY_COLUMNS
         .iter()
@@ -49,8 +50,10 @@ fn join_predicate(flats: &[Flat]) -> Expr {
         .unwrap_or(lit(true));
     let metrics: BTreeSet<&str> = flats.iter().map(|f| f.metric.as_str()).collect();
     let dates: BTreeSet<String> = flats.iter().map(Flat::window_date).collect();
+    let kinds: BTreeSet<&str> = flats.iter().map(|f| kind_str(f.kind)).collect();
     pred = pred.and(col("t.metric").in_list(metrics.into_iter().map(lit).collect(), false));
-    pred.and(col("t.window_date").in_list(dates.into_iter().map(lit).collect(), false))
+    pred = pred.and(col("t.window_date").in_list(dates.into_iter().map(lit).collect(), false));
+    pred.and(col("t.kind").in_list(kinds.into_iter().map(lit).collect(), false))
 }
 
 /// The error for a failed commit that is not a conflict. With the `failpoints` feature, the Delta fail point's

@@ -1,8 +1,9 @@
 //! The Delta Lake serving store (deltalake MERGE at any object_store URL: `file://`, `s3://`, `memory://`).
 //!
 //! Layout under the base URL: `serving/` is the serving table (one record per key and kind, partitioned
-//! by `metric` and `window_date`, the UTC date of `window_start`, so a MERGE rewrites only the partitions
-//! of the windows it writes); `corrections_audit/` is the audit log (a Delta table any reader can query);
+//! by `metric`, `window_date` (the UTC date of `window_start`) and `kind`, so a MERGE rewrites only the
+//! partitions of the windows and kinds it writes, and a scan of current rows never reads the emission log;
+//! tables created before `kind` was a partition column keep working, without that pruning); `corrections_audit/` is the audit log (a Delta table any reader can query);
 //! `checkpoints/` holds operator-state blobs referenced by committed progress; `progress/` holds each
 //! progress record (`<pipeline>/<version>.json`), written before the commit that records its version.
 //!
@@ -61,6 +62,10 @@ use merge::{Committed, Skip};
 use progress::{ProgressMeta, corrections_app, progress_app, split_version, txn_version};
 use schema::{delta_columns, from_batch, opt_str};
 pub use vacuum::VacuumStats;
+
+/// Partition columns of a new serving table. `kind` keeps current rows and the emission log (as many
+/// records again) in separate files: a correction MERGE rewrites the row files only.
+const PARTITIONS: [&str; 3] = ["metric", "window_date", "kind"];
 
 /// How to open a [`DeltaStore`].
 #[derive(Debug, Clone)]
@@ -181,7 +186,7 @@ impl DeltaStore {
         let (columns, partitions, name) = if audit {
             (audit_columns(), vec!["batch_id"], "corrections_audit")
         } else {
-            (delta_columns(), vec!["metric", "window_date"], "serving")
+            (delta_columns(), PARTITIONS.to_vec(), "serving")
         };
         let lock = if audit { &self.audit } else { &self.rows };
         let table = lock.lock().await.clone();

@@ -77,7 +77,7 @@ pub(super) fn delta_columns() -> Vec<StructField> {
     ]
 }
 
-fn kind_str(k: Kind) -> &'static str {
+pub(super) fn kind_str(k: Kind) -> &'static str {
     match k {
         Kind::Row => "row",
         Kind::Delta(_) => "delta",

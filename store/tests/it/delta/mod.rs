@@ -102,9 +102,10 @@ async fn compaction_and_vacuum_keep_the_rows() {
     assert_eq!(rows.len(), 6);
     let files_before = store.file_count().await.unwrap();
     assert!(files_before >= 6, "{files_before}");
+    // one file per partition: the rows and the emission log (kind is a partition column)
     let (removed, added) = store.optimize(None).await.unwrap();
-    assert_eq!((removed as usize, added), (files_before, 1));
-    assert_eq!(store.file_count().await.unwrap(), 1);
+    assert_eq!((removed as usize, added), (files_before, 2));
+    assert_eq!(store.file_count().await.unwrap(), 2);
     let deleted = store.vacuum(std::time::Duration::ZERO).await.unwrap();
     assert_eq!(deleted.data_files, files_before);
     // 6 checkpoint blobs and 7 progress records (1 claim, 6 writes): all but the last write's
@@ -404,4 +405,35 @@ async fn progress_survives_expired_log_cleanup_and_vacuum_keeps_what_progress_na
 async fn issue_19_scans_equal_the_reads() {
     let dir = tempfile::tempdir().unwrap();
     common::scans_equal_the_reads(&open(dir.path()).await).await;
+}
+
+/// A serving table created before `kind` was a partition column (partitioned by metric and date only).
+async fn open_unpartitioned_by_kind(dir: &std::path::Path) -> DeltaStore {
+    use deltalake::DeltaTable;
+    // the columns of the current layout, from a table the store creates
+    let current = tempfile::tempdir().unwrap();
+    open(current.path()).await;
+    let url = |d: &std::path::Path| url::Url::parse(&format!("file://{}/serving/", d.display())).unwrap();
+    let made = deltalake::open_table(url(current.path())).await.unwrap();
+    let columns: Vec<_> = made.snapshot().unwrap().schema().fields().cloned().collect();
+    assert_eq!(made.snapshot().unwrap().metadata().partition_columns(), &["metric", "window_date", "kind"]);
+    std::fs::create_dir_all(dir.join("serving")).unwrap();
+    let legacy = DeltaTable::try_from_url(url(dir)).await.unwrap();
+    legacy.create().with_columns(columns).with_partition_columns(["metric", "window_date"]).await.unwrap();
+    let store = open(dir).await;
+    let table = deltalake::open_table(url(dir)).await.unwrap();
+    assert_eq!(table.snapshot().unwrap().metadata().partition_columns(), &["metric", "window_date"]);
+    store
+}
+
+/// Kind became a partition column of new serving tables (a correction rewrites no emission-log file); tables
+/// of the earlier layout keep working unchanged.
+#[tokio::test]
+async fn issue_19_tables_without_the_kind_partition_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    common::precedence_and_deletions(&open_unpartitioned_by_kind(dir.path()).await).await;
+    let dir = tempfile::tempdir().unwrap();
+    common::emissions_are_logged_with_the_write(&open_unpartitioned_by_kind(dir.path()).await).await;
+    let dir = tempfile::tempdir().unwrap();
+    common::scans_equal_the_reads(&open_unpartitioned_by_kind(dir.path()).await).await;
 }
