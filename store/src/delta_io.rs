@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use deltalake::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, StringViewArray, TimestampMicrosecondArray,
+};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType as ArrowType, TimeUnit};
 use deltalake::datafusion::prelude::{DataFrame, Expr, SessionContext};
@@ -161,6 +163,14 @@ pub(crate) fn column(b: &RecordBatch, name: &str, ty: &ArrowType) -> Result<Arra
 pub(crate) fn strings(b: &RecordBatch, name: &str) -> Result<StringArray> {
     let c = column(b, name, &ArrowType::Utf8)?;
     c.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| Error::Corrupt(format!("column {name}")))
+}
+
+/// A text column as string views: DataFusion reads text as views, and a view column is taken as it is
+/// (casting it to `Utf8` would copy every string); a `Utf8` or dictionary column is cast (views into its
+/// buffers).
+pub(crate) fn string_views(b: &RecordBatch, name: &str) -> Result<StringViewArray> {
+    let c = column(b, name, &ArrowType::Utf8View)?;
+    c.as_any().downcast_ref::<StringViewArray>().cloned().ok_or_else(|| Error::Corrupt(format!("column {name}")))
 }
 
 pub(crate) fn longs(b: &RecordBatch, name: &str) -> Result<Int64Array> {

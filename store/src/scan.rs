@@ -3,12 +3,14 @@
 //! instead of the whole range. Values stay as the stored JSON text: equal values are equal text (both layers
 //! write them with the same encoder), so a reader can compare hashes and parse only what differs.
 
-use deltalake::arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use deltalake::arrow::array::{
+    Array, Int64Array, RecordBatch, StringViewArray, TimestampMicrosecondArray, UInt32Array,
+};
 use deltalake::arrow::compute::take_record_batch;
 use futures::stream::BoxStream;
 use tidemark_core::{EventTime, MetricRow, Pane};
 
-use crate::delta_io::{longs, strings, times};
+use crate::delta_io::{longs, string_views, times};
 use crate::error::{Error, Result};
 use crate::flat::{self, Flat};
 use crate::model::Emission;
@@ -31,13 +33,13 @@ pub struct RowChunk {
     batch: RecordBatch,
     starts: TimestampMicrosecondArray,
     ends: TimestampMicrosecondArray,
-    dims: StringArray,
-    values: StringArray,
+    dims: StringViewArray,
+    values: StringViewArray,
     events: Int64Array,
     /// Serving rows: the watermark of speed rows (null for batch rows).
     watermark: Option<TimestampMicrosecondArray>,
     /// Batch-view rows: the run and epoch that wrote each.
-    runs: Option<(StringArray, Int64Array)>,
+    runs: Option<(StringViewArray, Int64Array)>,
 }
 
 impl RowChunk {
@@ -47,8 +49,8 @@ impl RowChunk {
             layout: Layout::Serving,
             starts: times(&batch, "window_start")?,
             ends: times(&batch, "window_end")?,
-            dims: strings(&batch, "dims")?,
-            values: strings(&batch, "agg_values")?,
+            dims: string_views(&batch, "dims")?,
+            values: string_views(&batch, "agg_values")?,
             events: longs(&batch, "events")?,
             watermark: Some(times(&batch, "watermark")?),
             runs: None,
@@ -62,11 +64,11 @@ impl RowChunk {
             layout: Layout::BatchView,
             starts: times(&batch, "window_start")?,
             ends: times(&batch, "window_end")?,
-            dims: strings(&batch, "dims")?,
-            values: strings(&batch, "values")?,
+            dims: string_views(&batch, "dims")?,
+            values: string_views(&batch, "values")?,
             events: longs(&batch, "events")?,
             watermark: None,
-            runs: Some((strings(&batch, "run_id")?, longs(&batch, "epoch")?)),
+            runs: Some((string_views(&batch, "run_id")?, longs(&batch, "epoch")?)),
             batch,
         })
     }
@@ -157,10 +159,10 @@ impl RowChunk {
 pub struct EmissionChunk {
     starts: TimestampMicrosecondArray,
     ends: TimestampMicrosecondArray,
-    dims: StringArray,
-    values: StringArray,
-    kind: StringArray,
-    pane: StringArray,
+    dims: StringViewArray,
+    values: StringViewArray,
+    kind: StringViewArray,
+    pane: StringViewArray,
     revision: Int64Array,
     watermark: TimestampMicrosecondArray,
     epoch: Int64Array,
@@ -174,10 +176,10 @@ impl EmissionChunk {
         Ok(EmissionChunk {
             starts: times(batch, "window_start")?,
             ends: times(batch, "window_end")?,
-            dims: strings(batch, "dims")?,
-            values: strings(batch, "agg_values")?,
-            kind: strings(batch, "kind")?,
-            pane: strings(batch, "pane")?,
+            dims: string_views(batch, "dims")?,
+            values: string_views(batch, "agg_values")?,
+            kind: string_views(batch, "kind")?,
+            pane: string_views(batch, "pane")?,
             revision: longs(batch, "revision")?,
             watermark: times(batch, "watermark")?,
             epoch: longs(batch, "batch_epoch")?,
