@@ -283,6 +283,16 @@ impl StreamFacts {
         }
     }
 
+    /// Adds the facts of another part of the emission log.
+    pub(crate) fn absorb(&mut self, other: StreamFacts) {
+        self.firings += other.firings;
+        self.watermark = self.watermark.max(other.watermark);
+        for (epoch, w) in other.per_epoch {
+            let mine = self.per_epoch.entry(epoch).or_default();
+            *mine = (*mine).max(w);
+        }
+    }
+
     /// Watermarks before each restart of the stream service: for every writer epoch after the first seen,
     /// the highest watermark an earlier epoch's firing carried (the drain of a bounded input,
     /// `EventTime::MAX`, and the `EventTime::MIN` of early panes tell nothing and are skipped; a restart
@@ -323,6 +333,16 @@ impl SessionIndex {
             None => self.windows.entry(key.metric.clone()).or_default(),
         };
         by_dims.entry(key.dims.encode()).or_default().insert(key.window);
+    }
+
+    /// Adds the sessions of another index.
+    pub(crate) fn absorb(&mut self, other: SessionIndex) {
+        for (metric, by_dims) in other.windows {
+            let mine = self.windows.entry(metric).or_default();
+            for (dims, windows) in by_dims {
+                mine.entry(dims).or_default().extend(windows);
+            }
+        }
     }
 
     /// The latest end of a session starting in `[from, to)`.

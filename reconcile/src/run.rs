@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tidemark_core::{EventTime, RowKey, ValidSpec};
@@ -204,14 +205,14 @@ impl<'a> Reconcile<'a> {
         let spec = self.spec;
         let (from, to) = (self.from, self.to);
         let stores = &spec.spec().stores;
-        let serving = tidemark_store::open(&spec.serving_store()).await?;
+        let serving: Arc<dyn ServingStore> = tidemark_store::open(&spec.serving_store()).await?.into();
         if !self.dry_run {
             // creates or migrates the tables (e.g. the emission log of an older deployment); a dry run
             // changes nothing and needs an initialized store (`tidemark store init`)
             serving.init().await?;
         }
         let view = BatchView::open(&stores.batch_view)?;
-        let scanned = scan(spec, &*serving, &view, from, to).await?;
+        let scanned = scan(spec, serving.clone(), &view, from, to).await?;
         let (batch_runs, epoch) =
             batch_runs(&view.runs().await?, &scanned.batch_origins, scanned.batch_rows, from, to)?;
         Ok(Sides { serving, scanned, batch_runs, epoch })
@@ -254,7 +255,7 @@ impl Clock {
 
 /// The two sides of a run and where the truth comes from (step 1).
 struct Sides {
-    serving: Box<dyn ServingStore>,
+    serving: Arc<dyn ServingStore>,
     /// What the comparison of the range found.
     scanned: Scanned,
     /// The batch run(s) the truth comes from, oldest first.

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher as _;
+use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use futures::TryStreamExt as _;
@@ -223,26 +224,107 @@ fn days(from: EventTime, to: EventTime) -> Vec<(EventTime, EventTime)> {
     out
 }
 
-/// Reads and compares every (metric, day) partition of `[from, to)`.
+/// Reads and compares every (metric, day) partition of `[from, to)`, as many at once as there are cores
+/// (each partition's own loops run on one core), merged in partition order: the result is the same as one
+/// partition after another, and memory holds the partitions in flight.
 pub(crate) async fn scan(
     spec: &ValidSpec,
-    serving: &dyn ServingStore,
+    serving: Arc<dyn ServingStore>,
     view: &BatchView,
     from: EventTime,
     to: EventTime,
 ) -> Result<Scanned, Error> {
+    let spec = Arc::new(spec.clone());
+    let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let permits = Arc::new(tokio::sync::Semaphore::new(lanes));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    for m in 0..spec.metrics().len() {
+        for (a, b) in days(from, to) {
+            let (spec, serving, view, permits) = (spec.clone(), serving.clone(), view.clone(), permits.clone());
+            let i = n;
+            n += 1;
+            tasks.spawn(async move {
+                // the semaphore is fair: partitions start in order
+                let _permit =
+                    permits.acquire_owned().await.map_err(|e| Error::Internal(format!("scan permits: {e}")))?;
+                let mut part = Scanned::default();
+                let metric = &spec.metrics()[m];
+                part.diff.differences = scan_partition(&spec, metric, &*serving, &view, a, b, &mut part).await?;
+                Ok::<_, Error>((i, part))
+            });
+        }
+    }
+    let mut parts: Vec<Option<Scanned>> = std::iter::repeat_with(|| None).take(n).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, part) = joined.map_err(|e| Error::Internal(format!("a partition scan failed: {e}")))??;
+        parts[i] = Some(part);
+    }
     let mut out = Scanned::default();
     let mut differences: Vec<KeyDiff> = Vec::new();
-    for metric in spec.metrics() {
-        for (a, b) in days(from, to) {
-            let part = scan_partition(spec, metric, serving, view, a, b, &mut out).await?;
-            differences.extend(part);
-        }
+    for mut part in parts.into_iter().flatten() {
+        differences.append(&mut part.diff.differences);
+        out.absorb(part);
     }
     differences.sort_by(|x, y| x.key.cmp(&y.key));
     out.diff.differences = differences;
     out.diff.recompute_drift();
     Ok(out)
+}
+
+impl Scanned {
+    /// Adds what a later partition found (its differences are taken separately).
+    fn absorb(&mut self, part: Scanned) {
+        let Scanned {
+            diff,
+            fix_rows,
+            sessions,
+            batch_session_keys,
+            serving_watermark,
+            batch_origins,
+            batch_rows,
+            tallies,
+            first_emitted,
+            stream,
+            chart,
+            max_window_end,
+        } = part;
+        for (metric, summary) in diff.metrics {
+            let total = self.diff.metrics.entry(metric).or_default();
+            total.checked += summary.checked;
+            for (v, n) in summary.verdicts {
+                *total.verdicts.entry(v).or_default() += n;
+            }
+        }
+        self.fix_rows.extend(fix_rows);
+        self.sessions.absorb(sessions);
+        self.batch_session_keys.extend(batch_session_keys);
+        self.serving_watermark = self.serving_watermark.max(serving_watermark);
+        self.batch_origins.extend(batch_origins);
+        self.batch_rows += batch_rows;
+        for (metric, t) in tallies {
+            let total = self.tallies.entry(metric).or_default();
+            total.windows += t.windows;
+            total.first_on_time_within += t.first_on_time_within;
+            total.differing += t.differing;
+            total.finalization.extend(t.finalization);
+            total.finalized_within += t.finalized_within;
+            total.events += t.events;
+        }
+        self.first_emitted.extend(first_emitted);
+        self.stream.absorb(stream);
+        for (metric, points) in chart {
+            let total = self.chart.entry(metric).or_default();
+            for (start, p) in points {
+                let q = total.entry(start).or_default();
+                q.windows += p.windows;
+                q.differing += p.differing;
+                q.batch += p.batch;
+                q.provisional += p.provisional;
+            }
+        }
+        self.max_window_end = self.max_window_end.max(max_window_end);
+    }
 }
 
 /// One partition: `metric`'s windows starting in `[from, to)` (within one UTC day). Returns its differences.
