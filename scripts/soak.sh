@@ -2,7 +2,7 @@
 # The long reliability tier (docs/reliability.md): the CI tier's randomized tests at full size, then the
 # fuzzers. Each test prints its seed; export the printed variable to replay a failure:
 #   TIDEMARK_CRASH_SEED (stream crash loops, with and without fail points), TIDEMARK_FAULT_SEED (fault-injecting
-#   store).
+#   store), TIDEMARK_CHANGED_SEED (incremental reconcile vs a full one, 100 cases).
 # Takes about 1.5-2 hours on 2 cores. Logs and a summary go to ${SOAK_DIR:-target/soak}.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,12 +24,13 @@ run() { # name, cargo test args...
     grep -E 'seed|panicked' "$out/$name.log" | head -5 >&2
     exit 1
   fi
-  grep -E '^(seed|crash loop seed|killed|writes|applies|(Delta|Postgres): (killed|windows))' "$out/$name.log" \
+  grep -E '^(seed|case seed|crash loop seed|killed|writes|applies|(Delta|Postgres): (killed|windows))' "$out/$name.log" \
     | sed "s/^/soak:   /" || true
 }
 
 run crash_loop -p tidemark-cli --test stream_crash
 run crash_failpoints -p tidemark-cli --features failpoints --test crash_failpoints
+run changed_equality -p tidemark-cli --test reconcile_changed
 run store_faults -p tidemark-tests --test integration faults
 run hostile -p tidemark-tests --test integration hostile
 run bad_input -p tidemark-tests --test integration bad_input
