@@ -2,10 +2,17 @@
 # Issue 19's whole-command benchmark: `tidemark reconcile` of a generated one-day pipeline, with a DuckDB
 # full-outer-join diff of the same two Delta tables run beside it. Numbers go in docs/benchmarks.md.
 #
-#   scripts/bench-reconcile.sh [--events N] [--dir DIR] [--fresh] [--bin PATH] [--max-rss-gib G] [--threads T]
+#   scripts/bench-reconcile.sh [--events N] [--days D | --day-of DIR2] [--dir DIR] [--fresh] [--bin PATH]
+#                              [--max-rss-gib G] [--threads T]
 #
-#   --events N       distinct page views in the day (default 10000000); rate = N / 86400 views/s of event time
-#   --dir DIR        data directory (default ${TIDEMARK_BENCH_DATA:-/work/bench-data}/N); reused across runs
+#   --events N       distinct page views per day (default 10000000); rate = N / 86400 views/s of event time
+#   --days D         generate D days from 2026-01-01 (default 1) and reconcile the middle one (day D/2, 0-based):
+#                    with --days 30 the raw archive, serving store and late ledger hold 30 days, the batch view
+#                    and every measured step one (issue 19's "cost follows the range" check)
+#   --day-of DIR2    the 1-day baseline of DIR2 (a --days run): events.jsonl is the views of DIR2's reconciled
+#                    day (by event time) and that day is reconciled, so the two runs differ only in history
+#   --dir DIR        data directory (default ${TIDEMARK_BENCH_DATA:-/work/bench-data}/N, N-Dd for --days D,
+#                    N-day-of-<DIR2 name> for --day-of); reused across runs
 #   --fresh          delete DIR's data and regenerate (default: gen/stream/batch run only when not done yet)
 #   --bin PATH       the tidemark binary (default $TIDEMARK_BIN or ~/.cargo/target-tidemark/release/tidemark;
 #                    build it first: cargo build --release -p tidemark-cli)
@@ -25,10 +32,13 @@
 #   duckdb1    the DuckDB diff of the serving table at the version reconcile1 started from (same state)
 #   reconcile2 tidemark reconcile again: nothing to correct
 #   duckdb2    the DuckDB diff of the corrected serving table (expect 0 differences)
+#   backfill   tidemark backfill of the day (one chunk: batch + reconcile; nothing left to correct)
 # Results: DIR/results.jsonl (one JSON object per step and run), the table on stdout, logs in DIR/logs/.
 set -euo pipefail
 
 EVENTS=10000000
+DAYS=1
+DAY_OF=""
 DIR=""
 FRESH=0
 BIN="${TIDEMARK_BIN:-$HOME/.cargo/target-tidemark/release/tidemark}"
@@ -37,22 +47,37 @@ THREADS=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --events) EVENTS="$2"; shift 2 ;;
+    --days) DAYS="$2"; shift 2 ;;
+    --day-of) DAY_OF="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --fresh) FRESH=1; shift ;;
     --bin) BIN="$2"; shift 2 ;;
     --max-rss-gib) MAX_RSS_GIB="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$EVENTS" =~ ^[0-9]+$ && "$EVENTS" -gt 0 ]] || { echo "--events must be a positive integer" >&2; exit 2; }
+[[ "$DAYS" =~ ^[0-9]+$ && "$DAYS" -gt 0 ]] || { echo "--days must be a positive integer" >&2; exit 2; }
+[[ -z "$DAY_OF" || "$DAYS" -eq 1 ]] || { echo "--day-of and --days exclude each other" >&2; exit 2; }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-DIR="${DIR:-${TIDEMARK_BENCH_DATA:-/work/bench-data}/$EVENTS}"
+BASE="${TIDEMARK_BENCH_DATA:-/work/bench-data}"
+if [[ -n "$DAY_OF" ]]; then
+  [[ -f "$DAY_OF/events.jsonl" && -f "$DAY_OF/.day" ]] || { echo "--day-of $DAY_OF: no generated --days run there" >&2; exit 2; }
+  DAY="$(cat "$DAY_OF/.day")"
+  DIR="${DIR:-$BASE/$EVENTS-day-of-$(basename "$DAY_OF")}"
+elif [[ "$DAYS" -gt 1 ]]; then
+  DAY="$(date -u -d "2026-01-01 + $((DAYS / 2)) days" +%F)"
+  DIR="${DIR:-$BASE/$EVENTS-${DAYS}d}"
+else
+  DAY=2026-01-01
+  DIR="${DIR:-$BASE/$EVENTS}"
+fi
 VENV="${TIDEMARK_BENCH_VENV:-$HOME/.cache/tidemark/bench-venv}"
-FROM=2026-01-01T00:00:00Z
-TO=2026-01-02T00:00:00Z
+FROM="${DAY}T00:00:00Z"
+TO="$(date -u -d "$DAY + 1 day" +%F)T00:00:00Z"
 
 [[ -x "$BIN" ]] || { echo "no tidemark binary at $BIN (cargo build --release -p tidemark-cli, or --bin)" >&2; exit 2; }
 
@@ -80,14 +105,21 @@ measure() { # measure LABEL [measure.py options] -- COMMAND...
   "$PY" "$HERE/bench/measure.py" run --label "$label" --results "$RESULTS" --max-rss-gib "$MAX_RSS_GIB" "$@"
 }
 
-echo "tidemark reconcile benchmark: $EVENTS events, $DIR, $("$BIN" --version) ($BIN, built $(date -r "$BIN" -u +%FT%TZ))" >&2
+echo "tidemark reconcile benchmark: $EVENTS events per day, $DAYS day(s)${DAY_OF:+ (the day $DAY of $DAY_OF)}, reconciling $DAY, $DIR, $("$BIN" --version) ($BIN, built $(date -r "$BIN" -u +%FT%TZ))" >&2
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
+echo "$DAY" > "$DIR/.day"
 if [[ ! -f "$DIR/.gen.done" ]]; then
-  measure gen --stdout "$DIR/logs/gen.json" --stderr "$DIR/logs/gen.log" -- \
-    "$BIN" gen --to file --out "$DIR/events.jsonl" --events "$EVENTS" --seed 7 --rate "$RATE" --start "$FROM" \
-      --disorder 3s --late-share 0.01 --late-min 30s --late-max 10m --duplicate-share 0.001 --malformed-share 0 \
-      --users 10000 --json
+  if [[ -n "$DAY_OF" ]]; then
+    # the views of that day in arrival order (duplicates included; the late views of the day before, which
+    # arrive on this day, are not: they are not this day's)
+    grep -F "\"ts\":\"$DAY" "$DAY_OF/events.jsonl" > "$DIR/events.jsonl"
+  else
+    measure gen --stdout "$DIR/logs/gen.json" --stderr "$DIR/logs/gen.log" -- \
+      "$BIN" gen --to file --out "$DIR/events.jsonl" --events "$((EVENTS * DAYS))" --seed 7 --rate "$RATE" \
+        --start 2026-01-01T00:00:00Z --disorder 3s --late-share 0.01 --late-min 30s --late-max 10m \
+        --duplicate-share 0.001 --malformed-share 0 --users 10000 --json
+  fi
   touch "$DIR/.gen.done"
 fi
 if [[ ! -f "$DIR/.stream.done" ]]; then
@@ -121,10 +153,13 @@ measure reconcile2 --outcome reconcile --stdout "$DIR/logs/reconcile2.json" --st
   "$BIN" reconcile --spec "$DIR/spec.toml" --from "$FROM" --to "$TO" --json --report-dir "$DIR/report-2" || status=1
 measure duckdb2 --outcome duckdb --stdout "$DIR/logs/duckdb2.json" --stderr "$DIR/logs/duckdb2.log" -- \
   "${DUCK[@]}" || status=1
+rm -rf "$DIR/batch/_backfill"
+measure backfill --stdout "$DIR/logs/backfill.json" --stderr "$DIR/logs/backfill.log" -- \
+  "$BIN" backfill --spec "$DIR/spec.toml" --from "$FROM" --to "$TO" --json || status=1
 
 echo
-echo "$EVENTS events, serving v$V0 before reconcile1 (gen/stream/batch: latest recorded run; results in $RESULTS)"
-"$PY" "$HERE/bench/measure.py" table --results "$RESULTS" --labels gen,stream,batch,reconcile1,duckdb1,reconcile2,duckdb2
+echo "$EVENTS events per day, $DAYS day(s), $DAY reconciled, serving v$V0 before reconcile1 (gen/stream/batch: latest recorded run; results in $RESULTS)"
+"$PY" "$HERE/bench/measure.py" table --results "$RESULTS" --labels gen,stream,batch,reconcile1,duckdb1,reconcile2,duckdb2,backfill
 "$PY" - "$DIR/logs/duckdb1.json" <<'EOF' || true
 import json, sys
 c = json.load(open(sys.argv[1]))["counts"]
