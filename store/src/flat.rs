@@ -59,6 +59,11 @@ impl Flat {
         date_of(self.window_start)
     }
 
+    /// The UTC hour of the window start, `YYYY-MM-DDTHH` (the `window_hour` partition value).
+    pub fn window_hour(&self) -> String {
+        hour_of(self.window_start)
+    }
+
     /// Whether this record replaces `stored` (the same predicate both stores evaluate in SQL).
     pub fn wins_over(&self, stored: &Flat) -> bool {
         match self.kind {
@@ -193,6 +198,13 @@ pub(crate) fn parse_layer(s: &str) -> Option<Layer> {
 pub(crate) fn date_of(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "out-of-range".to_owned())
+}
+
+/// UTC hour `YYYY-MM-DDTHH` of a time (the serving table's `window_hour` partition value).
+pub(crate) fn hour_of(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|d| d.format("%Y-%m-%dT%H").to_string())
         .unwrap_or_else(|| "out-of-range".to_owned())
 }
 

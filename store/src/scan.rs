@@ -76,7 +76,7 @@ impl RowChunk {
     /// Serving rows already read as rows (the default [`crate::ServingStore::scan_rows`]).
     pub fn from_rows(rows: &[MetricRow]) -> Result<Self> {
         let flats = rows.iter().map(|r| Flat::from_row(r, flat::Kind::Row, false)).collect::<Result<Vec<_>>>()?;
-        Self::serving(crate::serving::delta::schema::to_batch(&flats, 0)?)
+        Self::serving(crate::serving::delta::schema::to_batch(&flats, 0, false)?)
     }
 
     /// Rows in the chunk.
@@ -191,7 +191,7 @@ impl EmissionChunk {
     /// Emissions already read as such (the default [`crate::ServingStore::scan_emissions`]).
     pub fn from_emissions(emissions: &[Emission]) -> Result<Self> {
         let flats = emissions.iter().map(Flat::from_emission).collect::<Result<Vec<_>>>()?;
-        Self::serving(&crate::serving::delta::schema::to_batch(&flats, 0)?)
+        Self::serving(&crate::serving::delta::schema::to_batch(&flats, 0, false)?)
     }
 
     /// Records in the chunk.

@@ -12,7 +12,7 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use super::DeltaStore;
-use super::schema::{KEY_COLUMNS, VALUE_COLUMNS, kind_str, to_batch};
+use super::schema::{KEY_COLUMNS, VALUE_COLUMNS, WINDOW_HOUR, is_hourly, kind_str, to_batch};
 use crate::delta_io::{is_conflict, recorded_txn_version};
 use crate::error::{Error, Result};
 use crate::flat::Flat;
@@ -42,7 +42,7 @@ fn precedence() -> Expr {
 
 /// Join on the key, plus literal partition filters so that the MERGE only scans touched partitions (on a
 /// table created before `kind` was a partition column, the kind filter is an ordinary one).
-fn join_predicate(flats: &[Flat]) -> Expr {
+fn join_predicate(flats: &[Flat], hourly: bool) -> Expr {
     let mut pred = KEY_COLUMNS
         .iter()
         .map(|c| col(format!("t.{c}")).eq(col(format!("s.{c}"))))
@@ -53,6 +53,10 @@ fn join_predicate(flats: &[Flat]) -> Expr {
     let kinds: BTreeSet<&str> = flats.iter().map(|f| kind_str(f.kind)).collect();
     pred = pred.and(col("t.metric").in_list(metrics.into_iter().map(lit).collect(), false));
     pred = pred.and(col("t.window_date").in_list(dates.into_iter().map(lit).collect(), false));
+    if hourly {
+        let hours: BTreeSet<String> = flats.iter().map(Flat::window_hour).collect();
+        pred = pred.and(col(format!("t.{WINDOW_HOUR}")).in_list(hours.into_iter().map(lit).collect(), false));
+    }
     pred.and(col("t.kind").in_list(kinds.into_iter().map(lit).collect(), false))
 }
 
@@ -156,19 +160,20 @@ impl DeltaStore {
         emission_tag: i64,
         props: CommitProperties,
     ) -> Result<(DeltaTable, u64), DeltaTableError> {
-        let batch = to_batch(flats, emission_tag).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
+        let hourly = is_hourly(&table);
+        let batch = to_batch(flats, emission_tag, hourly).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
         let source = SessionContext::new().read_batch(batch)?;
+        let inserted: Vec<&str> =
+            KEY_COLUMNS.iter().chain(VALUE_COLUMNS.iter()).copied().chain(hourly.then_some(WINDOW_HOUR)).collect();
         let (table, metrics) = table
-            .merge(source, join_predicate(flats))
+            .merge(source, join_predicate(flats, hourly))
             .with_source_alias("s")
             .with_target_alias("t")
             .with_commit_properties(props)
             .when_matched_update(|u| {
                 VALUE_COLUMNS.iter().fold(u.predicate(precedence()), |u, c| u.update(*c, col(format!("s.{c}"))))
             })?
-            .when_not_matched_insert(|i| {
-                KEY_COLUMNS.iter().chain(VALUE_COLUMNS.iter()).fold(i, |i, c| i.set(*c, col(format!("s.{c}"))))
-            })?
+            .when_not_matched_insert(|i| inserted.iter().fold(i, |i, c| i.set(*c, col(format!("s.{c}")))))?
             .await?;
         let applied = (metrics.num_target_rows_inserted + metrics.num_target_rows_updated) as u64;
         Ok((table, applied))

@@ -1,9 +1,10 @@
 //! The Delta Lake serving store (deltalake MERGE at any object_store URL: `file://`, `s3://`, `memory://`).
 //!
 //! Layout under the base URL: `serving/` is the serving table (one record per key and kind, partitioned
-//! by `metric`, `window_date` (the UTC date of `window_start`) and `kind`, so a MERGE rewrites only the
-//! partitions of the windows and kinds it writes, and a scan of current rows never reads the emission log;
-//! tables created before `kind` was a partition column keep working, without that pruning); `corrections_audit/` is the audit log (a Delta table any reader can query);
+//! by `metric`, `window_date` (the UTC date of `window_start`), `window_hour` (its UTC hour) and `kind`, so a
+//! MERGE rewrites only the partitions of the windows and kinds it writes, and a scan of current rows never
+//! reads the emission log; tables created before the hour and kind partitions keep working, without that
+//! pruning); `corrections_audit/` is the audit log (a Delta table any reader can query);
 //! `checkpoints/` holds operator-state blobs referenced by committed progress; `progress/` holds each
 //! progress record (`<pipeline>/<version>.json`), written before the commit that records its version.
 //!
@@ -65,7 +66,10 @@ pub use vacuum::VacuumStats;
 
 /// Partition columns of a new serving table. `kind` keeps current rows and the emission log (as many
 /// records again) in separate files: a correction MERGE rewrites the row files only.
-const PARTITIONS: [&str; 3] = ["metric", "window_date", "kind"];
+/// `window_hour` (the UTC hour of the window start) keeps a write's files to the hours it touches: a stream
+/// flush rewrites the files of the last hours, not of the day, and a correction of a few hours (an
+/// incremental reconcile) rewrites those hours.
+const PARTITIONS: [&str; 4] = ["metric", "window_date", schema::WINDOW_HOUR, "kind"];
 
 /// How to open a [`DeltaStore`].
 #[derive(Debug, Clone)]
@@ -244,10 +248,11 @@ impl DeltaStore {
         filter
     }
 
-    /// The serving table's records matching `filter`, streamed.
-    fn stream(&self, filter: Expr) -> Chunks<'_, RecordBatch> {
+    /// The serving table's records matching `filter` whose window starts in `[from, to)`, streamed.
+    fn stream(&self, filter: Expr, from: EventTime, to: EventTime) -> Chunks<'_, RecordBatch> {
         futures::stream::once(async move {
             let table = self.latest(false).await?;
+            let filter = with_hours(&table, filter, from, to);
             stream_table(&table, filter).await
         })
         .try_flatten()
@@ -293,6 +298,7 @@ impl DeltaStore {
         if let MetricFilter::Only(m) = metrics {
             filter = filter.and(col("metric").in_list(m.iter().map(|x| lit(x.as_str())).collect(), false));
         }
+        let filter = with_hours(&table, filter, from, to);
         let batches = scan_table(&table, filter.and(extra)).await?;
         let mut flats = Vec::new();
         for b in &batches {
@@ -301,6 +307,16 @@ impl DeltaStore {
         flats.sort_by(flat::cmp_keys);
         Ok(flats)
     }
+}
+
+/// `filter` pruned to the hour partitions that can hold window starts in `[from, to)`, on a table that has
+/// them (hours of 4-digit years compare as strings).
+fn with_hours(table: &DeltaTable, filter: Expr, from: EventTime, to: EventTime) -> Expr {
+    let (h0, h1) = (flat::hour_of(from.as_micros()), flat::hour_of(to.as_micros()));
+    if !schema::is_hourly(table) || h0.len() != 13 || h1.len() != 13 {
+        return filter;
+    }
+    filter.and(col(schema::WINDOW_HOUR).gt_eq(lit(h0))).and(col(schema::WINDOW_HOUR).lt_eq(lit(h1)))
 }
 
 fn ts_lit(us: i64) -> Expr {
@@ -466,12 +482,12 @@ impl ServingStore for DeltaStore {
 
     fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
         let filter = self.range_filter(&["row"], true, metric, from, to);
-        self.stream(filter).and_then(|b| async move { RowChunk::serving(b) }).boxed()
+        self.stream(filter, from, to).and_then(|b| async move { RowChunk::serving(b) }).boxed()
     }
 
     fn scan_emissions<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, EmissionChunk> {
         let filter = self.range_filter(&["emission", "emission_delta"], false, metric, from, to);
-        self.stream(filter).and_then(|b| async move { EmissionChunk::serving(&b) }).boxed()
+        self.stream(filter, from, to).and_then(|b| async move { EmissionChunk::serving(&b) }).boxed()
     }
 
     async fn read_emissions(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<Emission>> {

@@ -30,8 +30,17 @@ pub(super) const VALUE_COLUMNS: [&str; 10] = [
     "deleted",
 ];
 
-fn arrow_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
+/// The partition column of the UTC hour of `window_start` (`YYYY-MM-DDTHH`), in tables created since it
+/// exists; older tables have neither the column nor the partition.
+pub(crate) const WINDOW_HOUR: &str = "window_hour";
+
+/// Whether `table` is partitioned by the hour of the window start.
+pub(crate) fn is_hourly(table: &deltalake::DeltaTable) -> bool {
+    table.snapshot().is_ok_and(|s| s.metadata().partition_columns().iter().any(|c| c == WINDOW_HOUR))
+}
+
+fn arrow_schema(hourly: bool) -> Arc<Schema> {
+    let mut fields = vec![
         Field::new("metric", ArrowType::Utf8, true),
         Field::new("window_date", ArrowType::Utf8, true),
         Field::new("window_start", ts_type(), true),
@@ -49,7 +58,11 @@ fn arrow_schema() -> Arc<Schema> {
         Field::new("batch_epoch", ArrowType::Int64, true),
         Field::new("computed_at", ts_type(), true),
         Field::new("deleted", ArrowType::Boolean, true),
-    ]))
+    ];
+    if hourly {
+        fields.insert(2, Field::new(WINDOW_HOUR, ArrowType::Utf8, true));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 pub(super) fn delta_columns() -> Vec<StructField> {
@@ -59,6 +72,7 @@ pub(super) fn delta_columns() -> Vec<StructField> {
     vec![
         s("metric"),
         s("window_date"),
+        s(WINDOW_HOUR),
         t("window_start"),
         t("window_end"),
         s("dims"),
@@ -96,12 +110,13 @@ fn delta_revision_column(f: &Flat, emission_tag: i64) -> i64 {
     }
 }
 
-pub(crate) fn to_batch(flats: &[Flat], emission_tag: i64) -> Result<RecordBatch> {
+/// `flats` as a batch of the serving table's columns (`hourly`: with the `window_hour` column).
+pub(crate) fn to_batch(flats: &[Flat], emission_tag: i64, hourly: bool) -> Result<RecordBatch> {
     let ts = |v: Vec<Option<i64>>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
     let strs = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
     let longs = |v: Vec<Option<i64>>| Arc::new(Int64Array::from(v)) as ArrayRef;
     let dates: Vec<String> = flats.iter().map(Flat::window_date).collect();
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         strs(flats.iter().map(|f| Some(f.metric.as_str())).collect()),
         strs(dates.iter().map(|d| Some(d.as_str())).collect()),
         ts(flats.iter().map(|f| Some(f.window_start)).collect()),
@@ -120,7 +135,11 @@ pub(crate) fn to_batch(flats: &[Flat], emission_tag: i64) -> Result<RecordBatch>
         ts(flats.iter().map(|f| Some(f.computed_at)).collect()),
         Arc::new(BooleanArray::from(flats.iter().map(|f| Some(f.deleted)).collect::<Vec<_>>())) as ArrayRef,
     ];
-    RecordBatch::try_new(arrow_schema(), columns).map_err(|e| Error::Corrupt(format!("building a batch: {e}")))
+    if hourly {
+        let hours: Vec<String> = flats.iter().map(Flat::window_hour).collect();
+        columns.insert(2, strs(hours.iter().map(|h| Some(h.as_str())).collect()));
+    }
+    RecordBatch::try_new(arrow_schema(hourly), columns).map_err(|e| Error::Corrupt(format!("building a batch: {e}")))
 }
 
 pub(super) fn opt_str(a: &StringArray, i: usize) -> Option<String> {

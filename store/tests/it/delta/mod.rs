@@ -407,16 +407,21 @@ async fn issue_19_scans_equal_the_reads() {
     common::scans_equal_the_reads(&open(dir.path()).await).await;
 }
 
-/// A serving table created before `kind` was a partition column (partitioned by metric and date only).
-async fn open_unpartitioned_by_kind(dir: &std::path::Path) -> DeltaStore {
+/// A serving table created before the hour and kind partitions (partitioned by metric and date only, no
+/// `window_hour` column).
+async fn open_partitioned_by_date(dir: &std::path::Path) -> DeltaStore {
     use deltalake::DeltaTable;
     // the columns of the current layout, from a table the store creates
     let current = tempfile::tempdir().unwrap();
     open(current.path()).await;
     let url = |d: &std::path::Path| url::Url::parse(&format!("file://{}/serving/", d.display())).unwrap();
     let made = deltalake::open_table(url(current.path())).await.unwrap();
-    let columns: Vec<_> = made.snapshot().unwrap().schema().fields().cloned().collect();
-    assert_eq!(made.snapshot().unwrap().metadata().partition_columns(), &["metric", "window_date", "kind"]);
+    let columns: Vec<_> =
+        made.snapshot().unwrap().schema().fields().filter(|f| f.name() != "window_hour").cloned().collect();
+    assert_eq!(
+        made.snapshot().unwrap().metadata().partition_columns(),
+        &["metric", "window_date", "window_hour", "kind"]
+    );
     std::fs::create_dir_all(dir.join("serving")).unwrap();
     let legacy = DeltaTable::try_from_url(url(dir)).await.unwrap();
     legacy.create().with_columns(columns).with_partition_columns(["metric", "window_date"]).await.unwrap();
@@ -426,14 +431,48 @@ async fn open_unpartitioned_by_kind(dir: &std::path::Path) -> DeltaStore {
     store
 }
 
-/// Kind became a partition column of new serving tables (a correction rewrites no emission-log file); tables
-/// of the earlier layout keep working unchanged.
+/// New serving tables are partitioned by the hour of the window start and by kind too (a write rewrites the
+/// files of the hours and kinds it touches, not of the day); tables of the earlier layout keep working.
 #[tokio::test]
-async fn issue_19_tables_without_the_kind_partition_keep_working() {
+async fn issue_19_tables_partitioned_by_date_only_keep_working() {
     let dir = tempfile::tempdir().unwrap();
-    common::precedence_and_deletions(&open_unpartitioned_by_kind(dir.path()).await).await;
+    common::precedence_and_deletions(&open_partitioned_by_date(dir.path()).await).await;
     let dir = tempfile::tempdir().unwrap();
-    common::emissions_are_logged_with_the_write(&open_unpartitioned_by_kind(dir.path()).await).await;
+    common::emissions_are_logged_with_the_write(&open_partitioned_by_date(dir.path()).await).await;
     let dir = tempfile::tempdir().unwrap();
-    common::scans_equal_the_reads(&open_unpartitioned_by_kind(dir.path()).await).await;
+    common::scans_equal_the_reads(&open_partitioned_by_date(dir.path()).await).await;
+}
+
+/// Issue 19: a write rewrites the files of the hours it touches only (the `window_hour` partition).
+#[tokio::test]
+async fn issue_19_a_write_rewrites_only_the_hours_it_touches() {
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let epoch = store.claim_writer("hours").await.unwrap().writer_epoch;
+    // windows of minute 10 (hour 00) and minute 310 (hour 05)
+    let (a, b) = (common::key("hours", 10, "/a"), common::key("hours", 310, "/a"));
+    let first = [RowChange::Upsert(common::speed_row(&a, 0, 1)), RowChange::Upsert(common::speed_row(&b, 0, 1))];
+    store.write_provisional(&first, &common::progress("hours", epoch, 1, 1)).await.unwrap();
+    let url = url::Url::parse(&format!("file://{}/serving/", dir.path().display())).unwrap();
+    let files = |hour: &'static str| {
+        let url = url.clone();
+        async move {
+            let table = deltalake::open_table(url).await.unwrap();
+            let all: BTreeSet<String> = table.get_file_uris().unwrap().collect();
+            all.into_iter().filter(|f| f.contains(&format!("window_hour={hour}/kind=row/"))).collect::<Vec<_>>()
+        }
+    };
+    let (h0, h5) = (files("1970-01-01T00").await, files("1970-01-01T05").await);
+    assert_eq!((h0.len(), h5.len()), (1, 1), "{h0:?} {h5:?}");
+    // a later revision of the hour-05 key
+    store
+        .write_provisional(&[RowChange::Upsert(common::speed_row(&b, 1, 2))], &common::progress("hours", epoch, 2, 2))
+        .await
+        .unwrap();
+    assert_eq!(files("1970-01-01T00").await, h0, "the hour-00 file is not rewritten");
+    assert_ne!(files("1970-01-01T05").await, h5, "the hour-05 file is");
+    let rows = common::read_all(&store).await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().any(|r| r.key == b && r.events == 2), "{rows:?}");
 }
