@@ -105,29 +105,26 @@ impl Shape {
     }
 }
 
-fn case(dir: &Path, seed: u64) {
-    let shape = Shape::of(seed);
-    println!("case seed {seed}: {shape:?}");
+/// 6000 views over ~11 hours of event time, `late_share` of them late by 2-20 minutes, no malformed lines:
+/// the lines in arrival order.
+fn generate(dir: &Path, seed: u64, late_share: &str) -> Vec<String> {
     let all = dir.join("all.jsonl");
-    let all_s = all.to_str().unwrap();
-    let seed_s = seed.to_string();
-    // 6000 views over ~11 hours of event time, 5% late by 2-20 minutes, no malformed lines
     ok(&[
         "gen",
         "--to",
         "file",
         "--out",
-        all_s,
+        all.to_str().unwrap(),
         "--events",
         "6000",
         "--seed",
-        &seed_s,
+        &seed.to_string(),
         "--rate",
         "0.5",
         "--start",
         FROM,
         "--late-share",
-        &format!("0.{:02}", shape.late_percent),
+        late_share,
         "--late-min",
         "2m",
         "--late-max",
@@ -139,16 +136,29 @@ fn case(dir: &Path, seed: u64) {
         "--pages",
         "20",
     ]);
-    let lines: Vec<String> = std::fs::read_to_string(&all).unwrap().lines().map(str::to_owned).collect();
-    let mut rng = Rng(seed ^ 0x5eed);
-    let cut = lines.len() * shape.first_cut / 1000;
+    std::fs::read_to_string(&all).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// Writes the spec and `first` as the events file, streams and batches them: (events file, spec path).
+fn start(dir: &Path, first: &[String]) -> (std::path::PathBuf, String) {
     let events = dir.join("events.jsonl");
-    std::fs::write(&events, lines[..cut].join("\n") + "\n").unwrap();
+    std::fs::write(&events, first.join("\n") + "\n").unwrap();
     let spec = dir.join("spec.toml");
     std::fs::write(&spec, SPEC).unwrap();
-    let spec = spec.to_str().unwrap();
-    ok(&["stream", "--spec", spec, "--finish", "--listen", "off"]);
-    ok(&["batch", "--spec", spec, "--from", FROM, "--to", TO]);
+    let spec = spec.to_str().unwrap().to_owned();
+    ok(&["stream", "--spec", &spec, "--finish", "--listen", "off"]);
+    ok(&["batch", "--spec", &spec, "--from", FROM, "--to", TO]);
+    (events, spec)
+}
+
+fn case(dir: &Path, seed: u64) {
+    let shape = Shape::of(seed);
+    println!("case seed {seed}: {shape:?}");
+    let lines = generate(dir, seed, &format!("0.{:02}", shape.late_percent));
+    let mut rng = Rng(seed ^ 0x5eed);
+    let cut = lines.len() * shape.first_cut / 1000;
+    let (events, spec) = start(dir, &lines[..cut]);
+    let spec = spec.as_str();
     let first = json(&ok(&["reconcile", "--spec", spec, "--changed", "--json"]));
     assert_eq!(first["first_run"], true);
     assert_eq!(first["new_arrivals"].as_u64().unwrap(), cut as u64, "every archived line is new at first");
@@ -192,43 +202,10 @@ fn case(dir: &Path, seed: u64) {
 fn issue_19_reconcile_changed_redoes_a_few_hours() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let all = dir.join("all.jsonl");
-    ok(&[
-        "gen",
-        "--to",
-        "file",
-        "--out",
-        all.to_str().unwrap(),
-        "--events",
-        "6000",
-        "--seed",
-        "3",
-        "--rate",
-        "0.5",
-        "--start",
-        FROM,
-        "--late-share",
-        "0.05",
-        "--late-min",
-        "2m",
-        "--late-max",
-        "20m",
-        "--malformed-share",
-        "0",
-        "--users",
-        "300",
-        "--pages",
-        "20",
-    ]);
-    let lines: Vec<String> = std::fs::read_to_string(&all).unwrap().lines().map(str::to_owned).collect();
+    let lines = generate(dir, 3, "0.05");
     let cut = lines.len() * 9 / 10;
-    let events = dir.join("events.jsonl");
-    std::fs::write(&events, lines[..cut].join("\n") + "\n").unwrap();
-    let spec = dir.join("spec.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let spec = spec.to_str().unwrap();
-    ok(&["stream", "--spec", spec, "--finish", "--listen", "off"]);
-    ok(&["batch", "--spec", spec, "--from", FROM, "--to", TO]);
+    let (events, spec) = start(dir, &lines[..cut]);
+    let spec = spec.as_str();
     ok(&["reconcile", "--spec", spec, "--changed", "--json"]);
     let mut more: Vec<String> = lines[cut..].to_vec();
     more.extend(lines[cut - 400..cut - 350].iter().cloned());
