@@ -290,11 +290,7 @@ impl Scanned {
             max_window_end,
         } = part;
         for (metric, summary) in diff.metrics {
-            let total = self.diff.metrics.entry(metric).or_default();
-            total.checked += summary.checked;
-            for (v, n) in summary.verdicts {
-                *total.verdicts.entry(v).or_default() += n;
-            }
+            self.diff.metrics.entry(metric).or_default().add_counts(&summary);
         }
         self.fix_rows.extend(fix_rows);
         self.sessions.absorb(sessions);
@@ -537,11 +533,7 @@ async fn scan_partition(
     let summary = part.metrics.entry(name.to_owned()).or_default();
     summary.checked += clean;
     *summary.verdicts.entry(Verdict::Ok).or_default() += clean;
-    let total = out.diff.metrics.entry(name.to_owned()).or_default();
-    total.checked += summary.checked;
-    for (v, n) in &summary.verdicts {
-        *total.verdicts.entry(*v).or_default() += n;
-    }
+    out.diff.metrics.entry(name.to_owned()).or_default().add_counts(summary);
     let differing: std::collections::HashSet<&RowKey> = part.differences.iter().map(|d| &d.key).collect();
     for d in &part.differences {
         let (s, e) = (d.key.window.start().as_micros(), d.key.window.end().as_micros());

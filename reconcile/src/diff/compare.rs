@@ -70,6 +70,17 @@ pub struct MetricDiffSummary {
     pub mean_abs_drift: f64,
 }
 
+impl MetricDiffSummary {
+    /// Adds the key counts of `other` (the drift totals are recomputed from the differences,
+    /// [`Diff::recompute_drift`]).
+    pub(crate) fn add_counts(&mut self, other: &MetricDiffSummary) {
+        self.checked += other.checked;
+        for (v, n) in &other.verdicts {
+            *self.verdicts.entry(*v).or_default() += n;
+        }
+    }
+}
+
 /// The result of a comparison.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Diff {

@@ -310,9 +310,10 @@ impl DeltaStore {
 }
 
 /// `filter` pruned to the hour partitions that can hold window starts in `[from, to)`, on a table that has
-/// them (hours of 4-digit years compare as strings).
+/// them (hours of 4-digit years compare as strings; the last is the hour of `to`'s last microsecond, so a
+/// range ending on the hour does not read the next one).
 fn with_hours(table: &DeltaTable, filter: Expr, from: EventTime, to: EventTime) -> Expr {
-    let (h0, h1) = (flat::hour_of(from.as_micros()), flat::hour_of(to.as_micros()));
+    let (h0, h1) = (flat::hour_of(from.as_micros()), flat::hour_of(to.as_micros().saturating_sub(1)));
     if !schema::is_hourly(table) || h0.len() != 13 || h1.len() != 13 {
         return filter;
     }
