@@ -280,7 +280,7 @@ fn print_table(o: &ReconcileOutcome) {
     let r = &e.reads;
     if let (Some(a), Some(b)) = (r.event_time_from, r.event_time_to) {
         println!(
-            "  read over [{a}, {b}): raw archive {} of {} files, {} rows, {} payloads; late ledger {} records",
+            "  read over [{a}, {b}): raw archive {} of {} files, {} rows, {} payloads; late ledger {} objects",
             r.archive_files_read,
             r.archive_files,
             r.archive_rows_read,

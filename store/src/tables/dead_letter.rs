@@ -5,14 +5,16 @@
 //! (and its first-seen time). Payloads above `max_payload_bytes` are replaced by their SHA-256.
 //!
 //! The late ledger lives beside it: events that missed their windows (beyond allowed lateness, or under
-//! `late_policy = "dead_letter"`), one object per event holding every window it missed, with the same
-//! create-if-absent idempotency. Records are filed by the event's UTC hour,
-//! `<base>/late_by_hour/<YYYY-MM-DD>/<HH>/<hex(source)>/<partition>/<offset>.json`, so a read of an
-//! event-time range ([`DeadLetterStore::list_late_range`]) lists only the days and hours it covers. The
-//! event time is decoded from the payload at those coordinates, so the path is still a function of the
-//! coordinates and a replay lands on the same object. Stores written before this layout hold records at
-//! `<base>/late/<hex(source)>/<partition>/<offset>.json`: every read still lists that prefix whole (an
-//! empty listing once no such record exists) and filters it by event time.
+//! `late_policy = "dead_letter"`), one record per event holding every window it missed. Records are filed
+//! by the event's UTC hour, so a read of an event-time range ([`DeadLetterStore::list_late_range`]) lists
+//! only the days and hours it covers: one append writes, per (hour, source, partition), one JSON Lines
+//! object `<base>/late_by_hour/<YYYY-MM-DD>/<HH>/<hex(source)>/<partition>/<first>-<last>.jsonl` named by
+//! its first and last offset, create-if-absent (a replay of the same append writes nothing). A replay that
+//! groups records differently (a flush cut elsewhere) writes some again in another object; every read keeps
+//! one record per coordinates. Earlier layouts stay readable: one object per record,
+//! `<...>/<HH>/<hex(source)>/<partition>/<offset>.json`, and before the hourly layout
+//! `<base>/late/<hex(source)>/<partition>/<offset>.json`, which every read lists whole (an empty listing
+//! once no such record exists) and filters by event time.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -120,7 +122,7 @@ impl StoredLate {
 pub struct DeadLetterStats {
     /// Listing requests made (one per page of a listing on object stores that page).
     pub lists: AtomicU64,
-    /// Objects fetched and parsed (dead letters and late-ledger records).
+    /// Objects fetched and parsed (dead letters; late-ledger objects, each one record or many).
     pub objects_read: AtomicU64,
 }
 
@@ -178,10 +180,21 @@ impl DeadLetterStore {
             .join(format!("{:020}.json", c.offset).as_str())
     }
 
-    /// Where the late ledger files `r`: under its event's UTC date and hour.
-    fn late_path(&self, r: &LateRecord) -> ObjPath {
-        let (date, hour) = date_hour(r.event_time.as_micros());
-        Self::path_under(&self.late_prefix.clone().join(date.as_str()).join(hour.as_str()), &r.coordinates)
+    /// Where the late ledger files `records` (of one event hour, source and partition, sorted by offset):
+    /// one object under their date and hour, named by the first and last offset.
+    fn late_path(&self, records: &[&LateRecord]) -> Option<ObjPath> {
+        let (first, last) = (records.first()?, records.last()?);
+        let (date, hour) = date_hour(first.event_time.as_micros());
+        let c = &first.coordinates;
+        Some(
+            self.late_prefix
+                .clone()
+                .join(date.as_str())
+                .join(hour.as_str())
+                .join(hex::encode(c.source.as_bytes()).as_str())
+                .join(c.partition.to_string().as_str())
+                .join(format!("{:020}-{:020}.jsonl", c.offset, last.coordinates.offset).as_str()),
+        )
     }
 
     /// Appends `letters`. Returns how many were new (the rest were already stored and left unchanged).
@@ -190,13 +203,32 @@ impl DeadLetterStore {
         self.put_all(puts).await
     }
 
-    /// Appends late events to the late ledger, each under its event's UTC hour. Returns how many were new
-    /// (events already in the ledger are left unchanged, so replays add nothing). An event the old layout
-    /// already holds (written before the hourly layout) is stored again under its hour and counted as new;
-    /// readers keep one record per coordinates.
+    /// Appends late events to the late ledger: one object per event hour, source and partition. Returns
+    /// how many records went into new objects: a replay of the same records writes nothing and returns 0.
+    /// Records already stored in another object (an earlier append that grouped them differently, or an
+    /// earlier layout) are stored again and counted; readers keep one record per coordinates.
     pub async fn append_late(&self, records: &[LateRecord]) -> Result<usize> {
-        let puts = records.iter().map(|r| Ok((self.late_path(r), serde_json::to_vec(r)?)));
-        self.put_all(puts).await
+        let mut groups: BTreeMap<(i64, &str, i32), BTreeMap<i64, &LateRecord>> = BTreeMap::new();
+        for r in records {
+            let hour = r.event_time.as_micros().div_euclid(HOUR_US);
+            let c = &r.coordinates;
+            groups.entry((hour, c.source.as_str(), c.partition)).or_default().entry(c.offset).or_insert(r);
+        }
+        let mut sizes = Vec::with_capacity(groups.len());
+        let mut puts = Vec::with_capacity(groups.len());
+        for group in groups.values() {
+            let group: Vec<&LateRecord> = group.values().copied().collect();
+            let Some(path) = self.late_path(&group) else { continue };
+            let mut body = Vec::new();
+            for r in &group {
+                serde_json::to_writer(&mut body, r).map_err(|e| Error::Corrupt(e.to_string()))?;
+                body.push(b'\n');
+            }
+            sizes.push(group.len());
+            puts.push(Ok((path, body)));
+        }
+        let new = self.put_each(puts.into_iter()).await?;
+        Ok(sizes.iter().zip(new).filter(|(_, new)| *new).map(|(n, _)| n).sum())
     }
 
     /// Every late-ledger record (both layouts, one per coordinates), sorted by coordinates. Reads the
@@ -226,11 +258,13 @@ impl DeadLetterStore {
             None => vec![self.late_prefix.clone()],
         };
         for prefix in prefixes.iter().chain([&self.legacy_late_prefix]) {
-            let stored: Vec<(ObjPath, StoredLate)> = self.read_prefix(prefix).await?;
-            for (location, s) in stored {
-                let r = s.into_record(&location)?;
-                if from <= r.event_time && r.event_time < to {
-                    out.entry(r.coordinates.clone()).or_insert(r);
+            let stored: Vec<(ObjPath, Vec<StoredLate>)> = self.read_prefix_with(prefix, parse_late).await?;
+            for (location, records) in stored {
+                for s in records {
+                    let r = s.into_record(&location)?;
+                    if from <= r.event_time && r.event_time < to {
+                        out.entry(r.coordinates.clone()).or_insert(r);
+                    }
                 }
             }
         }
@@ -242,6 +276,14 @@ impl DeadLetterStore {
         &self,
         puts: impl Iterator<Item = std::result::Result<(ObjPath, Vec<u8>), serde_json::Error>>,
     ) -> Result<usize> {
+        Ok(self.put_each(puts).await?.into_iter().filter(|new| *new).count())
+    }
+
+    /// Writes each (path, body) if absent, 16 at a time; per put, whether it was new.
+    async fn put_each(
+        &self,
+        puts: impl Iterator<Item = std::result::Result<(ObjPath, Vec<u8>), serde_json::Error>>,
+    ) -> Result<Vec<bool>> {
         let puts: Vec<_> = puts.collect::<std::result::Result<_, _>>().map_err(|e| Error::Corrupt(e.to_string()))?;
         let results: Vec<bool> = futures::stream::iter(puts)
             .map(|(path, body)| async move {
@@ -252,10 +294,10 @@ impl DeadLetterStore {
                     Err(source) => Err(Error::ObjectStore { url: self.url.clone(), source }),
                 }
             })
-            .buffer_unordered(16)
+            .buffered(16)
             .try_collect()
             .await?;
-        Ok(results.into_iter().filter(|new| *new).count())
+        Ok(results)
     }
 
     /// Every stored dead letter, sorted by coordinates.
@@ -265,8 +307,19 @@ impl DeadLetterStore {
         Ok(out)
     }
 
-    /// Every object under `prefix`, parsed, with its location; fetched 16 at a time.
+    /// Every object under `prefix`, parsed as one JSON value, with its location; fetched 16 at a time.
     async fn read_prefix<T: serde::de::DeserializeOwned>(&self, prefix: &ObjPath) -> Result<Vec<(ObjPath, T)>> {
+        self.read_prefix_with(prefix, |_, bytes| serde_json::from_slice::<T>(bytes)).await
+    }
+
+    /// Every object under `prefix`, parsed by `parse` (given its location and bytes), with its location;
+    /// fetched 16 at a time.
+    async fn read_prefix_with<T>(
+        &self,
+        prefix: &ObjPath,
+        parse: impl Fn(&ObjPath, &[u8]) -> serde_json::Result<T>,
+    ) -> Result<Vec<(ObjPath, T)>> {
+        let parse = &parse;
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
         let metas: Vec<_> = self
             .store
@@ -280,13 +333,21 @@ impl DeadLetterStore {
                 let got = self.store.get(&m.location).await.map_err(failed)?;
                 let bytes = got.bytes().await.map_err(failed)?;
                 self.stats.objects_read.fetch_add(1, Ordering::Relaxed);
-                let value =
-                    serde_json::from_slice::<T>(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", m.location)))?;
+                let value = parse(&m.location, &bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", m.location)))?;
                 Ok((m.location, value))
             })
             .buffered(16)
             .try_collect()
             .await
+    }
+}
+
+/// A late-ledger object: JSON Lines of records (`.jsonl`) or one record (`.json`, the earlier layouts).
+fn parse_late(location: &ObjPath, bytes: &[u8]) -> serde_json::Result<Vec<StoredLate>> {
+    if location.extension() == Some("jsonl") {
+        serde_json::Deserializer::from_slice(bytes).into_iter::<StoredLate>().collect()
+    } else {
+        Ok(vec![serde_json::from_slice(bytes)?])
     }
 }
 

@@ -43,7 +43,10 @@ async fn issue_19_a_range_read_of_the_late_ledger_lists_only_its_days() {
     assert_eq!(dl.append_late(&records).await.unwrap(), 12);
     assert_eq!(dl.append_late(&records).await.unwrap(), 0, "a replay writes nothing");
     let layout = dir.path().join("late_by_hour/2026-11-24/06").join(hex_of("page views/ü")).join("2");
-    assert!(layout.join("00000000000000000011.json").is_file(), "filed under the event's date and hour");
+    assert!(
+        layout.join("00000000000000000011-00000000000000000011.jsonl").is_file(),
+        "filed under the event's date and hour"
+    );
 
     let fresh = store(dir.path());
     let day1 = fresh.list_late_range(t(DAY0 + 24 * HOUR), t(DAY0 + 48 * HOUR)).await.unwrap();
@@ -98,4 +101,51 @@ async fn issue_19_old_layout_late_records_are_still_found() {
 
 fn hex_of(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Issue 19: one append writes one object per event hour (and source partition), not one per record, and
+/// a replay cut differently stores records twice but every read returns each once.
+#[tokio::test]
+async fn issue_19_an_append_writes_one_ledger_object_per_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = store(dir.path());
+    // 300 records over 00:00-02:59 of day 0, offsets in arrival order, times out of order
+    let records: Vec<LateRecord> = (0..300).map(|i| late(i, DAY0 + (i * 7919 % 300) * 36_000_000)).collect();
+    assert_eq!(dl.append_late(&records).await.unwrap(), 300);
+    let files: Vec<_> = walk(dir.path());
+    assert_eq!(files.len(), 3, "one object per hour: {files:?}");
+    assert!(files.iter().all(|f| f.ends_with(".jsonl")), "{files:?}");
+    // the same append again writes nothing; a replay of the last 100 as their own append writes them again
+    assert_eq!(dl.append_late(&records).await.unwrap(), 0);
+    assert!(dl.append_late(&records[200..]).await.unwrap() > 0);
+    assert!(walk(dir.path()).len() > 3);
+
+    let fresh = store(dir.path());
+    let mut want = records.clone();
+    want.sort_by(|a, b| a.coordinates.cmp(&b.coordinates));
+    assert_eq!(fresh.list_late().await.unwrap(), want, "one record per coordinates");
+    let fresh = store(dir.path());
+    let hour1 = fresh.list_late_range(t(DAY0 + HOUR), t(DAY0 + 2 * HOUR)).await.unwrap();
+    let want1: Vec<_> =
+        want.iter().filter(|r| r.event_time >= t(DAY0 + HOUR) && r.event_time < t(DAY0 + 2 * HOUR)).cloned().collect();
+    assert_eq!(want1.len(), 100);
+    assert_eq!(hour1, want1);
+    // hour 1's two objects (the append's and the replay's), nothing of hours 0 and 2
+    assert_eq!(fresh.stats().objects_read.load(Ordering::Relaxed), 2);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
 }
