@@ -72,6 +72,9 @@ pub enum Error {
     /// Data in the store does not have the shape this crate writes (corruption or a foreign writer).
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
+    /// A bug in this crate: a task it started panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A process the test harness needed (initdb, pg_ctl) failed.
     #[error("test harness: {0}")]
     Harness(String),
@@ -92,7 +95,7 @@ impl Error {
             | Error::Postgres { .. }
             | Error::Delta { .. }
             | Error::ObjectStore { .. } => Actor::External,
-            Error::Corrupt(_) => Actor::Internal,
+            Error::Corrupt(_) | Error::Internal(_) => Actor::Internal,
             Error::Harness(_) => Actor::External,
         }
     }
@@ -110,7 +113,11 @@ impl Error {
                     | deltalake::DeltaTableError::NotATable(_)
                     | deltalake::DeltaTableError::SchemaMismatch { .. }
             ),
-            Error::InvalidInput { .. } | Error::Fenced { .. } | Error::Corrupt(_) | Error::Harness(_) => false,
+            Error::InvalidInput { .. }
+            | Error::Fenced { .. }
+            | Error::Corrupt(_)
+            | Error::Internal(_)
+            | Error::Harness(_) => false,
         }
     }
 

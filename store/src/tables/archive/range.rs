@@ -5,7 +5,8 @@
 //!    the range (timestamps there are truncated to milliseconds: the max gets 1 ms of slack); a file without
 //!    statistics is read. The `ingest_date` partition does not bound event time, so it is not used.
 //! 2. **Narrow columns**: of those files only `event_id`, `event_time`, `ingest_time`, `source`,
-//!    `partition` and `offset` are decoded, batch by batch. Rows in the range become arrivals (32 bytes
+//!    `partition` and `offset` are decoded, batch by batch, as many files at once as there are cores (each
+//!    on its own task; results taken in file order). Rows in the range become arrivals (32 bytes
 //!    each, when asked for) and, for duplicate detection, 16 bytes each: a 64-bit hash of the event id and
 //!    the row's place (file, row). Sorting those finds the hashes seen more than once.
 //! 3. **Payloads** only for those candidates: each file holding one is read again with a row selection
@@ -13,7 +14,7 @@
 //!    payload read, never a wrong answer).
 //!
 //! A duplicate is two rows of one event id with event times in the range; the batch layer de-duplicates
-//! within its read range the same way. Reading stays sequential, one file at a time.
+//! within its read range the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -30,7 +31,7 @@ use deltalake::parquet::arrow::async_reader::{
 use deltalake::parquet::errors::ParquetError;
 use deltalake::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt as _, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tidemark_core::raw_archive::{EVENT_ID, EVENT_TIME, INGEST_TIME, OFFSET, PARTITION, PAYLOAD, SOURCE};
@@ -142,60 +143,56 @@ impl RangeRead<'_> {
         if self.from >= self.to || table.version().is_none() {
             return Ok(out);
         }
+        let started = std::time::Instant::now();
         let Chosen { files, in_table, rows: rows_estimate } = files_overlapping(&table, url, self.from, self.to)?;
         out.stats.files_in_table = in_table;
         out.stats.files_read = files.len() as u64;
         let store = table.object_store();
-        let hasher = foldhash::fast::FixedState::default();
         // (hash of the event id, file, row): 16 bytes per row in the range, reserved up front from the
         // files' row counts (at least the rows in the range) rather than grown by doubling
         let mut keys: Vec<(u64, u32, u32)> = Vec::new();
         if self.duplicates {
             keys.reserve_exact(usize::try_from(rows_estimate).unwrap_or(0));
         }
-        let (a_from, a_to) = self.arrivals.unwrap_or((EventTime::MAX, EventTime::MIN));
-        let columns = if self.duplicates { &NARROW[..] } else { &NARROW[1..] };
-        for (fi, file) in files.iter().enumerate() {
-            let fi = u32::try_from(fi).map_err(|_| Error::Corrupt(format!("{url}: more than 2^32 files")))?;
-            let mut stream = open_file(&store, url, file, columns, None).await?;
-            let mut row: u32 = 0;
-            while let Some(b) = stream.try_next().await.map_err(|e| parquet_error(url, &file.0, e))? {
-                out.stats.rows_read += b.num_rows() as u64;
-                let id = if self.duplicates { Some(strings(&b, EVENT_ID)?) } else { None };
-                let (et, it, source, partition, offset) = (
-                    times(&b, EVENT_TIME)?,
-                    times(&b, INGEST_TIME)?,
-                    strings(&b, SOURCE)?,
-                    int32s(&b, PARTITION)?,
-                    longs(&b, OFFSET)?,
-                );
-                for i in 0..b.num_rows() {
-                    let here = row;
-                    row = row.checked_add(1).ok_or_else(|| Error::Corrupt(format!("{url}: a file of 2^32 rows")))?;
-                    let t = et.value(i);
-                    if t < self.from.as_micros() || t >= self.to.as_micros() {
-                        continue;
-                    }
-                    out.stats.rows_in_range += 1;
-                    if let Some(id) = &id {
-                        keys.push((hasher.hash_one(id.value(i)), fi, here));
-                    }
-                    if a_from.as_micros() <= t && t < a_to.as_micros() {
-                        let corrupt = |w: &str| Error::Corrupt(format!("raw archive column {w} is out of range"));
-                        out.arrivals.push(ArchivedArrival {
-                            source: source_index(&mut out.sources, source.value(i)),
-                            partition: partition.value(i),
-                            offset: offset.value(i),
-                            event_time: EventTime::from_micros(t).ok_or_else(|| corrupt(EVENT_TIME))?,
-                            ingest_time: EventTime::from_micros(it.value(i)).ok_or_else(|| corrupt(INGEST_TIME))?,
-                        });
-                    }
+        let scan = FileScanSpec {
+            url: url.to_owned(),
+            range: (self.from.as_micros(), self.to.as_micros()),
+            arrivals: self.arrivals.map_or((i64::MAX, i64::MIN), |(a, b)| (a.as_micros(), b.as_micros())),
+            duplicates: self.duplicates,
+        };
+        // files decoded as tasks, as many at once as there are cores, taken in file order
+        let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let reads: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(fi, file)| {
+                let (store, file, scan) = (Arc::clone(&store), file.clone(), scan.clone());
+                async move {
+                    let url = scan.url.clone();
+                    let fi = u32::try_from(fi).map_err(|_| Error::Corrupt(format!("{url}: more than 2^32 files")))?;
+                    tokio::spawn(async move { scan.file(&store, fi, &file).await })
+                        .await
+                        .map_err(|e| Error::Internal(format!("{url}: the task reading a file failed: {e}")))?
                 }
-            }
+            })
+            .collect();
+        let mut scans = futures::stream::iter(reads).buffered(lanes);
+        while let Some(f) = scans.try_next().await? {
+            out.stats.rows_read += f.rows_read;
+            out.stats.rows_in_range += f.rows_in_range;
+            keys.extend_from_slice(&f.keys);
+            let local: Vec<u32> = f.sources.iter().map(|s| source_index(&mut out.sources, s)).collect();
+            out.arrivals.extend(f.arrivals.into_iter().map(|mut a| {
+                a.source = local.get(a.source as usize).copied().unwrap_or(u32::MAX);
+                a
+            }));
         }
+        tracing::debug!(files = files.len(), ms = started.elapsed().as_millis(), "archive range read: narrow columns");
         if self.duplicates {
             let candidates = candidates(keys);
+            tracing::debug!(ms = started.elapsed().as_millis(), "archive range read: candidates");
             out.duplicates = self.read_candidates(&store, url, &files, candidates, &mut out.stats).await?;
+            tracing::debug!(ms = started.elapsed().as_millis(), "archive range read: payloads");
         }
         Ok(out)
     }
@@ -320,6 +317,76 @@ impl AsyncFileReader for FileReader {
 type FileStream = ParquetRecordBatchStream<FileReader>;
 
 /// A stream of `columns` of one data file, of the `rows` selected (all if `None`).
+/// What each file of a [`RangeRead`] is read for (owned, so a file is read on its own task).
+#[derive(Debug, Clone)]
+struct FileScanSpec {
+    url: String,
+    /// Event times kept, µs: `[from, to)`.
+    range: (i64, i64),
+    /// Event times whose arrivals are kept, µs (empty when `from > to`).
+    arrivals: (i64, i64),
+    duplicates: bool,
+}
+
+/// What one file held of a [`RangeRead`]'s range.
+#[derive(Debug, Default)]
+struct FileScan {
+    rows_read: u64,
+    rows_in_range: u64,
+    /// (hash of the event id, file, row) of the rows in the range (when reading duplicates).
+    keys: Vec<(u64, u32, u32)>,
+    /// Arrivals; `source` indexes `sources`.
+    arrivals: Vec<ArchivedArrival>,
+    sources: Vec<String>,
+}
+
+impl FileScanSpec {
+    /// Decodes file number `fi`'s narrow columns.
+    async fn file(&self, store: &Arc<dyn ObjectStore>, fi: u32, file: &(ObjPath, u64)) -> Result<FileScan> {
+        let url = self.url.as_str();
+        let hasher = foldhash::fast::FixedState::default();
+        let columns = if self.duplicates { &NARROW[..] } else { &NARROW[1..] };
+        let mut out = FileScan::default();
+        let mut stream = open_file(store, url, file, columns, None).await?;
+        let mut row: u32 = 0;
+        let ((from, to), (a_from, a_to)) = (self.range, self.arrivals);
+        while let Some(b) = stream.try_next().await.map_err(|e| parquet_error(url, &file.0, e))? {
+            out.rows_read += b.num_rows() as u64;
+            let id = if self.duplicates { Some(strings(&b, EVENT_ID)?) } else { None };
+            let (et, it, source, partition, offset) = (
+                times(&b, EVENT_TIME)?,
+                times(&b, INGEST_TIME)?,
+                strings(&b, SOURCE)?,
+                int32s(&b, PARTITION)?,
+                longs(&b, OFFSET)?,
+            );
+            for i in 0..b.num_rows() {
+                let here = row;
+                row = row.checked_add(1).ok_or_else(|| Error::Corrupt(format!("{url}: a file of 2^32 rows")))?;
+                let t = et.value(i);
+                if t < from || t >= to {
+                    continue;
+                }
+                out.rows_in_range += 1;
+                if let Some(id) = &id {
+                    out.keys.push((hasher.hash_one(id.value(i)), fi, here));
+                }
+                if a_from <= t && t < a_to {
+                    let corrupt = |w: &str| Error::Corrupt(format!("raw archive column {w} is out of range"));
+                    out.arrivals.push(ArchivedArrival {
+                        source: source_index(&mut out.sources, source.value(i)),
+                        partition: partition.value(i),
+                        offset: offset.value(i),
+                        event_time: EventTime::from_micros(t).ok_or_else(|| corrupt(EVENT_TIME))?,
+                        ingest_time: EventTime::from_micros(it.value(i)).ok_or_else(|| corrupt(INGEST_TIME))?,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 async fn open_file(
     store: &Arc<dyn ObjectStore>,
     url: &str,
