@@ -3,6 +3,9 @@
 //! `0..size/slide`, exactly as `tidemark_core::FixedWindows::assign`.
 //!
 //! - Tumbling: one group-by over the window start.
+//!
+//! Every kind comes out sorted by window start, so the view's row groups have tight start statistics (a
+//! reader of part of a day skips the rest) and readers that go window by window stay local.
 //! - Hopping, every aggregate mergeable: aggregate events into slide-long panes with polars, then walk
 //!   each key's panes in start order and merge the `size / slide` panes of each window (sums of exact
 //!   integer halves, float sums, min of mins, max of maxes, sum of counts): no copies of the events.
@@ -84,7 +87,9 @@ pub(crate) fn plan(
         }
         _ => group(in_range(copies(events.with_column(last_start))), aggs.over_events),
     };
-    Ok(grouped.with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)))
+    // the group-by emits in hash order; sorted like the merge's output above
+    let by_start = SortMultipleOptions::default().with_maintain_order(true);
+    Ok(grouped.sort([WINDOW_START], by_start).with_column((col(WINDOW_START) + lit(size)).alias(WINDOW_END)))
 }
 
 /// A column of partial results in pane order (see [`pane_order`]).
