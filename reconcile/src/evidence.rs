@@ -83,6 +83,37 @@ pub(crate) struct Gathered {
     pub(crate) arrivals: Vec<Arrival>,
 }
 
+/// What was read of the late ledger and the raw archive over one [`Reach`] ([`Reads::read`]).
+#[derive(Debug)]
+struct Reads {
+    /// The late records, and the ledger objects fetched; an error as text.
+    late: Result<(Vec<LateRecord>, u64), String>,
+    /// An error as text.
+    archive: Result<RangeEvidence, String>,
+}
+
+impl Reads {
+    /// Reads the late ledger and the raw archive of `spec`'s stores over `reach`, the two at once.
+    async fn read(spec: &ValidSpec, reach: Reach, from: EventTime, to: EventTime) -> Reads {
+        let stores = &spec.spec().stores;
+        let late = async {
+            let clock = crate::run::Clock::start();
+            let dl = DeadLetterStore::open(&stores.dead_letter).map_err(|e| e.to_string())?;
+            let listed = dl.list_late_range(reach.from, reach.to).await.map_err(|e| e.to_string())?;
+            clock.lap("evidence: the late ledger");
+            Ok((listed, dl.stats().objects_read.load(std::sync::atomic::Ordering::Relaxed)))
+        };
+        let archive = async {
+            let clock = crate::run::Clock::start();
+            let read = read_archive(&stores.raw_archive, reach, from, to).await;
+            clock.lap("evidence: the raw archive");
+            read
+        };
+        let (late, archive) = futures::join!(late, archive);
+        Reads { late, archive }
+    }
+}
+
 /// Gathers the evidence for `[from, to)` from the late ledger, the raw archive and the serving store's
 /// delta rows. `sessions` holds the session windows of both sides read for the range (they place events in
 /// sessions and bound the event times read: it must hold every session key of the range);
@@ -97,7 +128,6 @@ pub(crate) async fn gather(
     from: EventTime,
     to: EventTime,
 ) -> Result<Gathered, Error> {
-    let stores = &spec.spec().stores;
     let clock = crate::run::Clock::start();
     let mut summary = EvidenceSummary::default();
     let stream_watermark = stream.watermark.into_iter().chain(serving_watermark).max();
@@ -123,26 +153,19 @@ pub(crate) async fn gather(
     }
     summary.reads.event_time_from = Some(reach.from);
     summary.reads.event_time_to = Some(reach.to);
-    let (late_events, ledger_events) = match DeadLetterStore::open(&stores.dead_letter) {
-        Ok(dl) => {
-            let listed = dl.list_late_range(reach.from, reach.to).await;
-            summary.reads.late_records_read = dl.stats().objects_read.load(std::sync::atomic::Ordering::Relaxed);
-            match listed {
-                Ok(records) => late_keys(spec, &records, sessions, from, to),
-                Err(e) => {
-                    summary.unavailable.push(format!("late ledger: {e}"));
-                    (HashMap::new(), 0)
-                }
-            }
+    let reads = Reads::read(spec, reach, from, to).await;
+    let (late_events, ledger_events) = match reads.late {
+        Ok((records, objects)) => {
+            summary.reads.late_records_read = objects;
+            late_keys(spec, &records, sessions, from, to)
         }
         Err(e) => {
             summary.unavailable.push(format!("late ledger: {e}"));
             (HashMap::new(), 0)
         }
     };
-    clock.lap("evidence: the late ledger");
     let mut arrivals = Vec::new();
-    let duplicate_deliveries = match read_archive(&stores.raw_archive, reach, from, to).await {
+    let duplicate_deliveries = match reads.archive {
         Ok(read) => {
             let r = &read.stats;
             summary.reads.archive_files = r.files_in_table;
@@ -168,7 +191,7 @@ pub(crate) async fn gather(
             HashMap::new()
         }
     };
-    clock.lap("evidence: the raw archive");
+    clock.lap("evidence: late keys and duplicate deliveries");
     // late-policy `append`: late events within the allowed lateness reach the serving store as delta rows
     // beside the row (the row itself keeps the on-time value), so they are late-event evidence too
     let mut late_events = late_events;

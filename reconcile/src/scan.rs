@@ -1,7 +1,7 @@
-//! Step 1–2 of a run at scale: both sides read and compared one (metric, UTC day) partition at a time, as
-//! columnar chunks, keeping only differences as rows.
+//! Step 1–2 of a run at scale: both sides read and compared one unit (a metric, a quarter of a UTC day of
+//! window starts) at a time, as columnar chunks, keeping only differences as rows.
 //!
-//! Per partition:
+//! Per unit:
 //! 1. the batch view's rows are streamed into an index: key (window, interned dimensions) -> hash of the
 //!    stored values text, events, and what the emission log says about the key; one small table per window
 //!    start ([`Index`]), as every side is read in about window-start order;
@@ -11,8 +11,12 @@
 //!    watermark and restarts;
 //! 4. when anything differs, the batch view is streamed again and only the rows of differing keys are
 //!    decoded; the exact comparison ([`crate::diff()`], tolerances from the spec) runs on those rows alone.
+//!    A first on-time firing whose values text differs from the truth's is checked against the truth's row
+//!    only when one of the metric's tolerances is not exact: under exact tolerances two texts of the one
+//!    encoder differ exactly when their values do (the one exception, `-0.0` against `0.0`, counts as a
+//!    difference).
 //!
-//! Memory: one partition's index (about 60 bytes per batch row) plus one chunk of each side, plus the
+//! Memory: one unit's index (about 60 bytes per batch row) plus one chunk of each side, plus the
 //! differences. Equal values are recognised by a 64-bit hash of their text: two different texts of the same
 //! key with the same hash (chance 2^-64 per key) would be taken as equal.
 
@@ -24,7 +28,7 @@ use foldhash::fast::FixedState;
 use futures::TryStreamExt as _;
 use tidemark_core::spec::CompiledMetric;
 use tidemark_core::window::WindowSpec;
-use tidemark_core::{Dimensions, Duration, EventTime, MetricRow, Pane, RowKey, ValidSpec, Window};
+use tidemark_core::{Dimensions, Duration, EventTime, MetricRow, Pane, RowKey, Tolerance, ValidSpec, Window};
 use tidemark_store::batch_view::parse_values;
 use tidemark_store::{BatchView, EmissionChunk, ServingStore};
 
@@ -37,7 +41,7 @@ use crate::html::ChartPoint;
 /// What the scan of a range found.
 #[derive(Debug, Default)]
 pub(crate) struct Scanned {
-    /// Differences of every partition (sorted by key) and per-metric totals.
+    /// Differences of every unit (sorted by key) and per-metric totals.
     pub(crate) diff: Diff,
     /// The batch rows of `missing_in_serving` and `value_drift` keys (what corrections write).
     pub(crate) fix_rows: Vec<MetricRow>,
@@ -63,7 +67,7 @@ pub(crate) struct Scanned {
     pub(crate) max_window_end: Option<EventTime>,
 }
 
-/// A key within one partition: window start, interned window length and interned dimensions (16 bytes).
+/// A key within one unit: window start, interned window length and interned dimensions (16 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     start: i64,
@@ -84,11 +88,13 @@ struct Entry {
     fot_at: i64,
     fot_rev: u32,
     flags: u8,
+    /// The first aggregate's value (the report's chart), 0 when the metric has none.
+    first: f64,
 }
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The batch keys of a partition and their entries, grouped by window start: one small table per start.
+/// The batch keys of a unit and their entries, grouped by window start: one small table per start.
 /// Every side is read in roughly window-start order (the stream writes windows as they close, the batch
 /// layer per time bucket), so consecutive lookups stay in one start's table, which fits in the CPU caches;
 /// one table of all keys (hundreds of MB at 10M events) cost a cache miss per lookup, most of a pass.
@@ -135,7 +141,7 @@ impl Index {
     }
 }
 
-/// Dimension texts and window lengths of one partition interned to integers.
+/// Dimension texts and window lengths of one unit interned to integers.
 #[derive(Debug, Default)]
 struct Interner {
     dims: FastMap<Box<str>, u32>,
@@ -208,14 +214,18 @@ fn first_value(text: &str, name: &str) -> f64 {
     0.0
 }
 
-/// The UTC days of `[from, to)`, each cut to the range.
-fn days(from: EventTime, to: EventTime) -> Vec<(EventTime, EventTime)> {
-    const DAY: i64 = 86_400_000_000;
+/// How much window-start time one scan unit covers: a quarter of a UTC day, so a day's units of the
+/// metrics keep both cores busy to the end (the units of a hopping metric are several times those of a
+/// tumbling one) and memory holds a quarter of a day's index per unit in flight.
+const SCAN_BLOCK_US: i64 = 6 * 3_600_000_000;
+
+/// `[from, to)` cut at the multiples of `every` microseconds (since the epoch, UTC), each piece cut to the range.
+fn cuts(from: EventTime, to: EventTime, every: i64) -> Vec<(EventTime, EventTime)> {
     let mut out = Vec::new();
     let mut a = from.as_micros();
     let end = to.as_micros();
     while a < end {
-        let b = (a.div_euclid(DAY) + 1).saturating_mul(DAY).min(end);
+        let b = (a.div_euclid(every) + 1).saturating_mul(every).min(end);
         if let (Some(x), Some(y)) = (EventTime::from_micros(a), EventTime::from_micros(b)) {
             out.push((x, y));
         }
@@ -224,9 +234,9 @@ fn days(from: EventTime, to: EventTime) -> Vec<(EventTime, EventTime)> {
     out
 }
 
-/// Reads and compares every (metric, day) partition of `[from, to)`, as many at once as there are cores
-/// (each partition's own loops run on one core), merged in partition order: the result is the same as one
-/// partition after another, and memory holds the partitions in flight.
+/// Reads and compares `[from, to)` in units of one metric and a quarter of a UTC day of window starts, as
+/// many at once as there are cores (each unit's own loops run on one core), merged in unit order: the result
+/// is the same as one unit after another, and memory holds the units in flight.
 pub(crate) async fn scan(
     spec: &ValidSpec,
     serving: Arc<dyn ServingStore>,
@@ -240,24 +250,24 @@ pub(crate) async fn scan(
     let mut tasks = tokio::task::JoinSet::new();
     let mut n = 0usize;
     for m in 0..spec.metrics().len() {
-        for (a, b) in days(from, to) {
+        for (a, b) in cuts(from, to, SCAN_BLOCK_US) {
             let (spec, serving, view, permits) = (spec.clone(), serving.clone(), view.clone(), permits.clone());
             let i = n;
             n += 1;
             tasks.spawn(async move {
-                // the semaphore is fair: partitions start in order
+                // the semaphore is fair: units start in order
                 let _permit =
                     permits.acquire_owned().await.map_err(|e| Error::Internal(format!("scan permits: {e}")))?;
                 let mut part = Scanned::default();
                 let metric = &spec.metrics()[m];
-                part.diff.differences = scan_partition(&spec, metric, &*serving, &view, a, b, &mut part).await?;
+                part.diff.differences = scan_unit(&spec, metric, &*serving, &view, a, b, &mut part).await?;
                 Ok::<_, Error>((i, part))
             });
         }
     }
     let mut parts: Vec<Option<Scanned>> = std::iter::repeat_with(|| None).take(n).collect();
     while let Some(joined) = tasks.join_next().await {
-        let (i, part) = joined.map_err(|e| Error::Internal(format!("a partition scan failed: {e}")))??;
+        let (i, part) = joined.map_err(|e| Error::Internal(format!("a unit scan failed: {e}")))??;
         parts[i] = Some(part);
     }
     let mut out = Scanned::default();
@@ -273,7 +283,7 @@ pub(crate) async fn scan(
 }
 
 impl Scanned {
-    /// Adds what a later partition found (its differences are taken separately).
+    /// Adds what a later unit found (its differences are taken separately).
     fn absorb(&mut self, part: Scanned) {
         let Scanned {
             diff,
@@ -323,9 +333,9 @@ impl Scanned {
     }
 }
 
-/// One partition: `metric`'s windows starting in `[from, to)` (within one UTC day). Returns its differences.
+/// One unit: `metric`'s windows starting in `[from, to)` (within one UTC day). Returns its differences.
 #[allow(clippy::too_many_lines)]
-async fn scan_partition(
+async fn scan_unit(
     spec: &ValidSpec,
     metric: &CompiledMetric,
     serving: &dyn ServingStore,
@@ -350,8 +360,15 @@ async fn scan_partition(
             let (start, end) = (c.window_start(i), c.window_end(i));
             let key = dims.key(start, end, c.dims(i));
             let values = c.values_json(i);
-            let entry =
-                Entry { values_hash: values_hash(values), events: c.events(i), fot_at: i64::MAX, fot_rev: 0, flags: 0 };
+            let first = first_agg.as_ref().map_or(0.0, |agg| first_value(values, agg));
+            let entry = Entry {
+                values_hash: values_hash(values),
+                events: c.events(i),
+                fot_at: i64::MAX,
+                fot_rev: 0,
+                flags: 0,
+                first,
+            };
             if index.insert(key, entry).is_some() {
                 let k = row_key(name, start, end, c.dims(i))?;
                 return Err(Error::DuplicateKey {
@@ -361,11 +378,8 @@ async fn scan_partition(
             }
             let point = chart.entry(start).or_default();
             point.windows += 1;
-            if let Some(agg) = &first_agg {
-                let v = first_value(values, agg);
-                point.batch += v;
-                point.provisional += v;
-            }
+            point.batch += first;
+            point.provisional += first;
             if is_session {
                 let k = row_key(name, start, end, c.dims(i))?;
                 out.sessions.add(spec, &k);
@@ -383,7 +397,7 @@ async fn scan_partition(
         out.batch_rows += c.len() as u64;
     }
     drop(chunks);
-    clock.lap("partition: index the batch view");
+    clock.lap("unit: index the batch view");
 
     // 2. the serving side, probed
     let mut max_end = i64::MIN;
@@ -426,7 +440,7 @@ async fn scan_partition(
         picked.clear();
     }
     drop(chunks);
-    clock.lap("partition: probe the serving rows");
+    clock.lap("unit: probe the serving rows");
     if let Some(end) = index
         .iter()
         .map(|(k, _)| dims.end(&k))
@@ -461,15 +475,20 @@ async fn scan_partition(
         scan_emissions(&c, &dims, &mut index, firsts, &mut mismatched, &mut out.stream);
     }
     drop(chunks);
-    clock.lap("partition: scan the emission log");
+    clock.lap("unit: scan the emission log");
 
-    // 4. differing keys decoded from a second pass over the batch side
+    // 4. the contract's tallies and the chart's provisional values; differing keys, and first on-time
+    // firings whose text differs from the truth under a tolerance that is not exact, decoded from a
+    // second pass over the batch side
+    let exact = metric.aggregates.iter().all(|a| matches!(a.tolerance, Tolerance::Exact));
     let tally = out.tallies.entry(name.to_owned()).or_default();
     let mut needed = 0usize;
     for (k, e) in index.iter() {
         tally.windows += 1;
         tally.events += u64::try_from(e.events).unwrap_or(0);
-        if e.fot_at != i64::MAX {
+        if e.fot_at == i64::MAX {
+            chart.entry(k.start).or_default().provisional -= e.first;
+        } else {
             let lat = Duration::from_micros(e.fot_at.saturating_sub(dims.end(&k)).max(0)).unwrap_or(Duration::ZERO);
             tally.finalization.push(lat);
             if lat <= spec.spec().contract.finalization_latency {
@@ -477,9 +496,12 @@ async fn scan_partition(
             }
             if e.flags & FOT_MISMATCH == 0 {
                 tally.first_on_time_within += 1;
+            } else if let (Some(agg), Some(text)) = (&first_agg, mismatched.get(&k)) {
+                chart.entry(k.start).or_default().provisional += first_value(text, agg) - e.first;
             }
         }
-        if e.flags & (SUSPECT | FOT_MISMATCH) != 0 || e.flags & SEEN == 0 || e.fot_at == i64::MAX {
+        let fot_check = e.flags & FOT_MISMATCH != 0 && !exact;
+        if e.flags & SUSPECT != 0 || e.flags & SEEN == 0 || fot_check {
             needed += 1;
         }
     }
@@ -492,9 +514,7 @@ async fn scan_partition(
                 let Some(key) = dims.find(start, end, c.dims(i)) else { continue };
                 let Some(e) = index.get(&key) else { continue };
                 let differs = e.flags & SUSPECT != 0 || e.flags & SEEN == 0;
-                let fot_mismatch = e.flags & FOT_MISMATCH != 0;
-                let no_fot = e.fot_at == i64::MAX;
-                if differs || fot_mismatch || no_fot {
+                if differs || (e.flags & FOT_MISMATCH != 0 && !exact) {
                     picked.push(i);
                 }
             }
@@ -502,24 +522,15 @@ async fn scan_partition(
                 let (start, end) = (row.key.window.start().as_micros(), row.key.window.end().as_micros());
                 let Some(key) = dims.find(start, end, &row.key.dims.encode()) else { continue };
                 let Some(e) = index.get(&key) else { continue };
-                let differs = e.flags & SUSPECT != 0 || e.flags & SEEN == 0;
-                if let Some(agg) = &first_agg {
-                    let truth = row.values.get(agg).and_then(|v| v.as_f64()).unwrap_or(0.0);
-                    let point = chart.entry(start).or_default();
-                    if e.fot_at == i64::MAX {
-                        point.provisional -= truth;
-                    } else if let Some(text) = mismatched.get(&key) {
-                        point.provisional += first_value(text, agg) - truth;
-                    }
-                }
                 if e.flags & FOT_MISMATCH != 0
+                    && !exact
                     && let Some(emitted) = mismatched.get(&key).and_then(|t| parse_values(t))
                     && values_within(metric, &emitted, &row.values)
                 {
                     // equal within tolerance though not in text
                     tally.first_on_time_within += 1;
                 }
-                if differs {
+                if e.flags & SUSPECT != 0 || e.flags & SEEN == 0 {
                     batch_rows.push(row);
                 }
             }
@@ -527,7 +538,7 @@ async fn scan_partition(
         }
     }
 
-    clock.lap("partition: decode the batch rows that may differ");
+    clock.lap("unit: decode the batch rows that may differ");
     // 5. the exact comparison of the rows that may differ
     let mut part = diff(spec, &batch_rows, &serving_rows)?;
     let summary = part.metrics.entry(name.to_owned()).or_default();
@@ -550,7 +561,7 @@ async fn scan_partition(
         }
     }
     out.fix_rows.extend(batch_rows.into_iter().filter(|r| differing.contains(&r.key)));
-    clock.lap("partition: compare");
+    clock.lap("unit: compare");
     Ok(std::mem::take(&mut part.differences))
 }
 
@@ -605,17 +616,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn days_cut_the_range_at_utc_midnight() {
+    fn cuts_fall_on_multiples_of_the_block() {
         let t = |s: &str| s.parse::<EventTime>().unwrap();
+        const DAY: i64 = 86_400_000_000;
         assert_eq!(
-            days(t("2026-01-01T22:00:00Z"), t("2026-01-03T01:00:00Z")),
+            cuts(t("2026-01-01T22:00:00Z"), t("2026-01-03T01:00:00Z"), DAY),
             vec![
                 (t("2026-01-01T22:00:00Z"), t("2026-01-02T00:00:00Z")),
                 (t("2026-01-02T00:00:00Z"), t("2026-01-03T00:00:00Z")),
                 (t("2026-01-03T00:00:00Z"), t("2026-01-03T01:00:00Z")),
             ]
         );
-        assert!(days(t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z")).is_empty());
+        assert!(cuts(t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z"), DAY).is_empty());
+        assert_eq!(
+            cuts(t("2026-01-01T05:00:00Z"), t("2026-01-01T13:30:00Z"), SCAN_BLOCK_US),
+            vec![
+                (t("2026-01-01T05:00:00Z"), t("2026-01-01T06:00:00Z")),
+                (t("2026-01-01T06:00:00Z"), t("2026-01-01T12:00:00Z")),
+                (t("2026-01-01T12:00:00Z"), t("2026-01-01T13:30:00Z")),
+            ]
+        );
     }
 
     #[test]
