@@ -10,7 +10,7 @@
 //!    each, when asked for) and, for duplicate detection, 16 bytes each: a 64-bit hash of the event id and
 //!    the row's place (file, row). Sorting those finds the hashes seen more than once.
 //! 3. **Payloads** only for those candidates: each file holding one is read again with a row selection
-//!    of just those rows, payload included; the exact event ids then decide (a hash collision costs a
+//!    of just those rows, payload included (files again as many at once as there are cores); the exact event ids then decide (a hash collision costs a
 //!    payload read, never a wrong answer).
 //!
 //! A duplicate is two rows of one event id with event times in the range; the batch layer de-duplicates
@@ -113,6 +113,31 @@ impl RawArchive {
     pub fn read_range(&self, from: EventTime, to: EventTime) -> RangeRead<'_> {
         RangeRead { archive: self, from, to, arrivals: None, duplicates: false }
     }
+
+    /// The latest arrival (`ingest_time`) in the archive's latest version, from its files' statistics in
+    /// the Delta log (no data file is read; millisecond precision, as the statistics hold it): the speed
+    /// layer's clock as of the last record it archived, which is the recorded arrival clock when a backlog
+    /// or a file replays history. `None` when the archive is empty or no file has statistics.
+    pub async fn latest_arrival(&self) -> Result<Option<EventTime>> {
+        let table = {
+            let mut state = self.state.lock().await;
+            self.reload(&mut state).await?;
+            state.table.clone()
+        };
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        let snapshot = table.snapshot().map_err(Error::delta(self.url.as_str(), "reading the snapshot"))?;
+        let mut latest: Option<EventTime> = None;
+        for f in snapshot.log_data().iter() {
+            let stats: Option<serde_json::Value> = f.stats().and_then(|s| serde_json::from_str(&s).ok());
+            let max = stats
+                .as_ref()
+                .and_then(|s| s.get("maxValues")?.get(INGEST_TIME)?.as_str().and_then(EventTime::parse_rfc3339));
+            latest = latest.max(max);
+        }
+        Ok(latest)
+    }
 }
 
 impl RangeRead<'_> {
@@ -208,19 +233,37 @@ impl RangeRead<'_> {
         stats: &mut RangeReadStats,
     ) -> Result<Vec<Vec<ArchiveRow>>> {
         let mut by_id: HashMap<String, Vec<ArchiveRow>> = HashMap::new();
-        let all: Vec<&str> = NARROW.iter().copied().chain([PAYLOAD]).collect();
-        for (fi, rows) in candidates {
-            let file = &files[fi as usize];
-            let mut stream = open_file(store, url, file, &all, Some(selection(&rows))).await?;
-            stats.payload_files_read += 1;
-            while let Some(b) = stream.try_next().await.map_err(|e| parquet_error(url, &file.0, e))? {
-                stats.payload_rows_read += b.num_rows() as u64;
-                for r in archive_rows(&b)? {
-                    // the selected rows are those of the narrow pass: their time is in the range
-                    if self.from <= r.event_time && r.event_time < self.to {
-                        by_id.entry(r.event_id.clone()).or_default().push(r);
-                    }
+        let (from, to) = (self.from, self.to);
+        // files read as tasks, as many at once as there are cores, taken in file order
+        let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let reads: Vec<_> = candidates
+            .into_iter()
+            .map(|(fi, rows)| {
+                let (store, url, file) = (Arc::clone(store), url.to_owned(), files[fi as usize].clone());
+                async move {
+                    let task = tokio::spawn(async move {
+                        let all: Vec<&str> = NARROW.iter().copied().chain([PAYLOAD]).collect();
+                        let mut stream = open_file(&store, &url, &file, &all, Some(selection(&rows))).await?;
+                        let (mut read, mut kept) = (0u64, Vec::new());
+                        while let Some(b) = stream.try_next().await.map_err(|e| parquet_error(&url, &file.0, e))? {
+                            read += b.num_rows() as u64;
+                            // the selected rows are those of the narrow pass: their time is in the range
+                            kept.extend(
+                                archive_rows(&b)?.into_iter().filter(|r| from <= r.event_time && r.event_time < to),
+                            );
+                        }
+                        Ok::<_, Error>((read, kept))
+                    });
+                    task.await.map_err(|e| Error::Internal(format!("the task reading payloads failed: {e}")))?
                 }
+            })
+            .collect();
+        let mut reads = futures::stream::iter(reads).buffered(lanes);
+        while let Some((read, kept)) = reads.try_next().await? {
+            stats.payload_files_read += 1;
+            stats.payload_rows_read += read;
+            for r in kept {
+                by_id.entry(r.event_id.clone()).or_default().push(r);
             }
         }
         let mut groups: Vec<Vec<ArchiveRow>> = by_id

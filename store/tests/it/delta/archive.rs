@@ -339,3 +339,18 @@ async fn issue_19_a_range_read_skips_the_files_of_other_days() {
     let read = archive.read_range(to, to).duplicates(true).run().await.unwrap();
     assert_eq!(read.stats, tidemark_store::RangeReadStats::default());
 }
+
+/// Issue 19: the archive's latest arrival (the speed layer's clock as of its last archived record) comes
+/// from the file statistics; an empty archive has none.
+#[tokio::test]
+async fn issue_19_the_latest_arrival_is_read_from_the_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = RawArchive::open(url(dir.path())).await.unwrap();
+    assert_eq!(archive.latest_arrival().await.unwrap(), None);
+    let days = three_days(&archive).await;
+    let latest = days.iter().flatten().map(|r| r.ingest_time).max().unwrap();
+    assert_eq!(latest, days[2][99].ingest_time, "day 2's last event");
+    // a second handle sees the same (the statistics are in the Delta log)
+    let other = RawArchive::open(url(dir.path())).await.unwrap();
+    assert_eq!(other.latest_arrival().await.unwrap(), Some(latest));
+}
