@@ -118,7 +118,14 @@ pub struct MetricContract {
     pub finalized_within_target: f64,
     /// The spec's finalization-latency target.
     pub finalization_target: Duration,
-    /// First speed emission → correction, for corrected windows.
+    /// First speed emission → correction, for corrected windows, on the speed layer's clock: a correction
+    /// counts as made at its wall-clock time or at the stream's clock ([`EvidenceSummary::stream_clock`],
+    /// its last archived arrival), whichever is earlier. Live, the two agree within a flush; when history
+    /// is replayed (emission times on the recorded arrival clock) the latency is how far the stream had got
+    /// past the first emission, not wall-clock now minus the recorded year; for a stream stopped before
+    /// the reconcile it counts while the stream ran.
+    ///
+    /// [`EvidenceSummary::stream_clock`]: crate::EvidenceSummary::stream_clock
     pub correction_latency: LatencySummary,
     /// Late-ledger events / batch events.
     pub late_event_share: f64,

@@ -40,6 +40,11 @@ pub struct EvidenceSummary {
     pub stream_drained: bool,
     /// Stream restarts seen in the emission log (new writer epochs), with the watermark before each.
     pub restarts: Vec<EventTime>,
+    /// The speed layer's clock as of the last record it archived: the raw archive's latest arrival
+    /// (`ingest_time`, millisecond precision). Emission times are on this clock, which is the recorded
+    /// arrival clock when a backlog or a file replays history, so corrections are timed on it too (see
+    /// [`crate::contract::MetricContract::correction_latency`]). `None` when the archive holds nothing.
+    pub stream_clock: Option<EventTime>,
     /// Evidence that could not be gathered, and why.
     pub unavailable: Vec<String>,
     /// What was read of the raw archive and the late ledger.
@@ -88,8 +93,8 @@ pub(crate) struct Gathered {
 struct Reads {
     /// The late records, and the ledger objects fetched; an error as text.
     late: Result<(Vec<LateRecord>, u64), String>,
-    /// An error as text.
-    archive: Result<RangeEvidence, String>,
+    /// With the archive's latest arrival; an error as text.
+    archive: Result<(RangeEvidence, Option<EventTime>), String>,
 }
 
 impl Reads {
@@ -166,7 +171,8 @@ pub(crate) async fn gather(
     };
     let mut arrivals = Vec::new();
     let duplicate_deliveries = match reads.archive {
-        Ok(read) => {
+        Ok((read, latest)) => {
+            summary.stream_clock = latest;
             let r = &read.stats;
             summary.reads.archive_files = r.files_in_table;
             summary.reads.archive_files_read = r.files_read;
@@ -208,9 +214,23 @@ pub(crate) async fn gather(
 
 /// Reads the raw archive at `url` over `reach`: every delivery of ids archived more than once, and the
 /// arrivals of events in `[from, to)`; an error as text (the evidence is then unavailable, the run goes on).
-async fn read_archive(url: &str, reach: Reach, from: EventTime, to: EventTime) -> Result<RangeEvidence, String> {
+/// Also the archive's latest arrival ([`RawArchive::latest_arrival`]).
+async fn read_archive(
+    url: &str,
+    reach: Reach,
+    from: EventTime,
+    to: EventTime,
+) -> Result<(RangeEvidence, Option<EventTime>), String> {
     let archive = RawArchive::open(url).await.map_err(|e| e.to_string())?;
-    archive.read_range(reach.from, reach.to).arrivals(from, to).duplicates(true).run().await.map_err(|e| e.to_string())
+    let read = archive
+        .read_range(reach.from, reach.to)
+        .arrivals(from, to)
+        .duplicates(true)
+        .run()
+        .await
+        .map_err(|e| e.to_string())?;
+    let latest = archive.latest_arrival().await.map_err(|e| e.to_string())?;
+    Ok((read, latest))
 }
 
 /// How far after `to` a session of the range is followed when reading events: the batch layer's default

@@ -155,7 +155,8 @@ impl<'a> Reconcile<'a> {
         // 5. apply
         let (applied, corrections_applied) = self.apply(serving, &plan.batch).await?;
         clock.lap("apply corrections");
-        let corrected = corrected_at(serving, &plan.batch, applied).await?;
+        let corrected =
+            on_stream_clock(corrected_at(serving, &plan.batch, applied).await?, gathered.summary.stream_clock);
         // 6. contract report, outcome and report files
         let late_in_batch = late_events_of_batch_keys(spec, &gathered.evidence.late_events, scanned);
         let contract = contract_report(ContractInput {
@@ -281,6 +282,15 @@ async fn corrected_at(
         }
         Applied::DryRun | Applied::NothingToDo => Vec::new(),
     })
+}
+
+/// Correction times on the speed layer's clock: each at the earlier of its wall-clock time and `clock`, the
+/// stream's last archived arrival (see `MetricContract::correction_latency`).
+fn on_stream_clock(corrected: Vec<(RowKey, EventTime)>, clock: Option<EventTime>) -> Vec<(RowKey, EventTime)> {
+    match clock {
+        Some(c) => corrected.into_iter().map(|(k, at)| (k, at.min(c))).collect(),
+        None => corrected,
+    }
 }
 
 /// The late events of keys the batch view holds (the contract's late-event share is of batch windows): a
@@ -415,6 +425,23 @@ mod tests {
 
     fn manifest(id: &str, epoch: i64, from: i64, to: i64) -> RunManifest {
         RunManifest { run_id: id.into(), epoch, dry_run: false, from: t(from), to: t(to), view_version: Some(0) }
+    }
+
+    #[test]
+    fn corrections_are_timed_on_the_stream_clock() {
+        let key = |m: &str| RowKey {
+            metric: m.into(),
+            window: tidemark_core::Window::new(t(0), t(60)).unwrap(),
+            dims: tidemark_core::Dimensions::default(),
+        };
+        // replayed history: the stream's clock stopped at its last recorded arrival, long before now
+        let corrected = vec![(key("a"), t(1_000_000)), (key("b"), t(50))];
+        assert_eq!(
+            on_stream_clock(corrected.clone(), Some(t(100))),
+            vec![(key("a"), t(100)), (key("b"), t(50))],
+            "the earlier of the two clocks"
+        );
+        assert_eq!(on_stream_clock(corrected.clone(), None), corrected, "no archive: wall clock");
     }
 
     #[test]

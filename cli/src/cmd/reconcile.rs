@@ -271,8 +271,9 @@ fn print_table(o: &ReconcileOutcome) {
         Some(w) if w == tidemark_core::EventTime::MAX => "end of input".to_owned(),
         Some(w) => format!(">= {w}"),
     };
+    let clock = e.stream_clock.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
     println!(
-        "evidence    late events {}, duplicate deliveries {}, restarts {}, stream watermark {wm}",
+        "evidence    late events {}, duplicate deliveries {}, restarts {}, stream watermark {wm}, stream clock {clock}",
         e.late_events,
         e.duplicate_deliveries,
         e.restarts.len()
