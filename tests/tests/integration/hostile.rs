@@ -96,9 +96,16 @@ batch_view = "/tmp/hostile/batch"
     )
 }
 
+/// The long tier (`TIDEMARK_LONG=1`, scripts/soak.sh): 20x the spec cases and 10x the stored values.
+fn long_tier() -> bool {
+    std::env::var("TIDEMARK_LONG").is_ok_and(|v| v == "1")
+}
+
 #[test]
 fn hostile_names_in_a_spec_are_rejected_with_the_field_named() {
-    let mut runner = TestRunner::new(Config { cases: 1_000, failure_persistence: None, ..Config::default() });
+    let cases = if long_tier() { 20_000 } else { 1_000 };
+    eprintln!("cases {cases}");
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let rejected = std::cell::Cell::new(0u32);
     runner
         .run(&(hostile(), hostile(), hostile(), 0usize..3), |(name, dim, agg, which)| {
@@ -204,7 +211,13 @@ async fn hostile_dimension_values_round_trip_through_postgres() {
     eprintln!("seed {SEED:#x}");
     let db = tidemark_store::testing::postgres().await.unwrap();
     let store = PostgresStore::connect(&db.conninfo, "tidemark").await.unwrap();
-    round_trip(&store, &hostile_values(1_000, SEED)).await;
+    round_trip(&store, &hostile_values(values(), SEED)).await;
+}
+
+fn values() -> usize {
+    let n = if long_tier() { 10_000 } else { 1_000 };
+    eprintln!("values {n}");
+    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +226,7 @@ async fn hostile_dimension_values_round_trip_through_delta_and_stay_inside_the_t
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("serving");
     let store = DeltaStoreConfig::new(format!("file://{}", table.display())).build().await.unwrap();
-    round_trip(&store, &hostile_values(1_000, SEED)).await;
+    round_trip(&store, &hostile_values(values(), SEED)).await;
     // nothing was written beside the table
     let entries: Vec<String> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
