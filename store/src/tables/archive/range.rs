@@ -185,23 +185,19 @@ impl RangeRead<'_> {
             arrivals: self.arrivals.map_or((i64::MAX, i64::MIN), |(a, b)| (a.as_micros(), b.as_micros())),
             duplicates: self.duplicates,
         };
-        // files decoded as tasks, as many at once as there are cores, taken in file order
-        let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let reads: Vec<_> = files
             .iter()
             .enumerate()
             .map(|(fi, file)| {
                 let (store, file, scan) = (Arc::clone(&store), file.clone(), scan.clone());
                 async move {
-                    let url = scan.url.clone();
-                    let fi = u32::try_from(fi).map_err(|_| Error::Corrupt(format!("{url}: more than 2^32 files")))?;
-                    tokio::spawn(async move { scan.file(&store, fi, &file).await })
-                        .await
-                        .map_err(|e| Error::Internal(format!("{url}: the task reading a file failed: {e}")))?
+                    let fi =
+                        u32::try_from(fi).map_err(|_| Error::Corrupt(format!("{}: more than 2^32 files", scan.url)))?;
+                    scan.file(&store, fi, &file).await
                 }
             })
             .collect();
-        let mut scans = futures::stream::iter(reads).buffered(lanes);
+        let mut scans = on_tasks(url, reads);
         while let Some(f) = scans.try_next().await? {
             out.stats.rows_read += f.rows_read;
             out.stats.rows_in_range += f.rows_in_range;
@@ -234,31 +230,26 @@ impl RangeRead<'_> {
     ) -> Result<Vec<Vec<ArchiveRow>>> {
         let mut by_id: HashMap<String, Vec<ArchiveRow>> = HashMap::new();
         let (from, to) = (self.from, self.to);
-        // files read as tasks, as many at once as there are cores, taken in file order
-        let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let reads: Vec<_> = candidates
             .into_iter()
             .map(|(fi, rows)| {
                 let (store, url, file) = (Arc::clone(store), url.to_owned(), files[fi as usize].clone());
                 async move {
-                    let task = tokio::spawn(async move {
-                        let all: Vec<&str> = NARROW.iter().copied().chain([PAYLOAD]).collect();
-                        let mut stream = open_file(&store, &url, &file, &all, Some(selection(&rows))).await?;
-                        let (mut read, mut kept) = (0u64, Vec::new());
-                        while let Some(b) = stream.try_next().await.map_err(|e| parquet_error(&url, &file.0, e))? {
-                            read += b.num_rows() as u64;
-                            // the selected rows are those of the narrow pass: their time is in the range
-                            kept.extend(
-                                archive_rows(&b)?.into_iter().filter(|r| from <= r.event_time && r.event_time < to),
-                            );
-                        }
-                        Ok::<_, Error>((read, kept))
-                    });
-                    task.await.map_err(|e| Error::Internal(format!("the task reading payloads failed: {e}")))?
+                    let all: Vec<&str> = NARROW.iter().copied().chain([PAYLOAD]).collect();
+                    let mut stream = open_file(&store, &url, &file, &all, Some(selection(&rows))).await?;
+                    let (mut read, mut kept) = (0u64, Vec::new());
+                    while let Some(b) = stream.try_next().await.map_err(|e| parquet_error(&url, &file.0, e))? {
+                        read += b.num_rows() as u64;
+                        // the selected rows are those of the narrow pass: their time is in the range
+                        kept.extend(
+                            archive_rows(&b)?.into_iter().filter(|r| from <= r.event_time && r.event_time < to),
+                        );
+                    }
+                    Ok((read, kept))
                 }
             })
             .collect();
-        let mut reads = futures::stream::iter(reads).buffered(lanes);
+        let mut reads = on_tasks(url, reads);
         while let Some((read, kept)) = reads.try_next().await? {
             stats.payload_files_read += 1;
             stats.payload_rows_read += read;
@@ -360,6 +351,25 @@ impl AsyncFileReader for FileReader {
 type FileStream = ParquetRecordBatchStream<FileReader>;
 
 /// A stream of `columns` of one data file, of the `rows` selected (all if `None`).
+/// Runs `reads` (one per file) as tasks, as many at once as there are cores, and yields their results in
+/// the order given. `url` names the archive in the error of a task that failed.
+fn on_tasks<T: Send + 'static>(
+    url: &str,
+    reads: Vec<impl std::future::Future<Output = Result<T>> + Send + 'static>,
+) -> impl futures::Stream<Item = Result<T>> + Unpin {
+    let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let url = url.to_owned();
+    futures::stream::iter(reads.into_iter().map(move |read| {
+        let url = url.clone();
+        async move {
+            tokio::spawn(read)
+                .await
+                .map_err(|e| Error::Internal(format!("{url}: the task reading a file failed: {e}")))?
+        }
+    }))
+    .buffered(lanes)
+}
+
 /// What each file of a [`RangeRead`] is read for (owned, so a file is read on its own task).
 #[derive(Debug, Clone)]
 struct FileScanSpec {
