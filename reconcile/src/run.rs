@@ -212,7 +212,8 @@ impl<'a> Reconcile<'a> {
             // changes nothing and needs an initialized store (`tidemark store init`)
             serving.init().await?;
         }
-        let view = BatchView::open(&stores.batch_view)?;
+        // one version of the view for every unit and pass of the scan (a batch run may commit meanwhile)
+        let view = BatchView::open(&stores.batch_view)?.pinned().await?;
         let scanned = scan(spec, serving.clone(), &view, from, to).await?;
         let (batch_runs, epoch) =
             batch_runs(&view.runs().await?, &scanned.batch_origins, scanned.batch_rows, from, to)?;

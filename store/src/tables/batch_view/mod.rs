@@ -98,6 +98,8 @@ pub struct RunManifest {
 pub struct BatchView {
     url: String,
     table_url: Url,
+    /// The snapshot every read uses, when pinned ([`BatchView::pinned`]).
+    pinned: Option<Arc<DeltaTable>>,
 }
 
 impl BatchView {
@@ -108,7 +110,16 @@ impl BatchView {
         } else {
             crate::delta_io::parse_base(url)?
         };
-        Ok(BatchView { url: url.to_owned(), table_url })
+        Ok(BatchView { url: url.to_owned(), table_url, pinned: None })
+    }
+
+    /// This view with its reads ([`BatchView::read_range`], [`BatchView::scan_rows`]) pinned to the table's
+    /// current version: a reader that scans the view in several passes or parts sees one version, even when
+    /// a batch run commits meanwhile, and loads the table's log once. Writes and the files beside the table
+    /// (manifests) are never pinned.
+    pub async fn pinned(&self) -> Result<BatchView> {
+        let table = self.table().await?;
+        Ok(BatchView { pinned: Some(Arc::new(table)), ..self.clone() })
     }
 
     /// The URL as given.
@@ -119,6 +130,14 @@ impl BatchView {
     async fn table(&self) -> Result<DeltaTable> {
         crate::delta_io::ensure_local_dir(&self.table_url).await?;
         crate::delta_io::open_table(&self.table_url, &Default::default()).await
+    }
+
+    /// The table reads use: the pinned snapshot, or the latest version.
+    async fn read_table(&self) -> Result<DeltaTable> {
+        match &self.pinned {
+            Some(t) => Ok(DeltaTable::clone(t)),
+            None => self.table().await,
+        }
     }
 
     /// Replaces, in one commit, the rows of `metrics` whose window overlaps `[from, to)` with `batches` (of
@@ -230,7 +249,7 @@ impl BatchView {
     /// sorted like [`crate::ServingStore::read_range`]: metric, window start, window end, canonical
     /// dimension string (bytewise). A view that does not exist yet has no rows.
     pub async fn read_range(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<MetricRow>> {
-        let table = self.table().await?;
+        let table = self.read_table().await?;
         let batches = scan_table(&table, range_filter(metrics, from, to)).await?;
         let mut rows = Vec::new();
         for b in &batches {
@@ -250,7 +269,7 @@ impl BatchView {
     pub fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
         let filter = range_filter(&MetricFilter::Only(vec![metric.to_owned()]), from, to);
         futures::stream::once(async move {
-            let table = self.table().await?;
+            let table = self.read_table().await?;
             stream_table(&table, filter).await
         })
         .try_flatten()

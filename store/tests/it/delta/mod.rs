@@ -244,6 +244,7 @@ async fn batch_view_replaces_ranges_and_reads_them_back() {
     // metric and window-start filters
     let views = view.read_range(&MetricFilter::one("views"), common::t(60), common::t(120)).await.unwrap();
     assert_eq!(views.len(), 2);
+    let pinned = view.pinned().await.unwrap();
     // a second run over [0, 150) replaces only the windows overlapping it, in one new commit
     let second: Vec<_> = rows(2, 20).into_iter().filter(|r| r.key.window.start() < common::t(150)).collect();
     let batch = batch_view::to_record_batch(&second).unwrap();
@@ -258,6 +259,16 @@ async fn batch_view_replaces_ranges_and_reads_them_back() {
         })
         .collect();
     assert_eq!(epochs, vec![2, 2, 2, 1], "only views@3m (outside [0, 150)) is kept from run 1");
+    // a view pinned before the second run still reads the first run's rows, by both read paths
+    let old = pinned.read_range(&MetricFilter::All, common::t(0), common::t(600)).await.unwrap();
+    assert_eq!(old, all, "the pinned view reads the version it was pinned at");
+    let mut scanned_epochs = Vec::new();
+    let mut chunks = pinned.scan_rows("views", common::t(0), common::t(600));
+    while let Some(c) = futures::StreamExt::next(&mut chunks).await {
+        let c = c.unwrap();
+        scanned_epochs.extend((0..c.len()).map(|i| c.batch_run(i).unwrap().1));
+    }
+    assert_eq!(scanned_epochs, vec![1, 1, 1], "the pinned scan reads run 1's views rows only");
     // manifests
     let manifest = |id: &str, epoch: i64| {
         serde_json::to_vec(&serde_json::json!({
