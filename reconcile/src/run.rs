@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tidemark_core::{EventTime, RowKey, ValidSpec};
-use tidemark_store::{ApplyOutcome, BatchView, CorrectionBatch, RunManifest, ServingStore};
+use tidemark_store::{ApplyOutcome, BatchView, Correction, CorrectionBatch, RunManifest, ServingStore};
 
 use crate::contract::{ContractInput, ContractReport, contract_report};
 use crate::corrections::{BlastRadius, plan_corrections};
@@ -266,21 +266,25 @@ struct Sides {
     epoch: i64,
 }
 
-/// When each key of an applied (now or before) correction batch was corrected, from the audit log.
+/// When each key of an applied (now or before) correction batch was corrected: the batch's recorded
+/// application time (one per batch), for every key it changes.
 async fn corrected_at(
     serving: &dyn ServingStore,
     batch: &CorrectionBatch,
     applied: Applied,
 ) -> Result<Vec<(RowKey, EventTime)>, Error> {
     Ok(match applied {
-        Applied::Now | Applied::Already => {
-            let log = serving.audit_log(Some(&batch.id)).await?;
-            let mut at: HashMap<RowKey, EventTime> = HashMap::new();
-            for l in log {
-                at.entry(l.entry.key).or_insert(l.applied_at);
-            }
-            at.into_iter().collect()
-        }
+        Applied::Now | Applied::Already => match serving.corrections_applied_at(&batch.id).await? {
+            Some(at) => batch
+                .changes
+                .iter()
+                .map(|c| match c {
+                    Correction::Upsert(row) => (row.key.clone(), at),
+                    Correction::Delete(key) => (key.clone(), at),
+                })
+                .collect(),
+            None => Vec::new(),
+        },
         Applied::DryRun | Applied::NothingToDo => Vec::new(),
     })
 }

@@ -66,15 +66,19 @@ impl Flat {
 
     /// Whether this record replaces `stored` (the same predicate both stores evaluate in SQL).
     pub fn wins_over(&self, stored: &Flat) -> bool {
+        self.wins_over_stored(stored.layer, stored.batch_epoch, stored.revision)
+    }
+
+    /// [`Flat::wins_over`] a stored record of this layer, batch epoch and revision (a record of the same key
+    /// read from a store's columns).
+    pub(crate) fn wins_over_stored(&self, layer: Layer, batch_epoch: Option<i64>, revision: Option<i64>) -> bool {
         match self.kind {
             Kind::Delta(_) | Kind::Emission { .. } => false,
-            Kind::Row => match (self.layer, stored.layer) {
+            Kind::Row => match (self.layer, layer) {
                 (Layer::Batch, Layer::Speed) => true,
-                (Layer::Batch, Layer::Batch) => self.batch_epoch >= stored.batch_epoch,
+                (Layer::Batch, Layer::Batch) => self.batch_epoch >= batch_epoch,
                 (Layer::Speed, Layer::Batch) => false,
-                (Layer::Speed, Layer::Speed) => {
-                    self.revision > stored.revision || (self.deleted && self.revision >= stored.revision)
-                }
+                (Layer::Speed, Layer::Speed) => self.revision > revision || (self.deleted && self.revision >= revision),
             },
         }
     }

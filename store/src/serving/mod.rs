@@ -109,6 +109,12 @@ pub trait ServingStore: Send + Sync {
     /// Whether the correction batch `id` has been applied (the committed marker of corrections).
     async fn corrections_applied(&self, id: &str) -> Result<bool>;
 
+    /// When correction batch `id` was applied (the `applied_at` of its audit lines, one time per batch), or
+    /// `None` when it has not been. The default reads the batch's audit log.
+    async fn corrections_applied_at(&self, id: &str) -> Result<Option<EventTime>> {
+        Ok(self.audit_log(Some(id)).await?.first().map(|l| l.applied_at))
+    }
+
     /// The audit log of correction batch `id` (all batches when `None`).
     async fn audit_log(&self, id: Option<&str>) -> Result<Vec<StoredAuditEntry>>;
 }

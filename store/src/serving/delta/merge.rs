@@ -1,6 +1,6 @@
-//! The Delta serving store's commit loop: one MERGE of a write's records under the precedence predicate,
-//! with the write's app transaction, re-planned on conflicts (and a marker-only commit when the MERGE
-//! changed nothing).
+//! The Delta serving store's commit loop: one commit of a write's records under the precedence predicate
+//! (copy-on-write of the touched partitions, `rewrite.rs`, or deltalake's MERGE), with the write's app
+//! transaction, re-planned on conflicts (and a marker-only commit when the write changed nothing).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -25,6 +25,16 @@ pub(super) enum Committed {
 
 pub(super) enum Skip {
     AlreadyCommitted,
+}
+
+/// How a write's records are applied (same result, different cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Apply {
+    /// deltalake's MERGE (a DataFusion join): any table layout.
+    Merge,
+    /// Copy-on-write of the touched partitions (`rewrite.rs`), on tables of the current layout (others use
+    /// the MERGE): stream flushes and correction batches.
+    CopyOnWrite,
 }
 
 /// The precedence predicate of `Flat::wins_over`, over source `s` and target `t`.
@@ -81,6 +91,7 @@ impl DeltaStore {
         app_id: &str,
         plan: P,
         meta: serde_json::Value,
+        apply: Apply,
     ) -> Result<Committed>
     where
         P: Fn(Option<i64>) -> Result<std::result::Result<i64, Skip>> + Send + Sync,
@@ -104,6 +115,8 @@ impl DeltaStore {
             let before = table.version();
             let result = if flats.is_empty() {
                 self.marker_commit(table, props.clone()).await.map(|t| (t, 0))
+            } else if apply == Apply::CopyOnWrite && super::rewrite::supported(&table) {
+                super::rewrite::rewrite(table, flats, version, props.clone()).await
             } else {
                 self.merge(table, flats, version, props.clone()).await
             };

@@ -1,19 +1,19 @@
-//! The Delta Lake serving store (deltalake MERGE at any object_store URL: `file://`, `s3://`, `memory://`).
+//! The Delta Lake serving store (deltalake at any object_store URL: `file://`, `s3://`, `memory://`).
 //!
 //! Layout under the base URL: `serving/` is the serving table (one record per key and kind, partitioned
 //! by `metric`, `window_date` (the UTC date of `window_start`), `window_hour` (its UTC hour) and `kind`, so a
-//! MERGE rewrites only the partitions of the windows and kinds it writes, and a scan of current rows never
-//! reads the emission log; tables created before the hour and kind partitions keep working, without that
-//! pruning); `corrections_audit/` is the audit log (a Delta table any reader can query);
+//! write rewrites only the partitions of the windows and kinds it writes (copy-on-write, `rewrite.rs`), and a
+//! scan of current rows never reads the emission log; tables created before the hour and kind partitions
+//! keep working with deltalake's MERGE, without that pruning); `corrections_audit/` is the audit log (a Delta table any reader can query);
 //! `checkpoints/` holds operator-state blobs referenced by committed progress; `progress/` holds each
 //! progress record (`<pipeline>/<version>.json`), written before the commit that records its version.
 //!
-//! Progress rides on the serving table's commits: each provisional write is one MERGE commit carrying a
+//! Progress rides on the serving table's commits: each provisional write is one commit carrying a
 //! Delta app transaction (`appId = tidemark.progress.<pipeline>`, `version = epoch << 32 | sequence`) and
 //! the progress itself in the commit metadata (key `tidemark`). deltalake does not refuse a repeated
 //! (appId, version), so the writer reads the recorded version inside its retry loop and refuses stale
 //! epochs and replays itself; two racing commits of one appId conflict (`ConcurrentTransaction`), and
-//! the loser re-plans. A MERGE that changes nothing writes no commit, so then the marker is committed on
+//! the loser re-plans. A write that changes nothing makes no commit, so then the marker is committed on
 //! its own. Correction batches use `appId = tidemark.corrections.<batch id>`. Loading progress reads the
 //! recorded version from the snapshot (app transactions survive log checkpoints) and then that version's
 //! progress record: two reads, however long the log, and unaffected by expired-log cleanup (tables
@@ -55,11 +55,12 @@ mod audit;
 mod failpoint_log;
 mod merge;
 mod progress;
+mod rewrite;
 pub(crate) mod schema;
 mod vacuum;
 
 use audit::audit_columns;
-use merge::{Committed, Skip};
+use merge::{Apply, Committed, Skip};
 use progress::{ProgressMeta, corrections_app, progress_app, split_version, txn_version};
 use schema::{delta_columns, from_batch, opt_str};
 pub use vacuum::VacuumStats;
@@ -364,7 +365,7 @@ impl ServingStore for DeltaStore {
                     CommitMarker { writer_epoch: epoch, sequence: 0 };
                 Ok(Ok(version))
             };
-            match self.commit(&[], 0, &app, plan, meta).await {
+            match self.commit(&[], 0, &app, plan, meta, Apply::Merge).await {
                 Ok(_) => return claimed.into_inner().map_err(|_| Error::Corrupt("poisoned".into())),
                 Err(Error::Contention { .. }) => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -429,7 +430,10 @@ impl ServingStore for DeltaStore {
         };
         #[cfg(feature = "failpoints")]
         let _armed = self.arm.hold();
-        match self.commit(&flats, n_emissions, &progress_app(&progress.pipeline), plan, meta).await? {
+        match self
+            .commit(&flats, n_emissions, &progress_app(&progress.pipeline), plan, meta, Apply::CopyOnWrite)
+            .await?
+        {
             Committed::Done { applied, retries } => {
                 Ok(WriteOutcome::Committed(WriteStats { offered, applied, retries }))
             }
@@ -508,10 +512,14 @@ impl ServingStore for DeltaStore {
         // Two tables cannot commit together, so the audit lines go first (idempotent per batch id) and
         // `audit_log` hides them until the batch's data commit below has landed: a crash in between leaves
         // no visible audit of an unapplied batch, and a retry of the same batch finds its lines written.
+        let started = std::time::Instant::now();
         self.write_audit(batch, applied_at).await?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, lines = batch.changes.len(), "audit lines written");
         #[cfg(feature = "failpoints")]
         let _armed = self.arm.hold();
-        let outcome = self.commit(&flats, 0, &corrections_app(&batch.id), plan, meta).await?;
+        let started = std::time::Instant::now();
+        let outcome = self.commit(&flats, 0, &corrections_app(&batch.id), plan, meta, Apply::CopyOnWrite).await?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, records = flats.len(), "correction batch committed");
         Ok(match outcome {
             Committed::Done { applied, retries } => {
                 ApplyOutcome::Applied(WriteStats { offered: flats.len() as u64, applied, retries })
@@ -528,6 +536,21 @@ impl ServingStore for DeltaStore {
         }
         let v = recorded_txn_version(&table, self.rows_url.as_str(), &corrections_app(id)).await?;
         Ok(v.is_some())
+    }
+
+    async fn corrections_applied_at(&self, id: &str) -> Result<Option<EventTime>> {
+        if !self.corrections_applied(id).await? {
+            return Ok(None);
+        }
+        let table = self.latest(true).await?;
+        let batches = crate::delta_io::query_table(&table, |df| {
+            df.filter(col("batch_id").eq(lit(id)))?.select(vec![col("applied_at")])?.limit(0, Some(1))
+        })
+        .await?;
+        match batches.iter().find(|b| b.num_rows() > 0) {
+            Some(b) => Ok(EventTime::from_micros(times(b, "applied_at")?.value(0))),
+            None => Ok(None),
+        }
     }
 
     async fn audit_log(&self, id: Option<&str>) -> Result<Vec<StoredAuditEntry>> {

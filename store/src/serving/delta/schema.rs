@@ -39,7 +39,7 @@ pub(crate) fn is_hourly(table: &deltalake::DeltaTable) -> bool {
     table.snapshot().is_ok_and(|s| s.metadata().partition_columns().iter().any(|c| c == WINDOW_HOUR))
 }
 
-fn arrow_schema(hourly: bool) -> Arc<Schema> {
+pub(super) fn arrow_schema(hourly: bool) -> Arc<Schema> {
     let mut fields = vec![
         Field::new("metric", ArrowType::Utf8, true),
         Field::new("window_date", ArrowType::Utf8, true),
@@ -103,7 +103,7 @@ pub(super) fn kind_str(k: Kind) -> &'static str {
 /// The `delta_revision` column: the revision of a delta, -1 for a row, and for an emission record the
 /// write's txn version (`emission_tag`), so that an emission record never matches an earlier one in the
 /// MERGE and is always appended.
-fn delta_revision_column(f: &Flat, emission_tag: i64) -> i64 {
+pub(super) fn delta_revision_column(f: &Flat, emission_tag: i64) -> i64 {
     match f.kind {
         Kind::Emission { .. } => emission_tag,
         _ => f.delta_revision(),

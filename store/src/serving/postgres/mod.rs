@@ -429,6 +429,22 @@ impl ServingStore for PostgresStore {
         Ok(row.is_some())
     }
 
+    async fn corrections_applied_at(&self, id: &str) -> Result<Option<EventTime>> {
+        model::check_id("correction batch id", id)?;
+        let guard = self.client().await?;
+        let client = guard.as_ref().ok_or_else(|| Error::Corrupt("no connection".into()))?;
+        // the batch's audit lines carry the same time: one transaction's now()
+        let sql = format!("SELECT {} FROM {{s}}.correction_batches WHERE batch_id = $1", us("applied_at"));
+        let row = client
+            .query_opt(&self.sql(&sql), &[&id])
+            .await
+            .map_err(Error::pg("reading when corrections were applied"))?;
+        row.map(|r| {
+            EventTime::from_micros(r.get(0)).ok_or_else(|| Error::Corrupt("correction batch applied_at".into()))
+        })
+        .transpose()
+    }
+
     async fn audit_log(&self, id: Option<&str>) -> Result<Vec<StoredAuditEntry>> {
         let guard = self.client().await?;
         let client = guard.as_ref().ok_or_else(|| Error::Corrupt("no connection".into()))?;
