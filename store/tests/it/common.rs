@@ -257,6 +257,7 @@ pub async fn same_correction_batch_twice_changes_nothing<S: ServingStore>(store:
         ],
     };
     assert!(!store.corrections_applied(&batch.id).await.unwrap());
+    assert_eq!(store.corrections_applied_at(&batch.id).await.unwrap(), None, "not applied yet");
     let first = store.apply_corrections(&batch).await.unwrap();
     let ApplyOutcome::Applied(stats) = first else { panic!("{first:?}") };
     assert_eq!((stats.offered, stats.applied), (2, 2));
@@ -266,8 +267,12 @@ pub async fn same_correction_batch_twice_changes_nothing<S: ServingStore>(store:
     assert_eq!(audit.iter().map(|e| e.entry.clone()).collect::<Vec<_>>(), batch.audit);
     assert!(audit.iter().all(|e| e.run_id == "run-9" && e.batch_id == batch.id));
     assert!(store.corrections_applied(&batch.id).await.unwrap());
+    // one application time per batch: its audit lines'
+    let at = store.corrections_applied_at(&batch.id).await.unwrap().expect("applied");
+    assert!(audit.iter().all(|e| e.applied_at == at), "{at} vs {audit:?}");
 
     assert_eq!(store.apply_corrections(&batch).await.unwrap(), ApplyOutcome::AlreadyApplied);
+    assert_eq!(store.corrections_applied_at(&batch.id).await.unwrap(), Some(at), "a replay keeps the time");
     assert_eq!(read_all(store).await, rows);
     assert_eq!(store.audit_log(Some(&batch.id)).await.unwrap(), audit);
     assert_eq!(store.audit_log(None).await.unwrap().len(), 2);
