@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::scan::{Chunks, EmissionChunk, RowChunk};
 
 /// The slice the default scans read at a time.
-const SCAN_SLICE: tidemark_core::Duration = tidemark_core::Duration::from_secs(15 * 60);
+pub(crate) const SCAN_SLICE: tidemark_core::Duration = tidemark_core::Duration::from_secs(15 * 60);
 use crate::model::{
     ApplyOutcome, CommitMarker, CorrectionBatch, Emission, MetricFilter, SourceProgress, StoredAuditEntry, WriteOutcome,
 };

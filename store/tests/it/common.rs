@@ -885,7 +885,11 @@ pub async fn scans_equal_the_reads<S: ServingStore>(store: &S) {
         let mut chunks = store.scan_rows(metric, from, to);
         while let Some(c) = chunks.try_next().await.unwrap() {
             for i in 0..c.len() {
-                assert_eq!(c.row(i).unwrap(), c.rows(&[i]).unwrap()[0]);
+                let row = c.row(i).unwrap();
+                assert_eq!(row, c.rows(&[i]).unwrap()[0]);
+                // the text the reconciler compares with the batch view's: one canonical encoding
+                assert_eq!(c.values_json(i), serde_json::to_string(&row.values).unwrap());
+                assert_eq!(c.window_end(i), row.key.window.end().as_micros());
             }
             let all: Vec<usize> = (0..c.len()).collect();
             scanned.extend(c.rows(&all).unwrap());
@@ -902,6 +906,9 @@ pub async fn scans_equal_the_reads<S: ServingStore>(store: &S) {
             for i in 0..c.len() {
                 emitted.push((
                     c.window_start(i),
+                    c.window_end(i),
+                    c.values_json(i).to_owned(),
+                    c.watermark(i),
                     c.dims(i).to_owned(),
                     c.revision(i),
                     c.delta(i),
@@ -920,6 +927,9 @@ pub async fn scans_equal_the_reads<S: ServingStore>(store: &S) {
             .map(|e| {
                 (
                     e.key.window.start().as_micros(),
+                    e.key.window.end().as_micros(),
+                    serde_json::to_string(&e.values).unwrap(),
+                    e.watermark,
                     e.key.dims.encode(),
                     e.revision,
                     e.delta,

@@ -59,6 +59,27 @@ impl ToSql for PgTime {
     to_sql_checked!();
 }
 
+/// A binary `timestamptz` read as µs since the Unix epoch, with the bounds of [`US`]: at or before
+/// 0001-01-01 (or `-infinity`) it reads as `EventTime::MIN`, at or after 10000-01-01 (or `infinity`) as
+/// `EventTime::MAX` (the same values as the SQL conversion, without its numeric arithmetic on the server).
+impl<'a> tokio_postgres::types::FromSql<'a> for PgTime {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let bytes: [u8; 8] = raw.try_into().map_err(|_| format!("timestamptz of {} bytes", raw.len()))?;
+        let unix = i64::from_be_bytes(bytes).saturating_add(PG_EPOCH_US);
+        Ok(PgTime(if unix <= PG_MIN_US {
+            EventTime::MIN.as_micros()
+        } else if unix >= PG_MAX_US {
+            EventTime::MAX.as_micros()
+        } else {
+            unix
+        }))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}
+
 /// JSON text sent as a binary `jsonb` (version byte 1, then the text): parsed once, by the COPY.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Jsonb<'a>(pub(super) &'a str);
@@ -80,4 +101,35 @@ impl ToSql for Jsonb<'_> {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::types::{FromSql, ToSql, Type};
+
+    use super::*;
+
+    fn read(pg_us: i64) -> i64 {
+        PgTime::from_sql(&Type::TIMESTAMPTZ, &pg_us.to_be_bytes()).unwrap().0
+    }
+
+    /// Binary reads give the values of the SQL conversion `US`: exact inside the stored range, the bounds
+    /// (and the infinities) as `EventTime::MIN` / `EventTime::MAX`; what `PgTime` writes reads back.
+    #[test]
+    fn binary_times_read_like_the_sql_conversion() {
+        assert_eq!(read(0), PG_EPOCH_US);
+        assert_eq!(read(-PG_EPOCH_US + 1_767_225_600_000_000), 1_767_225_600_000_000, "2026-01-01");
+        assert_eq!(read(i64::MAX), EventTime::MAX.as_micros());
+        assert_eq!(read(i64::MIN), EventTime::MIN.as_micros());
+        assert_eq!(read(PG_MIN_US - PG_EPOCH_US), EventTime::MIN.as_micros(), "0001-01-01 is the lower bound");
+        assert_eq!(read(PG_MAX_US - PG_EPOCH_US), EventTime::MAX.as_micros(), "10000-01-01 is the upper bound");
+        assert_eq!(read(PG_MAX_US - PG_EPOCH_US - 1), PG_MAX_US - 1);
+        for t in [EventTime::MIN.as_micros(), -1, 0, 1_767_225_600_123_456, EventTime::MAX.as_micros()] {
+            let mut out = bytes::BytesMut::new();
+            PgTime(t).to_sql(&Type::TIMESTAMPTZ, &mut out).unwrap();
+            let back = PgTime::from_sql(&Type::TIMESTAMPTZ, &out).unwrap().0;
+            assert_eq!(back, t, "{t}");
+        }
+        assert!(PgTime::from_sql(&Type::TIMESTAMPTZ, &[0; 4]).is_err(), "a short value is an error");
+    }
 }

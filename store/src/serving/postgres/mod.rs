@@ -32,10 +32,13 @@ use crate::model::{
 };
 use crate::progress::{check_progress, offsets_from_json};
 use crate::retry::backoff;
+use crate::scan::{Chunks, EmissionChunk, RowChunk};
 use crate::serving::ServingStore;
+use futures::{StreamExt as _, TryStreamExt as _};
 
 mod codec;
 mod migrations;
+mod scan;
 mod write;
 
 use codec::{pg_clamp, ts, us};
@@ -404,6 +407,34 @@ impl ServingStore for PostgresStore {
             out.push(flat.into_emission()?);
         }
         Ok(flat::first_emissions(out.into_iter()))
+    }
+
+    fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
+        let metric = metric.to_owned();
+        futures::stream::once(self.scan_connection())
+            .map_ok(move |client| {
+                let (client, metric) = (std::sync::Arc::new(client), metric.clone());
+                futures::stream::iter(crate::scan::slices(from, to, crate::serving::SCAN_SLICE)).then(move |(a, b)| {
+                    let (client, metric) = (client.clone(), metric.clone());
+                    async move { self.rows_chunk(&client, &metric, a, b).await }
+                })
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    fn scan_emissions<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, EmissionChunk> {
+        let metric = metric.to_owned();
+        futures::stream::once(self.scan_connection())
+            .map_ok(move |client| {
+                let (client, metric) = (std::sync::Arc::new(client), metric.clone());
+                futures::stream::iter(crate::scan::slices(from, to, crate::serving::SCAN_SLICE)).then(move |(a, b)| {
+                    let (client, metric) = (client.clone(), metric.clone());
+                    async move { self.emissions_chunk(&client, &metric, a, b).await }
+                })
+            })
+            .try_flatten()
+            .boxed()
     }
 
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome> {

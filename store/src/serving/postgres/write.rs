@@ -251,25 +251,37 @@ impl PostgresStore {
         }
         let marked: Vec<Marked> = flats.iter().map(|f| Marked { flat: f.clone(), apply: true, emit: false }).collect();
         let (applied, reruns) = self.upsert(&tx, &marked, None).await?;
-        let insert = tx
-            .prepare(&self.sql(&format!(
-                "INSERT INTO {{s}}.corrections_audit (batch_id, seq, run_id, metric, window_start, window_end, dims,
-                     aggregate, old_value, new_value, cause, applied_at)
-                 VALUES ($1, $2, $3, $4, {ws}, {we}, $7, $8, $9::text::jsonb, $10::text::jsonb, $11, now())",
-                ws = ts("$5::bigint"),
-                we = ts("$6::bigint"),
-            )))
-            .await
-            .map_err(Error::pg("preparing the audit insert"))?;
-        for (i, a) in batch.audit.iter().enumerate() {
-            let seq = i32::try_from(i).map_err(|_| Error::invalid("audit", "more than 2^31 entries"))?;
-            let (ws, we) = (a.key.window.start().as_micros(), a.key.window.end().as_micros());
-            let dims = a.key.dims.encode();
-            let old = a.old.map(|v| agg_json(&v));
-            let new = a.new.map(|v| agg_json(&v));
+        // the audit lines in statements of up to AUDIT_ROWS lines each (arrays unnested on the server: one
+        // round trip per statement, not per line), all with the transaction's now() as the batch
+        let insert = self.sql(&format!(
+            "INSERT INTO {{s}}.corrections_audit (batch_id, seq, run_id, metric, window_start, window_end, dims,
+                 aggregate, old_value, new_value, cause, applied_at)
+             SELECT $1, u.seq, $2, u.metric, {ws}, {we}, u.dims, u.aggregate, u.old_value::jsonb, u.new_value::jsonb,
+                 u.cause, now()
+             FROM unnest($3::int4[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[],
+                 $10::text[], $11::text[]) AS u(seq, metric, ws, we, dims, aggregate, old_value, new_value, cause)",
+            ws = ts("u.ws"),
+            we = ts("u.we"),
+        ));
+        let lines: Vec<(usize, &crate::model::AuditEntry)> = batch.audit.iter().enumerate().collect();
+        for part in lines.chunks(AUDIT_ROWS) {
+            let mut seq = Vec::with_capacity(part.len());
+            let (mut metric, mut ws, mut we, mut dims) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut aggregate, mut old, mut new, mut cause) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (i, a) in part {
+                seq.push(i32::try_from(*i).map_err(|_| Error::invalid("audit", "more than 2^31 entries"))?);
+                metric.push(a.key.metric.as_str());
+                ws.push(a.key.window.start().as_micros());
+                we.push(a.key.window.end().as_micros());
+                dims.push(a.key.dims.encode());
+                aggregate.push(a.aggregate.as_str());
+                old.push(a.old.map(|v| agg_json(&v)));
+                new.push(a.new.map(|v| agg_json(&v)));
+                cause.push(a.cause.as_str());
+            }
             tx.execute(
                 &insert,
-                &[&batch.id, &seq, &batch.run_id, &a.key.metric, &ws, &we, &dims, &a.aggregate, &old, &new, &a.cause],
+                &[&batch.id, &batch.run_id, &seq, &metric, &ws, &we, &dims, &aggregate, &old, &new, &cause],
             )
             .await
             .map_err(Error::pg("writing the audit log"))?;
@@ -283,6 +295,9 @@ impl PostgresStore {
         Ok(ApplyOutcome::Applied(WriteStats { offered: flats.len() as u64, applied, retries: reruns }))
     }
 }
+
+/// Audit lines per INSERT statement of a correction batch.
+const AUDIT_ROWS: usize = 50_000;
 
 fn to_i64(what: &'static str, v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::invalid(what, format!("{v} is above i64::MAX")))
