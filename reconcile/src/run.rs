@@ -150,13 +150,17 @@ impl<'a> Reconcile<'a> {
         clock.lap("gather evidence and explain");
         // 4. plan
         let newest_run = sides.batch_runs.last().cloned().unwrap_or_default();
-        let plan = plan_corrections(spec, (from, to), &explained, &scanned.fix_rows, &newest_run, sides.epoch);
+        let mut plan = plan_corrections(spec, (from, to), &explained, &scanned.fix_rows, &newest_run, sides.epoch);
         clock.lap("plan corrections");
         // 5. apply
         let (applied, corrections_applied) = self.apply(serving, &plan.batch).await?;
         clock.lap("apply corrections");
         let corrected =
             on_stream_clock(corrected_at(serving, &plan.batch, applied).await?, gathered.summary.stream_clock);
+        // the batch's rows and audit lines are not needed past this point: free them before the report
+        let n_changes = plan.batch.changes.len() as u64;
+        plan.batch.changes = Vec::new();
+        plan.batch.audit = Vec::new();
         // 6. contract report, outcome and report files
         let late_in_batch = late_events_of_batch_keys(spec, &gathered.evidence.late_events, scanned);
         let contract = contract_report(ContractInput {
@@ -167,8 +171,8 @@ impl<'a> Reconcile<'a> {
             corrections: &corrected,
             late_events: &late_in_batch,
         });
+        drop(corrected);
         clock.lap("contract report");
-        let n_changes = plan.batch.changes.len() as u64;
         let mut outcome = ReconcileOutcome {
             pipeline: spec.spec().name.clone(),
             from,
