@@ -34,7 +34,6 @@ use crate::progress::{check_progress, offsets_from_json};
 use crate::retry::backoff;
 use crate::scan::{Chunks, EmissionChunk, RowChunk};
 use crate::serving::ServingStore;
-use futures::{StreamExt as _, TryStreamExt as _};
 
 mod codec;
 mod migrations;
@@ -161,17 +160,22 @@ impl PostgresStore {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, conn) = tokio_postgres::connect(&self.conninfo, NoTls)
-                .await
-                .map_err(|source| Error::Connect { server: describe_server(&self.conninfo), source })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "postgres connection ended");
-                }
-            });
-            *guard = Some(client);
+            *guard = Some(self.new_connection().await?);
         }
         Ok(guard)
+    }
+
+    /// A new connection (its driver task runs until the client is dropped).
+    async fn new_connection(&self) -> Result<Client> {
+        let (client, conn) = tokio_postgres::connect(&self.conninfo, NoTls)
+            .await
+            .map_err(|source| Error::Connect { server: describe_server(&self.conninfo), source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "postgres connection ended");
+            }
+        });
+        Ok(client)
     }
 
     fn sql(&self, template: &str) -> String {
@@ -410,31 +414,15 @@ impl ServingStore for PostgresStore {
     }
 
     fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
-        let metric = metric.to_owned();
-        futures::stream::once(self.scan_connection())
-            .map_ok(move |client| {
-                let (client, metric) = (std::sync::Arc::new(client), metric.clone());
-                futures::stream::iter(crate::scan::slices(from, to, crate::serving::SCAN_SLICE)).then(move |(a, b)| {
-                    let (client, metric) = (client.clone(), metric.clone());
-                    async move { self.rows_chunk(&client, &metric, a, b).await }
-                })
-            })
-            .try_flatten()
-            .boxed()
+        self.sliced(metric, from, to, move |client, metric, a, b| async move {
+            self.rows_chunk(&client, &metric, a, b).await
+        })
     }
 
     fn scan_emissions<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, EmissionChunk> {
-        let metric = metric.to_owned();
-        futures::stream::once(self.scan_connection())
-            .map_ok(move |client| {
-                let (client, metric) = (std::sync::Arc::new(client), metric.clone());
-                futures::stream::iter(crate::scan::slices(from, to, crate::serving::SCAN_SLICE)).then(move |(a, b)| {
-                    let (client, metric) = (client.clone(), metric.clone());
-                    async move { self.emissions_chunk(&client, &metric, a, b).await }
-                })
-            })
-            .try_flatten()
-            .boxed()
+        self.sliced(metric, from, to, move |client, metric, a, b| async move {
+            self.emissions_chunk(&client, &metric, a, b).await
+        })
     }
 
     async fn apply_corrections(&self, batch: &CorrectionBatch) -> Result<ApplyOutcome> {

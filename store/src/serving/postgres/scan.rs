@@ -7,16 +7,19 @@
 //! JSON text both stores compare).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use tidemark_core::{AggValue, EventTime, Layer};
+use tokio_postgres::Client;
 
-use tokio_postgres::{Client, NoTls};
-
+use super::PostgresStore;
 use super::codec::{PgTime, pg_clamp, ts};
-use super::{PostgresStore, describe_server};
 use crate::error::{Error, Result};
 use crate::flat::{self, Flat, Kind};
-use crate::scan::{EmissionChunk, RowChunk};
+use crate::scan::{Chunks, EmissionChunk, RowChunk};
+use crate::serving::SCAN_SLICE;
 use crate::serving::delta::schema::to_batch;
 
 /// The aggregate values' JSON text as tidemark encodes it (keys in byte order, no spaces), from the text
@@ -28,17 +31,30 @@ fn canonical_values(text: &str) -> Result<String> {
 }
 
 impl PostgresStore {
-    /// A connection for one scan, closed when the returned client is dropped.
-    pub(super) async fn scan_connection(&self) -> Result<Client> {
-        let (client, conn) = tokio_postgres::connect(&self.conninfo, NoTls)
-            .await
-            .map_err(|source| Error::Connect { server: describe_server(&self.conninfo), source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "postgres scan connection ended");
-            }
-        });
-        Ok(client)
+    /// `read` of each 15-minute slice of `[from, to)` for `metric`, in order, on a connection of the scan's own
+    /// (closed when the stream is dropped).
+    pub(super) fn sliced<'a, T, F, Fut>(
+        &'a self,
+        metric: &str,
+        from: EventTime,
+        to: EventTime,
+        read: F,
+    ) -> Chunks<'a, T>
+    where
+        T: Send + 'a,
+        F: Fn(Arc<Client>, String, EventTime, EventTime) -> Fut + Send + Sync + 'a,
+        Fut: Future<Output = Result<T>> + Send + 'a,
+    {
+        let metric = metric.to_owned();
+        let read = Arc::new(read);
+        futures::stream::once(self.new_connection())
+            .map_ok(move |client| {
+                let (client, metric, read) = (Arc::new(client), metric.clone(), read.clone());
+                futures::stream::iter(crate::scan::slices(from, to, SCAN_SLICE))
+                    .then(move |(a, b)| read(client.clone(), metric.clone(), a, b))
+            })
+            .try_flatten()
+            .boxed()
     }
 
     /// The current rows (no tombstones) of `metric` whose window starts in `[from, to)`, as one chunk.
