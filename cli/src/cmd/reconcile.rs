@@ -34,8 +34,8 @@ pub struct Args {
     #[arg(long, value_name = "TIME", required_unless_present = "changed", conflicts_with = "changed")]
     to: Option<EventTime>,
     /// Instead of a range: only the windows that can have changed since this pipeline's last `--changed`
-    /// run (events archived since then, new, late or replayed, and batch runs made since then). Their
-    /// hours are recomputed with the batch layer and reconciled; the archive offsets covered are recorded
+    /// run (events archived since then, new, late or replayed, and batch runs made since then). The
+    /// minutes of window starts they can touch are recomputed with the batch layer and reconciled; the archive offsets covered are recorded
     /// beside the batch view last, so a run that fails is redone by the next. The first run covers the
     /// whole archive.
     #[arg(long)]
@@ -163,7 +163,7 @@ mod changed {
             .collect();
         let recompute = merge_spans(recompute);
         let all = merge_spans(recompute.iter().copied().chain(newer).collect());
-        // 3. recompute the dirty hours with the batch layer, then reconcile every span
+        // 3. recompute the dirty spans with the batch layer, then reconcile every span
         let mut spans = Vec::new();
         for (from, to) in all {
             let dirty = recompute.iter().any(|(a, b)| *a < to && from < *b);
