@@ -27,6 +27,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path as ObjPath;
 
+use super::PARTITIONS;
 use super::schema::{KEY_COLUMNS, WINDOW_HOUR, arrow_schema, delta_revision_column, kind_str, to_batch};
 use crate::delta_io::{longs, strings, times};
 use crate::flat::{self, Flat, Kind};
@@ -34,14 +35,11 @@ use crate::flat::{self, Flat, Kind};
 /// A partition of the serving table: metric, window date, window hour, kind.
 type Part = (String, String, String, String);
 
-/// The partition columns this path writes (in the table's order).
-const PARTITIONS: [&str; 4] = ["metric", "window_date", WINDOW_HOUR, "kind"];
-
 /// Rows per batch read from a stored file.
 const READ_BATCH_ROWS: usize = 16_384;
 
-/// Whether `table` has the layout this path rewrites (partitioned by metric, date, hour and kind, no
-/// deletion vectors); older layouts use the MERGE.
+/// Whether `table` has the layout this path rewrites (a new table's [`PARTITIONS`], no deletion vectors);
+/// older layouts use the MERGE.
 pub(super) fn supported(table: &DeltaTable) -> bool {
     table.snapshot().is_ok_and(|s| {
         s.metadata().partition_columns().iter().map(String::as_str).eq(PARTITIONS)
