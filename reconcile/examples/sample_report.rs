@@ -75,7 +75,7 @@ fn main() {
     }
     let d = diff(&spec, &batch, &serving).expect("one row per key");
     let evidence = Evidence { late_events: late.clone(), stream_watermark: Some(t(7200)), ..Evidence::default() };
-    let explained = explain(&spec, &d, batch.iter().map(|r| &r.key), &evidence);
+    let explained = explain(&spec, d.differences.clone(), batch.iter().map(|r| &r.key), &evidence);
     let corrections: Vec<(RowKey, EventTime)> = explained.iter().map(|e| (e.diff.key.clone(), t(3900))).collect();
     let (tallies, first_emitted) = tally_rows(&spec, &batch, &emissions, &d);
     let contract = contract_report(ContractInput {
@@ -103,7 +103,7 @@ fn main() {
             }
         })
         .collect();
-    let lateness = analyse(&arrivals, Duration::from_secs(5), Duration::from_secs(300), &[0.99, 0.999, 0.9999]);
+    let lateness = analyse(arrivals, Duration::from_secs(5), Duration::from_secs(300), &[0.99, 0.999, 0.9999]);
     let html = render(ReportPage {
         spec: &spec,
         title: "pageviews — sample reconcile report",

@@ -54,16 +54,17 @@ fn cause_name(c: Cause) -> &'static str {
 }
 
 /// Plans the corrections for `explained` differences. `batch_rows` must hold the batch row of every
-/// difference that is missing or drifting; `run_id` / `epoch` identify the batch run they come from.
+/// difference that is missing or drifting (taken: the batch moves them, rows not needed are dropped);
+/// `run_id` / `epoch` identify the batch run they come from.
 pub fn plan_corrections(
     spec: &ValidSpec,
     range: (EventTime, EventTime),
     explained: &[Explained],
-    batch_rows: &[MetricRow],
+    batch_rows: Vec<MetricRow>,
     run_id: &str,
     epoch: i64,
 ) -> CorrectionPlan {
-    let by_key: HashMap<&RowKey, &MetricRow> = batch_rows.iter().map(|r| (&r.key, r)).collect();
+    let mut by_key: HashMap<RowKey, MetricRow> = batch_rows.into_iter().map(|r| (r.key.clone(), r)).collect();
     let mut changes = Vec::new();
     let mut audit = Vec::new();
     let mut skipped = Vec::new();
@@ -79,8 +80,7 @@ pub fn plan_corrections(
         match d.verdict {
             Verdict::Ok => continue,
             Verdict::MissingInServing | Verdict::ValueDrift => {
-                let Some(row) = by_key.get(&d.key) else { continue };
-                let mut row = (*row).clone();
+                let Some(mut row) = by_key.remove(&d.key) else { continue };
                 row.origin = Origin::Batch { run_id: run_id.to_owned(), epoch };
                 if d.verdict == Verdict::MissingInServing {
                     r.insert += 1;
@@ -114,15 +114,59 @@ pub fn plan_corrections(
             }
         }
     }
+    drop(by_key);
     let mut h = Sha256::new();
     h.update(spec.spec().name.as_bytes());
     h.update(format!("|{}|{}|{run_id}|{epoch}|", range.0, range.1).as_bytes());
-    h.update(serde_json::to_vec(&changes).unwrap_or_default());
+    // the changes' JSON streamed into the hash: the same bytes as `serde_json::to_vec`, never held whole
+    // (rows serialize without error: string-keyed maps, numbers and strings only)
+    let written = serde_json::to_writer(std::io::BufWriter::with_capacity(1 << 16, HashWriter(&mut h)), &changes);
+    debug_assert!(written.is_ok(), "correction rows always serialize: {written:?}");
     let digest = h.finalize();
     let id = format!("{}-{}", spec.spec().name, digest.iter().take(16).map(|b| format!("{b:02x}")).collect::<String>());
     CorrectionPlan {
         batch: CorrectionBatch { id, run_id: run_id.to_owned(), epoch, changes, audit },
         skipped_not_final: skipped,
         blast_radius: radius,
+    }
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batch ids must not change across versions (a retry after an upgrade is still `AlreadyApplied`): the
+    /// streamed hash equals the hash of the whole JSON, across the writer's buffer boundaries.
+    #[test]
+    fn streamed_changes_hash_like_their_whole_json() {
+        let changes: Vec<Correction> = (0..5_000)
+            .map(|i| {
+                let start = EventTime::from_secs(60 * i).unwrap_or(EventTime::MIN);
+                let end = EventTime::from_secs(60 * i + 60).unwrap_or(EventTime::MAX);
+                let window = tidemark_core::Window::new(start, end).expect("non-empty");
+                let dims = tidemark_core::Dimensions::new([("user".to_owned(), format!("u{i}"))]);
+                Correction::Delete(RowKey { metric: "m".into(), window, dims })
+            })
+            .collect();
+        let whole = serde_json::to_vec(&changes).expect("serializes");
+        assert!(whole.len() > 3 << 16, "spans several buffers: {}", whole.len());
+        let mut h = Sha256::new();
+        serde_json::to_writer(std::io::BufWriter::with_capacity(1 << 16, HashWriter(&mut h)), &changes)
+            .expect("serializes");
+        assert_eq!(h.finalize(), Sha256::digest(&whole));
     }
 }

@@ -99,7 +99,7 @@ struct Reads {
 
 impl Reads {
     /// Reads the late ledger and the raw archive of `spec`'s stores over `reach`, the two at once.
-    async fn read(spec: &ValidSpec, reach: Reach, from: EventTime, to: EventTime) -> Reads {
+    async fn read(spec: &ValidSpec, reach: Reach, arrivals: Option<(EventTime, EventTime)>) -> Reads {
         let stores = &spec.spec().stores;
         let late = async {
             let clock = crate::run::Clock::start();
@@ -110,7 +110,7 @@ impl Reads {
         };
         let archive = async {
             let clock = crate::run::Clock::start();
-            let read = read_archive(&stores.raw_archive, reach, from, to).await;
+            let read = read_archive(&stores.raw_archive, reach, arrivals).await;
             clock.lap("evidence: the raw archive");
             read
         };
@@ -123,7 +123,9 @@ impl Reads {
 /// delta rows. `sessions` holds the session windows of both sides read for the range (they place events in
 /// sessions and bound the event times read: it must hold every session key of the range);
 /// `serving_watermark` is the highest watermark the serving rows' speed origins carry, and `stream` what
-/// the scan of the emission log found (the stream's watermark and restarts).
+/// the scan of the emission log found (the stream's watermark and restarts). The arrivals of the range's
+/// events (for the lateness report) are read only `with_arrivals`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn gather(
     spec: &ValidSpec,
     serving: &dyn ServingStore,
@@ -132,6 +134,7 @@ pub(crate) async fn gather(
     stream: &StreamFacts,
     from: EventTime,
     to: EventTime,
+    with_arrivals: bool,
 ) -> Result<Gathered, Error> {
     let clock = crate::run::Clock::start();
     let mut summary = EvidenceSummary::default();
@@ -158,7 +161,7 @@ pub(crate) async fn gather(
     }
     summary.reads.event_time_from = Some(reach.from);
     summary.reads.event_time_to = Some(reach.to);
-    let reads = Reads::read(spec, reach, from, to).await;
+    let reads = Reads::read(spec, reach, with_arrivals.then_some((from, to))).await;
     let (late_events, ledger_events) = match reads.late {
         Ok((records, objects)) => {
             summary.reads.late_records_read = objects;
@@ -213,22 +216,19 @@ pub(crate) async fn gather(
 }
 
 /// Reads the raw archive at `url` over `reach`: every delivery of ids archived more than once, and the
-/// arrivals of events in `[from, to)`; an error as text (the evidence is then unavailable, the run goes on).
-/// Also the archive's latest arrival ([`RawArchive::latest_arrival`]).
+/// arrivals of events in `arrivals` (a range of event times) if given; an error as text (the evidence is
+/// then unavailable, the run goes on). Also the archive's latest arrival ([`RawArchive::latest_arrival`]).
 async fn read_archive(
     url: &str,
     reach: Reach,
-    from: EventTime,
-    to: EventTime,
+    arrivals: Option<(EventTime, EventTime)>,
 ) -> Result<(RangeEvidence, Option<EventTime>), String> {
     let archive = RawArchive::open(url).await.map_err(|e| e.to_string())?;
-    let read = archive
-        .read_range(reach.from, reach.to)
-        .arrivals(from, to)
-        .duplicates(true)
-        .run()
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut read = archive.read_range(reach.from, reach.to).duplicates(true);
+    if let Some((from, to)) = arrivals {
+        read = read.arrivals(from, to);
+    }
+    let read = read.run().await.map_err(|e| e.to_string())?;
     let latest = archive.latest_arrival().await.map_err(|e| e.to_string())?;
     Ok((read, latest))
 }
@@ -734,7 +734,7 @@ batch_view = "{batch}"
             sessions.add(&spec, &k);
         }
         let (from, to) = (at("2026-11-24T00:00:00Z"), at("2026-11-25T00:00:00Z"));
-        let g = gather(&spec, &*serving, &sessions, None, &StreamFacts::default(), from, to).await.unwrap();
+        let g = gather(&spec, &*serving, &sessions, None, &StreamFacts::default(), from, to, true).await.unwrap();
 
         let reads = &g.summary.reads;
         // the session gap before the range; the end of u2's session after it

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tidemark_core::window::WindowSpec;
 use tidemark_core::{Duration, EventTime, Layer, RowKey, ValidSpec};
 
-use crate::diff::{Diff, KeyDiff, Verdict};
+use crate::diff::{KeyDiff, Verdict};
 
 /// Why the serving store differed from the batch view for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -76,11 +76,12 @@ fn session_overlap(
             .is_some_and(|ws| ws.iter().any(|w| w.overlaps(&d.key.window)))
 }
 
-/// Attributes a cause to every difference of `diff`. `batch_keys` are all keys of the batch view in the
-/// range (used to recognise superseded sessions).
+/// Attributes a cause to every difference (taken, not copied: a day's differences are hundreds of MB),
+/// in their order. `batch_keys` are all keys of the batch view in the range (used to recognise superseded
+/// sessions).
 pub fn explain<'a>(
     spec: &ValidSpec,
-    diff: &Diff,
+    differences: Vec<KeyDiff>,
     batch_keys: impl IntoIterator<Item = &'a RowKey>,
     evidence: &Evidence,
 ) -> Vec<Explained> {
@@ -93,12 +94,12 @@ pub fn explain<'a>(
     }
     // sessions only the serving store has: the counterparts of batch sessions the stream bounded differently
     let mut serving_only_sessions: HashMap<(&str, String), Vec<tidemark_core::Window>> = HashMap::new();
-    for d in diff.differences.iter().filter(|d| d.verdict == Verdict::UnexpectedInServing) {
+    for d in differences.iter().filter(|d| d.verdict == Verdict::UnexpectedInServing) {
         if spec.metric(&d.key.metric).is_some_and(|m| matches!(m.window, WindowSpec::Session(_))) {
             serving_only_sessions.entry((d.key.metric.as_str(), d.key.dims.encode())).or_default().push(d.key.window);
         }
     }
-    diff.differences
+    let causes: Vec<(Cause, String)> = differences
         .iter()
         .map(|d| {
             let (mut cause, mut detail) = attribute(spec, d, &batch_sessions, evidence, lateness);
@@ -111,9 +112,10 @@ pub fn explain<'a>(
                           overlaps it"
                     .into();
             }
-            Explained { diff: d.clone(), cause, detail }
+            (cause, detail)
         })
-        .collect()
+        .collect();
+    differences.into_iter().zip(causes).map(|(diff, (cause, detail))| Explained { diff, cause, detail }).collect()
 }
 
 fn attribute(

@@ -55,15 +55,15 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 impl Quantiles {
-    fn of(mut sample: Vec<Duration>) -> Self {
-        sample.sort_unstable();
+    /// The quantiles of a sample sorted ascending.
+    fn of_sorted(sample: &[Duration]) -> Self {
         Quantiles {
             n: sample.len() as u64,
-            p50: quantile(&sample, 0.5),
-            p90: quantile(&sample, 0.9),
-            p99: quantile(&sample, 0.99),
-            p999: quantile(&sample, 0.999),
-            p9999: quantile(&sample, 0.9999),
+            p50: quantile(sample, 0.5),
+            p90: quantile(sample, 0.9),
+            p99: quantile(sample, 0.99),
+            p999: quantile(sample, 0.999),
+            p9999: quantile(sample, 0.9999),
             max: sample.last().copied().unwrap_or(Duration::ZERO),
         }
     }
@@ -134,48 +134,66 @@ const HISTOGRAM_BOUNDS: [(&str, Duration); 6] = [
     ("≤ 10m", Duration::from_secs(600)),
 ];
 
+/// Sorts `arrivals` by partition, then arrival (offset) order; ties (one partition number of two sources)
+/// by event and receive time, so the order never depends on how the archive was read.
+fn sort_by_arrival(arrivals: &mut [Arrival]) {
+    arrivals.sort_unstable_by_key(|a| (a.partition, a.offset, a.event_time, a.ingest_time));
+}
+
+/// The (disorder, ingest lag) of each arrival of one partition, given in arrival order: disorder is how far
+/// the event time is behind the partition's frontier (the largest event time before it).
+fn disorders(partition: &[Arrival]) -> impl Iterator<Item = (Duration, Duration)> + '_ {
+    let mut frontier = EventTime::MIN;
+    partition.iter().map(move |a| {
+        let disorder = frontier.since(a.event_time).unwrap_or(Duration::ZERO);
+        frontier = frontier.max(a.event_time);
+        (disorder, a.ingest_time.since(a.event_time).unwrap_or(Duration::ZERO))
+    })
+}
+
 /// Disorder of each arrival, per partition, in arrival (offset) order.
 pub fn disorder_by_partition(arrivals: &[Arrival]) -> BTreeMap<i32, Vec<(Duration, Duration)>> {
-    let mut by_part: BTreeMap<i32, Vec<&Arrival>> = BTreeMap::new();
-    for a in arrivals {
-        by_part.entry(a.partition).or_default().push(a);
-    }
-    by_part
-        .into_iter()
-        .map(|(p, mut v)| {
-            v.sort_by_key(|a| a.offset);
-            let mut frontier = EventTime::MIN;
-            let out = v
-                .into_iter()
-                .map(|a| {
-                    let disorder = frontier.since(a.event_time).unwrap_or(Duration::ZERO);
-                    frontier = frontier.max(a.event_time);
-                    (disorder, a.ingest_time.since(a.event_time).unwrap_or(Duration::ZERO))
-                })
-                .collect();
-            (p, out)
-        })
+    let mut sorted = arrivals.to_vec();
+    sort_by_arrival(&mut sorted);
+    sorted
+        .chunk_by(|a, b| a.partition == b.partition)
+        .map(|part| (part[0].partition, disorders(part).collect()))
         .collect()
 }
 
 /// Analyses `arrivals` against the current settings, recommending delays for each completeness target.
-pub fn analyse(arrivals: &[Arrival], delay: Duration, lateness: Duration, targets: &[f64]) -> LatenessReport {
-    let per = disorder_by_partition(arrivals);
+/// Takes the arrivals to sort them in place: besides them it holds one duration per event (a day of 10M
+/// events: 320 MB of arrivals, 80 MB of disorders).
+pub fn analyse(mut arrivals: Vec<Arrival>, delay: Duration, lateness: Duration, targets: &[f64]) -> LatenessReport {
+    sort_by_arrival(&mut arrivals);
+    let events = arrivals.len() as u64;
+    // every disorder, partition after partition (each partition's run sorted), then all sorted
     let mut all: Vec<Duration> = Vec::with_capacity(arrivals.len());
+    let mut lag: Vec<Duration> = Vec::new();
     let mut partitions = Vec::new();
-    let mut sorted_per: Vec<Vec<Duration>> = Vec::new();
-    for (p, v) in &per {
-        let disorder: Vec<Duration> = v.iter().map(|x| x.0).collect();
-        all.extend(&disorder);
-        let mut sorted = disorder.clone();
-        sorted.sort_unstable();
-        sorted_per.push(sorted);
+    // per target, the largest of the partitions' quantiles
+    let mut delays = vec![Duration::ZERO; targets.len()];
+    for part in arrivals.chunk_by(|a, b| a.partition == b.partition) {
+        let first = all.len();
+        lag.clear();
+        for (disorder, ingest_lag) in disorders(part) {
+            all.push(disorder);
+            lag.push(ingest_lag);
+        }
+        let disorder = &mut all[first..];
+        disorder.sort_unstable();
+        for (d, &target) in delays.iter_mut().zip(targets) {
+            *d = (*d).max(quantile(disorder, target));
+        }
+        lag.sort_unstable();
         partitions.push(PartitionLateness {
-            partition: *p,
-            disorder: Quantiles::of(disorder),
-            ingest_lag: Quantiles::of(v.iter().map(|x| x.1).collect()),
+            partition: part[0].partition,
+            disorder: Quantiles::of_sorted(disorder),
+            ingest_lag: Quantiles::of_sorted(&lag),
         });
     }
+    drop(arrivals);
+    drop(lag);
     all.sort_unstable();
     let count_above = |limit: Duration| all.len() - all.partition_point(|d| *d <= limit);
     let limit = delay.as_micros().saturating_add(lateness.as_micros());
@@ -185,11 +203,11 @@ pub fn analyse(arrivals: &[Arrival], delay: Duration, lateness: Duration, target
         behind_watermark: count_above(delay) as u64,
         beyond_allowed_lateness: count_above(Duration::from_micros(limit).unwrap_or(Duration::MAX)) as u64,
     };
+    let max = all.last().copied().unwrap_or(Duration::ZERO);
     let recommendations = targets
         .iter()
-        .map(|&target| {
-            let d = sorted_per.iter().map(|s| quantile(s, target)).max().unwrap_or(Duration::ZERO);
-            let max = all.last().copied().unwrap_or(Duration::ZERO);
+        .zip(delays)
+        .map(|(&target, d)| {
             let extra = Duration::from_micros(max.as_micros() - d.as_micros()).unwrap_or(Duration::ZERO);
             Recommendation {
                 target,
@@ -208,10 +226,10 @@ pub fn analyse(arrivals: &[Arrival], delay: Duration, lateness: Duration, target
     }
     histogram.push(("> 10m".to_owned(), (all.len() - below) as u64));
     LatenessReport {
-        events: arrivals.len() as u64,
+        events,
         histogram,
         partitions,
-        overall_disorder: Quantiles::of(all.clone()),
+        overall_disorder: Quantiles::of_sorted(&all),
         current,
         recommendations,
     }
@@ -278,7 +296,7 @@ mod tests {
             };
             arrivals.push(arrival(0, i, t - behind, t));
         }
-        let r = analyse(&arrivals, s(5), s(30), &[0.99, 0.9999]);
+        let r = analyse(arrivals, s(5), s(30), &[0.99, 0.9999]);
         assert_eq!(r.events, 1000);
         // ten events 9s behind the previous event's time, one 59s behind
         assert_eq!(r.current.behind_watermark, 11);

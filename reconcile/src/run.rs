@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::evidence::{self, EvidenceSummary};
 use crate::explain::{Cause, Explained, explain};
 use crate::html::{ChartPoint, ReportPage, render};
-use crate::lateness::{Arrival, LatenessReport, analyse};
+use crate::lateness::{LatenessReport, analyse};
 use crate::scan::{Scanned, scan};
 
 /// A reconcile run, configured as a builder and executed with [`Reconcile::run`].
@@ -136,21 +136,43 @@ impl<'a> Reconcile<'a> {
         }
         let clock = Clock::start();
         // 1-2. both sides, compared partition by partition
-        let sides = self.read_sides().await?;
+        let Sides { serving, mut scanned, batch_runs, epoch } = self.read_sides().await?;
         clock.lap("read and compare both sides");
-        let serving = &*sides.serving;
-        let scanned = &sides.scanned;
+        let serving = &*serving;
+        // the differences move into their explanations, the fix rows into the correction batch: at 10M
+        // events a day each is hundreds of MB, so nothing below holds two copies
+        let differences = std::mem::take(&mut scanned.diff.differences);
+        let fix_rows = std::mem::take(&mut scanned.fix_rows);
+        let scanned = &scanned;
         let d = &scanned.diff;
         // 3. evidence, and a cause for every difference
         let stream = evidence::stream_after(spec, serving, scanned, to).await?;
         clock.lap("read the emission log after the range");
-        let gathered =
-            evidence::gather(spec, serving, &scanned.sessions, scanned.serving_watermark, &stream, from, to).await?;
-        let explained = explain(spec, d, scanned.batch_session_keys.iter(), &gathered.evidence);
+        let with_arrivals = self.report_dir.is_some();
+        let mut gathered = evidence::gather(
+            spec,
+            serving,
+            &scanned.sessions,
+            scanned.serving_watermark,
+            &stream,
+            from,
+            to,
+            with_arrivals,
+        )
+        .await?;
+        // the report's lateness analysis, now: the range's arrivals (32 bytes per event) are not held through
+        // the corrections
+        let arrivals = std::mem::take(&mut gathered.arrivals);
+        let lateness: Option<LatenessReport> = (with_arrivals && !arrivals.is_empty()).then(|| {
+            let t = &spec.spec().time;
+            analyse(arrivals, t.watermark_delay, t.allowed_lateness, &[0.99, 0.999, 0.9999])
+        });
+        let n_differences = differences.len() as u64;
+        let explained = explain(spec, differences, scanned.batch_session_keys.iter(), &gathered.evidence);
         clock.lap("gather evidence and explain");
         // 4. plan
-        let newest_run = sides.batch_runs.last().cloned().unwrap_or_default();
-        let mut plan = plan_corrections(spec, (from, to), &explained, &scanned.fix_rows, &newest_run, sides.epoch);
+        let newest_run = batch_runs.last().cloned().unwrap_or_default();
+        let mut plan = plan_corrections(spec, (from, to), &explained, fix_rows, &newest_run, epoch);
         clock.lap("plan corrections");
         // 5. apply
         let (applied, corrections_applied) = self.apply(serving, &plan.batch).await?;
@@ -179,13 +201,13 @@ impl<'a> Reconcile<'a> {
             to,
             dry_run: self.dry_run,
             checked: d.checked(),
-            differences: d.differences.len() as u64,
+            differences: n_differences,
             verdicts: verdict_counts(d),
             causes: cause_counts(&explained),
             blast_radius: plan.blast_radius.into_iter().collect(),
             skipped_not_final: plan.skipped_not_final.len() as u64,
-            batch_runs: sides.batch_runs.clone(),
-            batch_epoch: sides.epoch,
+            batch_runs,
+            batch_epoch: epoch,
             correction_batch: (n_changes > 0).then(|| plan.batch.id.clone()),
             applied,
             corrections: n_changes,
@@ -197,7 +219,7 @@ impl<'a> Reconcile<'a> {
             differences_file: None,
         };
         if let Some(dir) = &self.report_dir {
-            write_report(dir, spec, &mut outcome, &explained, &scanned.chart, &gathered.arrivals)?;
+            write_report(dir, spec, &mut outcome, &explained, &scanned.chart, lateness.as_ref())?;
             clock.lap("write the report");
         }
         Ok(outcome)
@@ -349,7 +371,7 @@ fn write_report(
     outcome: &mut ReconcileOutcome,
     explained: &[Explained],
     chart: &BTreeMap<String, BTreeMap<i64, ChartPoint>>,
-    arrivals: &[Arrival],
+    lateness: Option<&LatenessReport>,
 ) -> Result<(), Error> {
     let (from, to) = (outcome.from, outcome.to);
     std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
@@ -358,19 +380,8 @@ fn write_report(
     outcome.report_json = Some(json_path.clone());
     outcome.report_html = Some(html_path.clone());
     outcome.differences_file = Some(all_path.clone());
-    let lateness: Option<LatenessReport> = (!arrivals.is_empty()).then(|| {
-        let t = &spec.spec().time;
-        analyse(arrivals, t.watermark_delay, t.allowed_lateness, &[0.99, 0.999, 0.9999])
-    });
     let title = format!("{} — reconcile {from} .. {to}", spec.spec().name);
-    let html = render(ReportPage {
-        spec,
-        title: &title,
-        contract: &outcome.contract,
-        explained,
-        chart,
-        lateness: lateness.as_ref(),
-    });
+    let html = render(ReportPage { spec, title: &title, contract: &outcome.contract, explained, chart, lateness });
     let mut per_cause: HashMap<(&str, Cause), usize> = HashMap::new();
     let sample: Vec<&Explained> = explained
         .iter()

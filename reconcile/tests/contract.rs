@@ -98,7 +98,7 @@ fn report_of_a_known_history() {
 
     // the HTML page: contract table, causes, and three charts
     let evidence = Evidence { late_events: late, ..Evidence::default() };
-    let explained = explain(&spec, &d, batch.iter().map(|r| &r.key), &evidence);
+    let explained = explain(&spec, d.differences.clone(), batch.iter().map(|r| &r.key), &evidence);
     assert_eq!(explained.len(), 1, "only c differs as found: {explained:#?}");
     let arrivals: Vec<Arrival> = (0..20)
         .map(|i| Arrival {
@@ -108,7 +108,7 @@ fn report_of_a_known_history() {
             ingest_time: t(i * 10),
         })
         .collect();
-    let lateness = analyse(&arrivals, Duration::from_secs(5), Duration::from_secs(300), &[0.99]);
+    let lateness = analyse(arrivals, Duration::from_secs(5), Duration::from_secs(300), &[0.99]);
     let page = render(ReportPage {
         spec: &spec,
         title: "pageviews <test>",

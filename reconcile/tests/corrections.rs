@@ -55,9 +55,9 @@ fn plan_corrects_final_windows_only_and_audits_every_value() {
     let d = diff(&spec, &batch, &serving).unwrap();
     // the stream's watermark is at minute 50: windows up to minute 44 are final (allowed lateness 5m)
     let evidence = Evidence { stream_watermark: Some(t(50 * 60)), ..Evidence::default() };
-    let explained = explain(&spec, &d, batch.iter().map(|r| &r.key), &evidence);
+    let explained = explain(&spec, d.differences.clone(), batch.iter().map(|r| &r.key), &evidence);
     let range = (t(0), t(7200));
-    let plan = plan_corrections(&spec, range, &explained, &batch, "b-7", 7);
+    let plan = plan_corrections(&spec, range, &explained, batch.clone(), "b-7", 7);
 
     assert_eq!(plan.skipped_not_final, vec![open.clone()]);
     assert_eq!(plan.blast_radius[M], BlastRadius { insert: 1, update: 1, delete: 1 });
@@ -88,11 +88,11 @@ fn plan_corrects_final_windows_only_and_audits_every_value() {
     assert_eq!((plan.batch.run_id.as_str(), plan.batch.epoch), ("b-7", 7));
 
     // the id is a function of the plan: the same plan gets the same id, a different one another
-    let again = plan_corrections(&spec, range, &explained, &batch, "b-7", 7);
+    let again = plan_corrections(&spec, range, &explained, batch.clone(), "b-7", 7);
     assert_eq!(again.batch.id, plan.batch.id);
     assert!(plan.batch.id.starts_with("pageviews-"));
-    let other_run = plan_corrections(&spec, range, &explained, &batch, "b-8", 8);
+    let other_run = plan_corrections(&spec, range, &explained, batch.clone(), "b-8", 8);
     assert_ne!(other_run.batch.id, plan.batch.id);
-    let fewer = plan_corrections(&spec, range, &explained[..1], &batch, "b-7", 7);
+    let fewer = plan_corrections(&spec, range, &explained[..1], batch.clone(), "b-7", 7);
     assert_ne!(fewer.batch.id, plan.batch.id);
 }

@@ -86,10 +86,11 @@ fn each_cause_is_found_from_its_evidence() {
         stream_watermark: Some(t(5_000)),
         restart_watermarks: vec![t(630)],
     };
-    let got: BTreeMap<String, (Cause, String)> = explain(&spec, &d, b.iter().map(|r| &r.key), &evidence)
-        .into_iter()
-        .map(|e| (format!("{}{}{}", e.diff.key.metric, e.diff.key.window, e.diff.key.dims), (e.cause, e.detail)))
-        .collect();
+    let got: BTreeMap<String, (Cause, String)> =
+        explain(&spec, d.differences.clone(), b.iter().map(|r| &r.key), &evidence)
+            .into_iter()
+            .map(|e| (format!("{}{}{}", e.diff.key.metric, e.diff.key.window, e.diff.key.dims), (e.cause, e.detail)))
+            .collect();
     let cause = |k: &RowKey| got[&format!("{}{}{}", k.metric, k.window, k.dims)].clone();
     assert_eq!(cause(&late).0, Cause::LateEvents);
     assert_eq!(cause(&late).1, "2 late event(s) in the ledger account for the 2 missing event(s)");
@@ -109,7 +110,7 @@ fn a_batch_row_in_serving_is_never_not_yet_final() {
     let s = vec![views_row(k.clone(), 1, Origin::Batch { run_id: "old".into(), epoch: 0 })];
     let d = diff(&spec, &b, &s).unwrap();
     let evidence = Evidence { stream_watermark: Some(t(0)), ..Evidence::default() };
-    let e = explain(&spec, &d, b.iter().map(|r| &r.key), &evidence);
+    let e = explain(&spec, d.differences.clone(), b.iter().map(|r| &r.key), &evidence);
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].cause, Cause::Unexplained);
 }
@@ -127,7 +128,7 @@ fn a_missing_batch_session_overlapping_a_serving_only_session_is_a_superseded_se
     let b = vec![session_row(batch_long.clone(), 5, batch()), session_row(lonely.clone(), 2, batch())];
     let s = vec![session_row(serving_short.clone(), 3, speed())];
     let d = diff(&spec, &b, &s).unwrap();
-    let e = explain(&spec, &d, b.iter().map(|r| &r.key), &Evidence::default());
+    let e = explain(&spec, d.differences.clone(), b.iter().map(|r| &r.key), &Evidence::default());
     let cause = |k: &RowKey| e.iter().find(|x| &x.diff.key == k).map(|x| x.cause).unwrap();
     assert_eq!(cause(&serving_short), Cause::SupersededSession);
     assert_eq!(cause(&batch_long), Cause::SupersededSession);

@@ -108,7 +108,7 @@ async fn measure(spec: &ValidSpec, args: &Args) -> anyhow::Result<Output> {
         .into_iter()
         .map(|(source, arrivals)| SourceLateness {
             source,
-            report: analyse(&arrivals, time.watermark_delay, time.allowed_lateness, &args.target),
+            report: analyse(arrivals, time.watermark_delay, time.allowed_lateness, &args.target),
         })
         .collect();
     Ok(Output { pipeline: spec.spec().name.clone(), from: args.from, to: args.to, sources })
