@@ -1,5 +1,5 @@
-//! The demo's HTML report renders in headless Chromium (Debian's `chromium`, installed by
-//! scripts/setup.sh): its charts are drawn, no JavaScript error is raised, the screenshot is not blank.
+//! The demo's HTML report renders in headless Chromium (installed by scripts/setup.sh): its charts are
+//! drawn, no JavaScript error is raised, the screenshot is not blank.
 //!
 //! The report is rendered from a copy with a probe script at the very top that records `console.error`,
 //! uncaught exceptions and failed resource loads into the DOM (and the console log), so the DOM dump tells.
@@ -7,12 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `chromium` from PATH, else Debian's location.
+/// Chromium: `TIDEMARK_CHROMIUM`, else the first of the names distributions use found on PATH (the names
+/// scripts/setup.sh checks), else Debian's location.
 fn chromium() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("chromium")).find(|p| p.exists()));
+    if let Some(bin) = std::env::var_os("TIDEMARK_CHROMIUM") {
+        return PathBuf::from(bin);
+    }
+    let paths: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let found = ["chromium", "chromium-browser", "google-chrome-stable", "google-chrome"]
+        .iter()
+        .find_map(|name| paths.iter().map(|p| p.join(name)).find(|p| p.exists()));
     let bin = found.unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(bin.exists(), "chromium not found (run scripts/setup.sh, which installs Debian's chromium package)");
+    assert!(bin.exists(), "chromium not found (run scripts/setup.sh, or set TIDEMARK_CHROMIUM)");
     bin
 }
 

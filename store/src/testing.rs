@@ -46,13 +46,17 @@ fn pg_bin() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("TIDEMARK_PG_BIN") {
         return Ok(PathBuf::from(p));
     }
-    for v in ["17", "16", "15", "14"] {
+    // 15 or newer: the serving store writes with MERGE
+    for v in ["18", "17", "16", "15"] {
         let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
         if p.join("initdb").exists() {
             return Ok(p);
         }
     }
-    Err(Error::Harness("no Postgres binaries under /usr/lib/postgresql/*/bin; set TIDEMARK_PG_BIN".into()))
+    Err(Error::Harness(
+        "no Postgres 15+ binaries under /usr/lib/postgresql/<15..18>/bin (run scripts/setup.sh, or set TIDEMARK_PG_BIN)"
+            .into(),
+    ))
 }
 
 fn is_root() -> bool {
