@@ -97,10 +97,12 @@ pub(crate) async fn query_table(
 }
 
 /// Runs `filter` over `table` as a stream of record batches (nothing if the table does not exist yet):
-/// memory holds the batches in flight, not the result.
+/// memory holds the batches in flight, not the result. With `columns`, the batches hold only those (the
+/// Parquet reader then decodes no other column but what the filter reads).
 pub(crate) async fn stream_table(
     table: &DeltaTable,
     filter: Expr,
+    columns: Option<&[&str]>,
 ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
     use futures::{StreamExt as _, TryStreamExt as _};
     let url = table.table_url().as_str().to_owned();
@@ -114,6 +116,10 @@ pub(crate) async fn stream_table(
     let df = ctx
         .read_table(provider)
         .and_then(|df| df.filter(filter))
+        .and_then(|df| match columns {
+            Some(columns) => df.select_columns(columns),
+            None => Ok(df),
+        })
         .map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
     let stream = df.execute_stream().await.map_err(|e| Error::delta(&url, "scanning")(DeltaTableError::from(e)))?;
     Ok(stream.map_err(move |e| Error::delta(&url, "scanning")(DeltaTableError::from(e))).boxed())

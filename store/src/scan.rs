@@ -171,7 +171,22 @@ pub struct EmissionChunk {
 }
 
 impl EmissionChunk {
-    /// A chunk of the serving table's layout holding only emission records.
+    /// The serving table's columns [`EmissionChunk::serving`] reads (a scan reads no others).
+    pub(crate) const SERVING_COLUMNS: &'static [&'static str] = &[
+        "window_start",
+        "window_end",
+        "dims",
+        "agg_values",
+        "kind",
+        "pane",
+        "revision",
+        "watermark",
+        "batch_epoch",
+        "computed_at",
+    ];
+
+    /// A chunk of the serving table's layout holding only emission records (at least the
+    /// [`SERVING_COLUMNS`](Self::SERVING_COLUMNS)).
     pub(crate) fn serving(batch: &RecordBatch) -> Result<Self> {
         Ok(EmissionChunk {
             starts: times(batch, "window_start")?,

@@ -250,11 +250,18 @@ impl DeltaStore {
     }
 
     /// The serving table's records matching `filter` whose window starts in `[from, to)`, streamed.
-    fn stream(&self, filter: Expr, from: EventTime, to: EventTime) -> Chunks<'_, RecordBatch> {
+    /// Only `columns`, when given.
+    fn stream(
+        &self,
+        filter: Expr,
+        from: EventTime,
+        to: EventTime,
+        columns: Option<&'static [&'static str]>,
+    ) -> Chunks<'_, RecordBatch> {
         futures::stream::once(async move {
             let table = self.latest(false).await?;
             let filter = with_hours(&table, filter, from, to);
-            stream_table(&table, filter).await
+            stream_table(&table, filter, columns).await
         })
         .try_flatten()
         .boxed()
@@ -487,12 +494,14 @@ impl ServingStore for DeltaStore {
 
     fn scan_rows<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, RowChunk> {
         let filter = self.range_filter(&["row"], true, metric, from, to);
-        self.stream(filter, from, to).and_then(|b| async move { RowChunk::serving(b) }).boxed()
+        // every column: a chunk decodes the rows a reader picks in full
+        self.stream(filter, from, to, None).and_then(|b| async move { RowChunk::serving(b) }).boxed()
     }
 
     fn scan_emissions<'a>(&'a self, metric: &str, from: EventTime, to: EventTime) -> Chunks<'a, EmissionChunk> {
         let filter = self.range_filter(&["emission", "emission_delta"], false, metric, from, to);
-        self.stream(filter, from, to).and_then(|b| async move { EmissionChunk::serving(&b) }).boxed()
+        let columns = Some(EmissionChunk::SERVING_COLUMNS);
+        self.stream(filter, from, to, columns).and_then(|b| async move { EmissionChunk::serving(&b) }).boxed()
     }
 
     async fn read_emissions(&self, metrics: &MetricFilter, from: EventTime, to: EventTime) -> Result<Vec<Emission>> {

@@ -270,7 +270,7 @@ impl BatchView {
         let filter = range_filter(&MetricFilter::Only(vec![metric.to_owned()]), from, to);
         futures::stream::once(async move {
             let table = self.read_table().await?;
-            stream_table(&table, filter).await
+            stream_table(&table, filter, None).await
         })
         .try_flatten()
         .and_then(|b| async move { RowChunk::batch_view(b) })
