@@ -19,7 +19,7 @@ use tidemark_store::{ArchiveRow, DeadLetterStore, LateRecord, MetricFilter, Rang
 
 use crate::error::Error;
 use crate::explain::Evidence;
-use crate::lateness::Arrival;
+use crate::lateness::{Arrival, LatenessReport, analyse};
 
 /// What the reconciler knew besides the rows, in numbers, and what it could not know.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -84,21 +84,24 @@ pub(crate) struct Gathered {
     pub(crate) evidence: Evidence,
     /// The same in numbers, for the outcome, and what could not be gathered.
     pub(crate) summary: EvidenceSummary,
-    /// Raw-archive arrivals of events in the range, for the lateness report.
-    pub(crate) arrivals: Vec<Arrival>,
+    /// The lateness analysis of the range's arrivals (raw archive), when asked for and there were any.
+    pub(crate) lateness: Option<LatenessReport>,
 }
 
 /// What was read of the late ledger and the raw archive over one [`Reach`] ([`Reads::read`]).
 #[derive(Debug)]
 struct Reads {
+    /// Over what.
+    reach: Reach,
     /// The late records, and the ledger objects fetched; an error as text.
     late: Result<(Vec<LateRecord>, u64), String>,
-    /// With the archive's latest arrival; an error as text.
-    archive: Result<(RangeEvidence, Option<EventTime>), String>,
+    /// With the archive's latest arrival and the lateness analysis of the arrivals read; an error as text.
+    archive: Result<(RangeEvidence, Option<EventTime>, Option<LatenessReport>), String>,
 }
 
 impl Reads {
-    /// Reads the late ledger and the raw archive of `spec`'s stores over `reach`, the two at once.
+    /// Reads the late ledger and the raw archive of `spec`'s stores over `reach`, the two at once, and
+    /// analyses the lateness of the events whose time is in `arrivals` (then drops them: 32 bytes per event).
     async fn read(spec: &ValidSpec, reach: Reach, arrivals: Option<(EventTime, EventTime)>) -> Reads {
         let stores = &spec.spec().stores;
         let late = async {
@@ -110,12 +113,34 @@ impl Reads {
         };
         let archive = async {
             let clock = crate::run::Clock::start();
-            let read = read_archive(&stores.raw_archive, reach, arrivals).await;
+            let (mut read, latest) = read_archive(&stores.raw_archive, reach, arrivals).await?;
             clock.lap("evidence: the raw archive");
-            read
+            // the same size: collected in place
+            let arrived: Vec<Arrival> = std::mem::take(&mut read.arrivals)
+                .into_iter()
+                .map(|a| Arrival {
+                    partition: a.partition,
+                    offset: a.offset,
+                    event_time: a.event_time,
+                    ingest_time: a.ingest_time,
+                })
+                .collect();
+            let lateness = if arrived.is_empty() {
+                None
+            } else {
+                let t = &spec.spec().time;
+                let (delay, lateness) = (t.watermark_delay, t.allowed_lateness);
+                let analysed =
+                    tokio::task::spawn_blocking(move || analyse(arrived, delay, lateness, &[0.99, 0.999, 0.9999]))
+                        .await
+                        .map_err(|e| format!("the lateness analysis failed: {e}"))?;
+                clock.lap("evidence: lateness analysis");
+                Some(analysed)
+            };
+            Ok::<_, String>((read, latest, lateness))
         };
         let (late, archive) = futures::join!(late, archive);
-        Reads { late, archive }
+        Reads { reach, late, archive }
     }
 }
 
@@ -124,7 +149,8 @@ impl Reads {
 /// sessions and bound the event times read: it must hold every session key of the range);
 /// `serving_watermark` is the highest watermark the serving rows' speed origins carry, and `stream` what
 /// the scan of the emission log found (the stream's watermark and restarts). The arrivals of the range's
-/// events (for the lateness report) are read only `with_arrivals`.
+/// events are read only `with_arrivals`, for the lateness report (analysed as soon as they are read, then
+/// dropped).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn gather(
     spec: &ValidSpec,
@@ -152,7 +178,8 @@ pub(crate) async fn gather(
         summary.unavailable.push("restarts: the emission log holds no firing of the range".into());
     }
 
-    let reach = reach(spec, sessions, from, to);
+    let reads = Reads::read(spec, reach(spec, sessions, from, to), with_arrivals.then_some((from, to))).await;
+    let reach = reads.reach;
     if let Some(end) = reach.cut {
         summary.unavailable.push(format!(
             "a session of the range ends at {end}: events after {} (the range's end + {}) were not read",
@@ -161,7 +188,6 @@ pub(crate) async fn gather(
     }
     summary.reads.event_time_from = Some(reach.from);
     summary.reads.event_time_to = Some(reach.to);
-    let reads = Reads::read(spec, reach, with_arrivals.then_some((from, to))).await;
     let (late_events, ledger_events) = match reads.late {
         Ok((records, objects)) => {
             summary.reads.late_records_read = objects;
@@ -172,28 +198,17 @@ pub(crate) async fn gather(
             (HashMap::new(), 0)
         }
     };
-    let mut arrivals = Vec::new();
+    let mut lateness = None;
     let duplicate_deliveries = match reads.archive {
-        Ok((read, latest)) => {
+        Ok((read, latest, analysed)) => {
+            lateness = analysed;
             summary.stream_clock = latest;
             let r = &read.stats;
             summary.reads.archive_files = r.files_in_table;
             summary.reads.archive_files_read = r.files_read;
             summary.reads.archive_rows_read = r.rows_read;
             summary.reads.archive_payload_rows_read = r.payload_rows_read;
-            let keys = duplicate_keys(spec, &read.duplicates, sessions, from, to);
-            // the same size: collected in place
-            arrivals = read
-                .arrivals
-                .into_iter()
-                .map(|a| Arrival {
-                    partition: a.partition,
-                    offset: a.offset,
-                    event_time: a.event_time,
-                    ingest_time: a.ingest_time,
-                })
-                .collect();
-            keys
+            duplicate_keys(spec, &read.duplicates, sessions, from, to)
         }
         Err(e) => {
             summary.unavailable.push(format!("raw archive (duplicate deliveries): {e}"));
@@ -212,7 +227,7 @@ pub(crate) async fn gather(
     summary.late_events = ledger_events + summary.delta_events;
     summary.duplicate_deliveries = duplicate_deliveries.values().sum();
     let evidence = Evidence { late_events, duplicate_deliveries, stream_watermark, restart_watermarks: restarts };
-    Ok(Gathered { evidence, summary, arrivals })
+    Ok(Gathered { evidence, summary, lateness })
 }
 
 /// Reads the raw archive at `url` over `reach`: every delivery of ids archived more than once, and the
@@ -765,10 +780,11 @@ batch_view = "{batch}"
         .collect();
         assert_eq!(g.evidence.late_events, expected_late);
         assert_eq!(g.summary.late_events, 3);
-        // arrivals: the archived events of the range itself
-        let mut arrivals: Vec<(i32, i64)> = g.arrivals.iter().map(|a| (a.partition, a.offset)).collect();
-        arrivals.sort_unstable();
-        assert_eq!(arrivals, vec![(0, 10), (0, 11), (0, 12), (1, 10)]);
+        // the lateness analysis: the archived events of the range itself, (0, 10..=12) and (1, 10)
+        let lateness = g.lateness.as_ref().expect("arrivals were asked for");
+        assert_eq!(lateness.events, 4);
+        let partitions: Vec<(i32, u64)> = lateness.partitions.iter().map(|p| (p.partition, p.disorder.n)).collect();
+        assert_eq!(partitions, vec![(0, 3), (1, 1)]);
         assert!(g.summary.unavailable.iter().all(|u| !u.contains("raw archive") && !u.contains("late ledger")));
     }
 

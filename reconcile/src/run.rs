@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::evidence::{self, EvidenceSummary};
 use crate::explain::{Cause, Explained, explain};
 use crate::html::{ChartPoint, ReportPage, render};
-use crate::lateness::{LatenessReport, analyse};
+use crate::lateness::LatenessReport;
 use crate::scan::{Scanned, scan};
 
 /// A reconcile run, configured as a builder and executed with [`Reconcile::run`].
@@ -136,7 +136,8 @@ impl<'a> Reconcile<'a> {
         }
         let clock = Clock::start();
         // 1-2. both sides, compared partition by partition
-        let Sides { serving, mut scanned, batch_runs, epoch } = self.read_sides().await?;
+        let sides = self.read_sides().await;
+        let Sides { serving, mut scanned, batch_runs, epoch } = sides?;
         clock.lap("read and compare both sides");
         let serving = &*serving;
         // the differences move into their explanations, the fix rows into the correction batch: at 10M
@@ -148,8 +149,7 @@ impl<'a> Reconcile<'a> {
         // 3. evidence, and a cause for every difference
         let stream = evidence::stream_after(spec, serving, scanned, to).await?;
         clock.lap("read the emission log after the range");
-        let with_arrivals = self.report_dir.is_some();
-        let mut gathered = evidence::gather(
+        let gathered = evidence::gather(
             spec,
             serving,
             &scanned.sessions,
@@ -157,16 +157,9 @@ impl<'a> Reconcile<'a> {
             &stream,
             from,
             to,
-            with_arrivals,
+            self.report_dir.is_some(),
         )
         .await?;
-        // the report's lateness analysis, now: the range's arrivals (32 bytes per event) are not held through
-        // the corrections
-        let arrivals = std::mem::take(&mut gathered.arrivals);
-        let lateness: Option<LatenessReport> = (with_arrivals && !arrivals.is_empty()).then(|| {
-            let t = &spec.spec().time;
-            analyse(arrivals, t.watermark_delay, t.allowed_lateness, &[0.99, 0.999, 0.9999])
-        });
         let n_differences = differences.len() as u64;
         let explained = explain(spec, differences, scanned.batch_session_keys.iter(), &gathered.evidence);
         clock.lap("gather evidence and explain");
@@ -219,7 +212,7 @@ impl<'a> Reconcile<'a> {
             differences_file: None,
         };
         if let Some(dir) = &self.report_dir {
-            write_report(dir, spec, &mut outcome, &explained, &scanned.chart, lateness.as_ref())?;
+            write_report(dir, spec, &mut outcome, &explained, &scanned.chart, gathered.lateness.as_ref())?;
             clock.lap("write the report");
         }
         Ok(outcome)
