@@ -6,6 +6,7 @@
 # - PostgreSQL 15 or newer, server binaries (tests start throwaway servers from them as the `postgres` user;
 #   the serving store writes with MERGE, new in 15)
 # - Chromium (the HTML-report test renders the report headless and screenshots it)
+# - Prometheus with promtool (the dashboard and alert-rule test runs a real one against `tidemark stream`)
 # - python3 with venv (moto's S3 server and the benchmark scripts live in venvs)
 # - the tansu Kafka-protocol broker with in-memory storage (Kafka source tests start it on 127.0.0.1);
 #   TIDEMARK_TANSU points the tests at another binary
@@ -88,6 +89,14 @@ for name in "${TIDEMARK_CHROMIUM:-}" chromium chromium-browser google-chrome-sta
   [ -n "$name" ] && command -v "$name" >/dev/null && { chromium="$(command -v "$name")"; break; }
 done
 [ -n "$chromium" ] || need chromium chromium "Chromium or Google Chrome"
+# Prometheus and promtool (TIDEMARK_PROMETHEUS_BIN: the folder holding both, as in the test)
+prom_dir="${TIDEMARK_PROMETHEUS_BIN:-}"
+if [ -n "$prom_dir" ]; then
+  [ -x "$prom_dir/prometheus" ] && [ -x "$prom_dir/promtool" ] || need prometheus golang-github-prometheus "Prometheus and promtool"
+else
+  command -v prometheus >/dev/null && command -v promtool >/dev/null \
+    || need prometheus golang-github-prometheus "Prometheus and promtool"
+fi
 
 for p in "${problems[@]}"; do echo "setup: missing: $p" >&2; done
 if [ ${#missing[@]} -gt 0 ] && [ -n "${TIDEMARK_SETUP_AGAIN:-}" ]; then
@@ -116,9 +125,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   [ "$manager" = apt ] && "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" "${install[@]}" >/dev/null
-  # the Debian package starts a cluster; tests use their own throwaway servers
+  # the Debian packages start a Postgres cluster and a Prometheus where an init system runs; tests use their
+  # own throwaway servers
   if command -v pg_lsclusters >/dev/null; then
     pg_lsclusters -h 2>/dev/null | while read -r ver name _; do "${sudo[@]}" pg_ctlcluster "$ver" "$name" stop || true; done
+  fi
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    "${sudo[@]}" systemctl disable --now prometheus || true
   fi
   TIDEMARK_SETUP_AGAIN=1 exec "$0" "$@" # check again: every tool must now be found
 fi
@@ -153,4 +166,4 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   echo "setup: the postgres user is missing (the postgresql package creates it)" >&2
   exit 1
 fi
-echo "setup: ok (rustc $rust_have, postgres $pg_bin, chromium $chromium, tansu $tansu, moto ${TIDEMARK_MOTO:-$moto_venv/bin/moto_server})"
+echo "setup: ok (rustc $rust_have, postgres $pg_bin, chromium $chromium, prometheus ${prom_dir:-$(command -v prometheus)}, tansu $tansu, moto ${TIDEMARK_MOTO:-$moto_venv/bin/moto_server})"

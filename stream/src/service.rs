@@ -24,6 +24,9 @@ use crate::metrics::{FlushStep, Health, Metrics};
 use crate::output::{LateEvent, Output, Record};
 use crate::source::{Assignment, Offsets, Source};
 
+/// How often the loop publishes the partitions' lag (the Kafka source learns end offsets once a second).
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 /// Tuning of the service loop.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -257,6 +260,7 @@ impl<S: Source> Service<S> {
         let mut chain = Chain::default(); // the signals of the flush started last
         let max_flushes = self.config.max_flushes_in_flight.max(1);
         let mut last_flush = Instant::now();
+        let mut last_lag = Instant::now();
         let mut paused = false;
         let mut ended = false;
         let mut flushes = 0u64;
@@ -313,8 +317,12 @@ impl<S: Source> Service<S> {
                 )));
             }
 
-            // 4. Backpressure.
+            // 4. Backpressure, and the lag gauge.
             self.metrics.in_flight_bytes.set(i64::try_from(in_flight_bytes).unwrap_or(i64::MAX));
+            if last_lag.elapsed() >= LAG_EVERY {
+                self.observe_lag();
+                last_lag = Instant::now();
+            }
             if !paused && in_flight_bytes > self.config.max_in_flight_bytes {
                 self.source.pause()?;
                 paused = true;
@@ -516,11 +524,17 @@ impl<S: Source> Service<S> {
         let processing = self.processing_now().unwrap_or(now);
         self.metrics.observe_watermarks(self.engine.watermark(), &self.engine.partition_watermarks(processing));
         self.metrics.observe_suspects(&self.engine.suspicion());
+        Ok(())
+    }
+
+    /// Publishes each partition's lag (its end offset, as the source last learnt it, minus the position
+    /// consumed). Called on a timer of the loop, not per commit: a consumer that is idle, paused or whose
+    /// commits stall must still show its lag growing (the lag alert's whole point).
+    fn observe_lag(&mut self) {
         for ((_, p), end) in self.source.end_offsets() {
             let pos = self.positions.iter().find(|((_, q), _)| *q == p).map_or(0, |(_, o)| *o);
             self.metrics.observe_lag(p, end - pos);
         }
-        Ok(())
     }
 }
 
