@@ -116,15 +116,7 @@ impl Reads {
             let (mut read, latest) = read_archive(&stores.raw_archive, reach, arrivals).await?;
             clock.lap("evidence: the raw archive");
             // the same size: collected in place
-            let arrived: Vec<Arrival> = std::mem::take(&mut read.arrivals)
-                .into_iter()
-                .map(|a| Arrival {
-                    partition: a.partition,
-                    offset: a.offset,
-                    event_time: a.event_time,
-                    ingest_time: a.ingest_time,
-                })
-                .collect();
+            let arrived: Vec<Arrival> = std::mem::take(&mut read.arrivals).into_iter().map(Arrival::from).collect();
             let lateness = if arrived.is_empty() {
                 None
             } else {

@@ -25,6 +25,13 @@ pub struct Arrival {
     pub ingest_time: EventTime,
 }
 
+impl From<tidemark_store::ArchivedArrival> for Arrival {
+    /// The arrival as the analysis needs it (its source, if several, is the caller's to group by).
+    fn from(a: tidemark_store::ArchivedArrival) -> Self {
+        Arrival { partition: a.partition, offset: a.offset, event_time: a.event_time, ingest_time: a.ingest_time }
+    }
+}
+
 /// Quantiles of a distribution of durations (exact: nearest-rank on the sorted sample).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Quantiles {

@@ -136,8 +136,7 @@ impl<'a> Reconcile<'a> {
         }
         let clock = Clock::start();
         // 1-2. both sides, compared partition by partition
-        let sides = self.read_sides().await;
-        let Sides { serving, mut scanned, batch_runs, epoch } = sides?;
+        let Sides { serving, mut scanned, batch_runs, epoch } = self.read_sides().await?;
         clock.lap("read and compare both sides");
         let serving = &*serving;
         // the differences move into their explanations, the fix rows into the correction batch: at 10M

@@ -94,12 +94,7 @@ async fn measure(spec: &ValidSpec, args: &Args) -> anyhow::Result<Output> {
     let read = archive.read_range(args.from, args.to).arrivals(args.from, args.to).run().await?;
     let mut by_source: BTreeMap<u32, Vec<Arrival>> = BTreeMap::new();
     for a in read.arrivals {
-        by_source.entry(a.source).or_default().push(Arrival {
-            partition: a.partition,
-            offset: a.offset,
-            event_time: a.event_time,
-            ingest_time: a.ingest_time,
-        });
+        by_source.entry(a.source).or_default().push(Arrival::from(a));
     }
     let by_source: BTreeMap<String, Vec<Arrival>> =
         by_source.into_iter().map(|(i, arrivals)| (read.sources[i as usize].clone(), arrivals)).collect();
